@@ -1,0 +1,13 @@
+"""The contraction regulariser: eigenvalue estimation, the loss, and a drop-in regulariser."""
+
+from .diagnostics import lambda_max_along, separation_and_bound
+from .eig import EIG_METHODS, EigMethod, jacobian, max_sym_eig
+from .loss import FORMS, Form, contraction_loss
+from .regularizer import ContractionConfig, ContractionRegularizer
+
+__all__ = [
+    "max_sym_eig", "jacobian", "EIG_METHODS", "EigMethod",
+    "contraction_loss", "FORMS", "Form",
+    "ContractionConfig", "ContractionRegularizer",
+    "lambda_max_along", "separation_and_bound",
+]

@@ -1,0 +1,137 @@
+"""The contraction loss of a denoising network's sampling ODE.
+
+Sampling ODE (DESIGN.md §2): ``da/dtau = F(a) = f(t) a + h(t) n(a, t)``, ``(f, h)`` from
+:meth:`VPSchedule.sampling_ode_coefficients`. Trajectories contract where
+``lambda_max(sym J_F) < 0``. Dividing by ``|h|`` puts all parameterisations and times on one
+scale; the normalised field is ``G(a) = (f/|h|) a + sign(h) n(a)`` and
+``lambda_max(sym J_G) = lambda_max(sym J_F) / |h|`` (no sign is special-cased: for an eps
+network ``h < 0`` and the top eigenvalue of ``-sym J_eps`` is what matters).
+
+Forms (per sample, ``S_n = sym J_n``, ``beta`` = ``margin``):
+
+  ``eig``                ``max(-beta, lambda_max(sym J_F) / |h|)`` — the hinge. For eps:
+                         ``sigma + lambda_max(-S_eps)``; x0: ``lambda_max(S_x0) - alpha``;
+                         score: ``lambda_max(S_score) + 1``.
+  ``frobenius``          ``||sym J_F / |h| + beta I||_F^2`` — pulls the *whole* normalised
+                         spectrum to ``-beta`` (not a hinge: also penalises over-contraction).
+                         Exact for small D, Hutchinson-estimated otherwise.
+  ``literal``            the seed's formula on the raw network Jacobian:
+                         ``max(-beta, lambda_max(S_n) + f/h)``. Equal to ``eig`` when ``h > 0``
+                         (x0, score networks); for an eps network it is
+                         ``lambda_max(S_eps) - sigma`` — the *wrong sign* (positive for narrow,
+                         contracting data). Kept for ablations.
+  ``literal_frobenius``  ``||S_n + beta I||_F^2``: for an x0 network with beta = 0.1 this is
+                         D^2 times the official code's default ``mean((sym J_x0 + 0.1 I)^2)``.
+
+``margin=None`` removes the hinge (``eig``/``literal`` return the raw eigenvalue; Frobenius
+forms use beta = 0).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from ..diffusion.parameterization import NetFn
+from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
+from .eig import EigMethod, FlatFn, check_input, jacobian, max_sym_eig, resolve_method
+
+Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
+FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius")
+
+
+def contraction_loss(
+    net_fn: NetFn,
+    a_t: Tensor,
+    t: Tensor,
+    schedule: VPSchedule,
+    prediction: Prediction = "eps",
+    margin: float | None = 0.1,
+    form: Form = "eig",
+    method: EigMethod = "auto",
+    iters: int = 4,
+    *,
+    t_max: float | None = None,
+    exact_max_dim: int = 8,
+    probes: int = 4,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample contraction loss ``[B]``, differentiable w.r.t. the network's parameters.
+
+    net_fn: ``(a_t [B, ...], t [B]) -> [B, ...]`` predicting ``prediction``.
+    a_t: noisy actions ``[B, ...]`` (e.g. the score-matching batch); t: ``[B]`` in (0, 1].
+    t_max: apply only where ``t < t_max`` (the official offline-RL runs use t < 0.1); other
+    samples get 0 and cost nothing. probes: Hutchinson probes for Frobenius forms when
+    ``D > exact_max_dim``.
+    """
+    check_prediction(prediction)
+    check_input(a_t, "a_t")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if margin is not None and not margin >= 0:
+        raise ValueError(f"margin must be >= 0 or None, got {margin!r}")
+    if not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be a positive int, got {probes!r}")
+    B = a_t.shape[0]
+    t = torch.as_tensor(t, dtype=a_t.dtype, device=a_t.device)
+    if t.ndim == 0:
+        t = t.expand(B)
+    if t.shape != (B,):
+        raise ValueError(f"t must be a scalar or [B] = [{B}], got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all() or (t <= 0).any() or (t > 1).any():
+        raise ValueError("t must be finite and in (0, 1]")
+    resolve_method(method, a_t[0].numel(), exact_max_dim)  # validate the name early
+
+    if t_max is not None:
+        keep = t < t_max
+        out = a_t.new_zeros(B)
+        if keep.any():
+            idx = keep.nonzero().squeeze(1)
+            sub = _loss(net_fn, a_t[idx], t[idx], schedule, prediction, margin, form, method, iters,
+                        exact_max_dim, probes, generator)
+            out = out.index_put((idx,), sub)
+        return out
+    return _loss(net_fn, a_t, t, schedule, prediction, margin, form, method, iters, exact_max_dim, probes, generator)
+
+
+def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, schedule: VPSchedule, prediction: Prediction,
+          margin: float | None, form: str, method: str, iters: int, exact_max_dim: int, probes: int,
+          generator: torch.Generator | None) -> Tensor:
+    f, h = schedule.sampling_ode_coefficients(t, prediction)
+    f, h = f.to(a_t.dtype), h.to(a_t.dtype)
+    shape = (-1,) + (1,) * (a_t.ndim - 1)
+    net = lambda a: net_fn(a, t)  # noqa: E731  (the network at these samples' times)
+    beta = 0.0 if margin is None else margin
+
+    if form in ("eig", "literal"):
+        if form == "eig":
+            c, sgn = (f / h.abs()).reshape(shape), torch.sign(h).reshape(shape)
+            lam = max_sym_eig(lambda a: c * a + sgn * net(a), a_t, method, iters,
+                              exact_max_dim=exact_max_dim, generator=generator)
+        else:
+            lam = max_sym_eig(net, a_t, method, iters, exact_max_dim=exact_max_dim, generator=generator) + f / h
+        return lam if margin is None else lam.clamp_min(-beta)
+
+    # Frobenius forms: ||c I + s S_n||_F^2 per sample.
+    if form == "frobenius":
+        c, s = f / h.abs() + beta, torch.sign(h)
+    else:
+        c, s = torch.full_like(f, beta), torch.ones_like(f)
+    B = a_t.shape[0]
+    flat = FlatFn(net, a_t)
+    x = a_t.reshape(B, -1)
+    D = x.shape[1]
+    if D <= exact_max_dim:
+        J = jacobian(flat, x)
+        A = s[:, None, None] * 0.5 * (J + J.transpose(1, 2)) + c[:, None, None] * torch.eye(D, dtype=x.dtype, device=x.device)
+        return A.pow(2).sum((1, 2))
+    # Hutchinson: ||A||_F^2 = E_z |A z|^2 for Rademacher z (E[z z^T] = I).
+    z = torch.randint(0, 2, (probes, B, D), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+    _, vjp_fn = vjp(flat, x)
+    Jz = vmap(lambda v: jvp(flat, (x,), (v,))[1])(z)
+    JTz = vmap(lambda v: vjp_fn(v)[0])(z)
+    Az = c[None, :, None] * z + s[None, :, None] * 0.5 * (Jz + JTz)
+    return Az.pow(2).sum(-1).mean(0)
