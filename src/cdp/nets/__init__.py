@@ -1,7 +1,7 @@
 """Denoising networks."""
 
-from .mlp import MLPDenoiser, SinusoidalEmbedding
+from .mlp import MLPDenoiser, Mish, SinusoidalEmbedding
 
 MLP = MLPDenoiser
 
-__all__ = ["MLP", "MLPDenoiser", "SinusoidalEmbedding"]
+__all__ = ["MLP", "MLPDenoiser", "Mish", "SinusoidalEmbedding"]

@@ -5,7 +5,17 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class Mish(nn.Module):
+    """``x * tanh(softplus(x))`` written out: same values as ``nn.Mish``, but built from ops that
+    have vmap batching rules for their forward-mode derivatives (``nn.Mish``'s JVP goes through
+    ``mish_backward``, which vmap runs as a slow per-sample loop)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.tanh(F.softplus(x))
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -41,12 +51,12 @@ class MLPDenoiser(nn.Module):
             raise ValueError("action_shape, hidden and depth must be positive and state_dim >= 0")
         self.state_dim = state_dim
         d = math.prod(self.action_shape)
-        self.time_mlp = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
+        self.time_mlp = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), Mish(),
                                       nn.Linear(2 * t_dim, t_dim))
         layers: list[nn.Module] = []
         width = d + t_dim + state_dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.Mish()]
+            layers += [nn.Linear(width, hidden), Mish()]
             width = hidden
         layers.append(nn.Linear(width, d))
         self.mid = nn.Sequential(*layers)
