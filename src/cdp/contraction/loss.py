@@ -39,6 +39,7 @@ from ..diffusion.parameterization import NetFn
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EigMethod, FlatFn, check_input, jacobian, max_sym_eig, resolve_method
 
+Cond = Tensor | tuple[Tensor, ...] | None
 Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
 FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius")
 
@@ -54,6 +55,7 @@ def contraction_loss(
     method: EigMethod = "auto",
     iters: int = 4,
     *,
+    cond: Cond = None,
     t_max: float | None = None,
     exact_max_dim: int = 8,
     probes: int = 4,
@@ -61,7 +63,10 @@ def contraction_loss(
 ) -> Tensor:
     """Per-sample contraction loss ``[B]``, differentiable w.r.t. the network's parameters.
 
-    net_fn: ``(a_t [B, ...], t [B]) -> [B, ...]`` predicting ``prediction``.
+    net_fn: ``(a_t [B, ...], t [B], *cond) -> [B, ...]`` predicting ``prediction``.
+    cond: per-sample conditioning (a tensor or a tuple of tensors, each ``[B, ...]``, e.g. the
+    states) passed on to ``net_fn``. Pass it here rather than closing over it: the time window
+    (and a regulariser's sub-batch) evaluate the network on a subset of the samples.
     a_t: noisy actions ``[B, ...]`` (e.g. the score-matching batch); t: ``[B]`` in (0, 1].
     t_max: apply only where ``t < t_max`` (the official offline-RL runs use t < 0.1); other
     samples get 0 and cost nothing. probes: Hutchinson probes for Frobenius forms when
@@ -85,25 +90,38 @@ def contraction_loss(
         raise ValueError("t must be finite and in (0, 1]")
     resolve_method(method, a_t[0].numel(), exact_max_dim)  # validate the name early
 
+    conds = as_cond_tuple(cond, B)
+
     if t_max is not None:
         keep = t < t_max
         out = a_t.new_zeros(B)
         if keep.any():
             idx = keep.nonzero().squeeze(1)
-            sub = _loss(net_fn, a_t[idx], t[idx], schedule, prediction, margin, form, method, iters,
-                        exact_max_dim, probes, generator)
+            sub = _loss(net_fn, a_t[idx], t[idx], tuple(c[idx] for c in conds), schedule, prediction, margin,
+                        form, method, iters, exact_max_dim, probes, generator)
             out = out.index_put((idx,), sub)
         return out
-    return _loss(net_fn, a_t, t, schedule, prediction, margin, form, method, iters, exact_max_dim, probes, generator)
+    return _loss(net_fn, a_t, t, conds, schedule, prediction, margin, form, method, iters, exact_max_dim, probes,
+                 generator)
 
 
-def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, schedule: VPSchedule, prediction: Prediction,
-          margin: float | None, form: str, method: str, iters: int, exact_max_dim: int, probes: int,
-          generator: torch.Generator | None) -> Tensor:
+def as_cond_tuple(cond: Cond, B: int) -> tuple[Tensor, ...]:
+    """Normalise ``cond`` to a tuple of ``[B, ...]`` tensors (checked)."""
+    conds = () if cond is None else (cond,) if isinstance(cond, Tensor) else tuple(cond)
+    for i, c in enumerate(conds):
+        if not isinstance(c, Tensor) or c.ndim < 1 or c.shape[0] != B:
+            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"cond[{i}] must be a tensor [B = {B}, ...], got {got}")
+    return conds
+
+
+def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, conds: tuple[Tensor, ...], schedule: VPSchedule,
+          prediction: Prediction, margin: float | None, form: str, method: str, iters: int, exact_max_dim: int,
+          probes: int, generator: torch.Generator | None) -> Tensor:
     f, h = schedule.sampling_ode_coefficients(t, prediction)
     f, h = f.to(a_t.dtype), h.to(a_t.dtype)
     shape = (-1,) + (1,) * (a_t.ndim - 1)
-    net = lambda a: net_fn(a, t)  # noqa: E731  (the network at these samples' times)
+    net = lambda a: net_fn(a, t, *conds)  # noqa: E731  (the network at these samples' times and states)
     beta = 0.0 if margin is None else margin
 
     if form in ("eig", "literal"):

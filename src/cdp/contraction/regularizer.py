@@ -1,8 +1,8 @@
 """``ContractionRegularizer``: add CDP's term to any diffusion policy in a few lines.
 
     reg = ContractionRegularizer(schedule, prediction="eps")          # gamma = 0.1
-    out = denoising_loss(lambda a, t: net(a, t, obs), actions, schedule)
-    loss = out.loss.mean() + reg(lambda a, t: net(a, t, obs), out.a_t, out.t)
+    out = denoising_loss(net, actions, schedule, cond=obs)            # net(a_t, t, obs)
+    loss = out.loss.mean() + reg(net, out.a_t, out.t, cond=obs)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 from ..diffusion.parameterization import NetFn
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EIG_METHODS
-from .loss import FORMS, contraction_loss
+from .loss import FORMS, Cond, as_cond_tuple, contraction_loss
 
 
 @dataclass
@@ -65,18 +65,20 @@ class ContractionRegularizer:
         cfg.update(overrides)
         self.config = ContractionConfig(**cfg)
 
-    def per_sample(self, net_fn: NetFn, a_t: Tensor, t: Tensor,
+    def per_sample(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                    generator: torch.Generator | None = None) -> Tensor:
-        """``L_c`` per sample, ``[min(B, subbatch)]``."""
+        """``L_c`` per sample, ``[min(B, subbatch)]``. ``net_fn(a_t, t, *cond)``."""
         c = self.config
+        conds = as_cond_tuple(cond, a_t.shape[0])
         if c.subbatch is not None:
-            a_t, t = a_t[: c.subbatch], t[: c.subbatch]
+            a_t, t, conds = a_t[: c.subbatch], t[: c.subbatch], tuple(x[: c.subbatch] for x in conds)
         return contraction_loss(net_fn, a_t, t, self.schedule, self.prediction, c.margin, c.form,  # type: ignore[arg-type]
-                                c.method, c.iters, t_max=c.t_max, exact_max_dim=c.exact_max_dim,  # type: ignore[arg-type]
-                                probes=c.probes, generator=generator)
+                                c.method, c.iters, cond=conds, t_max=c.t_max,  # type: ignore[arg-type]
+                                exact_max_dim=c.exact_max_dim, probes=c.probes, generator=generator)
 
-    def __call__(self, net_fn: NetFn, a_t: Tensor, t: Tensor,
+    def __call__(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                  generator: torch.Generator | None = None) -> Tensor:
+        """``gamma * mean(L_c)``, a scalar to add to the training loss."""
         if self.config.gamma == 0:
             return a_t.new_zeros(())
-        return self.config.gamma * self.per_sample(net_fn, a_t, t, generator).mean()
+        return self.config.gamma * self.per_sample(net_fn, a_t, t, cond, generator).mean()

@@ -31,13 +31,15 @@ def denoising_loss(
     *,
     t: Tensor | None = None,
     noise: Tensor | None = None,
+    cond: Tensor | tuple[Tensor, ...] | None = None,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
 ) -> DenoisingOutput:
     """Epsilon matching ``|eps_theta(a_t, t) - eps|^2`` (or ``|x0_theta - x0|^2`` for an x0
     network), averaged over action dimensions, per sample.
 
-    x0: clean actions ``[B, ...]``. t: ``[B]`` in (0, 1]; drawn by ``schedule.sample_t`` when
+    net_fn: ``(a_t, t, *cond) -> [B, ...]``. x0: clean actions ``[B, ...]``. cond: per-sample
+    conditioning (states), a tensor or tuple of tensors ``[B, ...]``. t: ``[B]`` in (0, 1]; drawn by ``schedule.sample_t`` when
     omitted (``num_steps`` for discrete-time training). noise: ``[B, ...]`` standard normal.
     """
     check_prediction(prediction)
@@ -53,7 +55,8 @@ def denoising_loss(
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     a_t = schedule.q_sample(x0, t, noise)
-    pred = net_fn(a_t, t)
+    conds = () if cond is None else (cond,) if isinstance(cond, Tensor) else tuple(cond)
+    pred = net_fn(a_t, t, *conds)
     if pred.shape != x0.shape:
         raise ValueError(f"net_fn output shape {tuple(pred.shape)} != action shape {tuple(x0.shape)}")
     target = noise if prediction == "eps" else x0

@@ -14,8 +14,10 @@ from torch import Tensor
 
 from .schedule import Prediction, VPSchedule, broadcast_to, check_prediction
 
-NetFn = Callable[[Tensor, Tensor], Tensor]
-"""A denoiser ``net_fn(a_t [B, ...], t [B]) -> [B, ...]``; condition on a state by closure."""
+NetFn = Callable[..., Tensor]
+"""A denoiser ``net_fn(a_t [B, ...], t [B], *cond) -> [B, ...]``; ``cond`` (e.g. states) is
+passed explicitly where the library may take a subset of the batch (losses, regulariser) and
+may be closed over elsewhere (samplers call ``model_fn(a_t, t)``)."""
 
 
 def eps_to_x0(eps: Tensor, a_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:

@@ -1,0 +1,183 @@
+import pytest
+import torch
+from torch import nn
+
+from cdp.contraction import ContractionConfig, ContractionRegularizer, contraction_loss, separation_and_bound
+from cdp.diffusion import VPSchedule, denoising_loss
+from cdp.toy import GaussianMixture, two_mode_2d
+
+SCHEDULES = [VPSchedule(), VPSchedule(kind="cosine"), VPSchedule.discrete_cosine(50)]
+T = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+
+
+def gaussian(s, d=3):
+    return GaussianMixture(torch.zeros(1, d), torch.tensor([s]), torch.ones(1))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["linear", "cosine", "discrete"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "score"])
+def test_gaussian_sign_narrow_contracts_wide_expands(schedule, prediction):
+    a = torch.randn(len(T), 3, dtype=torch.float64)
+    for s, sign in [(0.5, -1), (2.0, +1)]:
+        L = contraction_loss(gaussian(s).denoiser(schedule, prediction), a, T, schedule, prediction, margin=None)
+        assert (torch.sign(L) == sign).all(), (s, L)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_gaussian_values_in_closed_form(prediction):
+    """N(0, s^2): eps = sigma a / v, x0 = alpha s^2 a / v with v = alpha^2 s^2 + sigma^2, so the
+    normalised condition is sigma (1 - 1/v) (eps) and alpha (s^2 - v) / v (x0)."""
+    sch, s = VPSchedule(), 0.6
+    al, sg = sch.alpha(T), sch.sigma(T)
+    v = al**2 * s**2 + sg**2
+    want = sg * (1 - 1 / v) if prediction == "eps" else al * (s**2 - v) / v
+    a = torch.randn(len(T), 3, dtype=torch.float64)
+    got = contraction_loss(gaussian(s).denoiser(sch, prediction), a, T, sch, prediction, margin=None)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-10)
+    # the hinge
+    hinged = contraction_loss(gaussian(s).denoiser(sch, prediction), a, T, sch, prediction, margin=0.05)
+    assert torch.allclose(hinged, want.clamp_min(-0.05), rtol=1e-6, atol=1e-10)
+
+
+def test_literal_formula_has_the_wrong_sign_for_eps_and_is_right_for_x0():
+    sch = VPSchedule()
+    a = torch.randn(len(T), 3, dtype=torch.float64)
+    net_eps, net_x0 = gaussian(0.5).denoiser(sch, "eps"), gaussian(0.5).denoiser(sch, "x0")
+    lit_eps = contraction_loss(net_eps, a, T, sch, "eps", margin=None, form="literal")
+    assert (lit_eps > 0).all()  # narrow data, contracting flow, and yet positive
+    eig_eps = contraction_loss(net_eps, a, T, sch, "eps", margin=None, form="eig")
+    assert torch.allclose(lit_eps, -eig_eps)  # for a multiple of I: lambda_max(S) - sigma = -(sigma - lambda)
+    lit_x0 = contraction_loss(net_x0, a, T, sch, "x0", margin=None, form="literal")
+    assert torch.allclose(lit_x0, contraction_loss(net_x0, a, T, sch, "x0", margin=None, form="eig"))
+
+
+def test_frobenius_forms_in_closed_form_and_hutchinson():
+    sch, s, beta = VPSchedule(), 0.5, 0.1
+    al, sg = sch.alpha(T), sch.sigma(T)
+    v = al**2 * s**2 + sg**2
+    for d, kwargs in [(3, {}), (12, {"probes": 4000})]:
+        net = gaussian(s, d).denoiser(sch, "x0")
+        a = torch.randn(len(T), d, dtype=torch.float64)
+        lam = al * (s**2 - v) / v  # sym J_F/|h| = lam I
+        fro = contraction_loss(net, a, T, sch, "x0", margin=beta, form="frobenius", generator=torch.Generator().manual_seed(0), **kwargs)
+        lit = contraction_loss(net, a, T, sch, "x0", margin=beta, form="literal_frobenius", generator=torch.Generator().manual_seed(0), **kwargs)
+        rtol = 1e-8 if d == 3 else 1e-8  # Rademacher probes are exact for a multiple of I
+        assert torch.allclose(fro, d * (lam + beta) ** 2, rtol=rtol)
+        assert torch.allclose(lit, d * (al * s**2 / v + beta) ** 2, rtol=rtol)
+
+
+def test_hutchinson_estimate_is_unbiased_on_a_non_diagonal_jacobian():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 12)).double()
+    sch = VPSchedule()
+    a = torch.randn(4, 12, dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    fn = lambda x, tt: net(x)  # noqa: E731
+    exact = contraction_loss(fn, a, t, sch, "x0", form="frobenius", exact_max_dim=12)
+    est = contraction_loss(fn, a, t, sch, "x0", form="frobenius", probes=20000, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(est, exact, rtol=0.03)
+
+
+def test_time_window_zeroes_and_skips_samples():
+    sch = VPSchedule()
+    calls = []
+
+    def net(a, t):
+        calls.append(a.shape[0])
+        return gaussian(2.0).eps(a, t, sch)
+
+    a = torch.randn(len(T), 3, dtype=torch.float64)
+    L = contraction_loss(net, a, T, sch, "eps", t_max=0.2)
+    full = contraction_loss(gaussian(2.0).denoiser(sch, "eps"), a, T, sch, "eps")
+    assert torch.allclose(L[:2], full[:2]) and (L[2:] == 0).all()
+    assert max(calls) == 2  # only the two samples inside the window reach the network
+
+
+def test_divergence_bound_exact_for_gaussian_and_holds_for_a_mixture():
+    sch = VPSchedule()
+    for s in (0.5, 2.0):
+        x = torch.randn(4, 3, dtype=torch.float64)
+        ratio, bound = separation_and_bound(gaussian(s).denoiser(sch, "eps"), x, 1e-4 * torch.randn(4, 3, dtype=torch.float64), sch, steps=200)
+        assert torch.allclose(ratio, bound, rtol=1e-3)
+        v = lambda t: sch.alpha(torch.tensor(t)) ** 2 * s**2 + sch.sigma(torch.tensor(t)) ** 2  # noqa: E731
+        assert torch.allclose(ratio, torch.sqrt(v(1e-3) / v(1.0)).double().expand(4), rtol=1e-4)
+    mix = two_mode_2d(std=0.2)
+    x = torch.randn(16, 2, dtype=torch.float64)
+    ratio, bound = separation_and_bound(mix.denoiser(sch, "eps"), x, 1e-6 * torch.randn(16, 2, dtype=torch.float64), sch, steps=300)
+    assert (ratio <= bound * (1 + 1e-3)).all()
+    assert (ratio < 0.99 * bound).any()  # not trivially tight: the field is not a multiple of I
+
+
+@pytest.mark.parametrize("form", ["eig", "frobenius", "literal"])
+def test_loss_gradient_matches_finite_differences(form):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 24), nn.Tanh(), nn.Linear(24, 3)).double()
+    fn = lambda a, t: net(torch.cat([a, t[:, None]], -1))  # noqa: E731
+    sch = VPSchedule()
+    a = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.rand(5, dtype=torch.float64) * 0.8 + 0.1
+    L = contraction_loss(fn, a, t, sch, "eps", margin=None, form=form).sum()
+    w = net[0].weight
+    (g,) = torch.autograd.grad(L, w)
+    h = 1e-6
+    for i, j in [(0, 0), (5, 3), (23, 1)]:
+        with torch.no_grad():
+            w[i, j] += h
+            up = contraction_loss(fn, a, t, sch, "eps", margin=None, form=form).sum()
+            w[i, j] -= 2 * h
+            dn = contraction_loss(fn, a, t, sch, "eps", margin=None, form=form).sum()
+            w[i, j] += h
+        assert float(g[i, j]) == pytest.approx(float((up - dn) / (2 * h)), rel=1e-4, abs=1e-8)
+
+
+def test_regularizer_on_a_users_network():
+    torch.manual_seed(0)
+
+    class UserNet(nn.Module):  # not one of ours: (obs, noisy action, t) -> eps
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(5 + 2 + 1, 64), nn.SiLU(), nn.Linear(64, 2))
+
+        def forward(self, obs, act, t):
+            return self.body(torch.cat([obs, act, t[:, None]], -1))
+
+    net, sch = UserNet(), VPSchedule()
+    obs, act = torch.randn(64, 5), torch.randn(64, 2)
+    eps_fn = lambda a, t, o: net(o, a, t)  # noqa: E731
+    reg = ContractionRegularizer(sch, "eps", gamma=0.1)
+    out = denoising_loss(eps_fn, act, sch, cond=obs)
+    term = reg(eps_fn, out.a_t, out.t, cond=obs)
+    (out.loss.mean() + term).backward()
+    assert term.ndim == 0 and torch.isfinite(term) and net.body[0].weight.grad is not None
+    per = reg.per_sample(eps_fn, out.a_t, out.t, cond=obs)
+    assert torch.allclose(term, 0.1 * per.mean())
+    sub = ContractionRegularizer(sch, "eps", ContractionConfig(subbatch=16, t_max=0.5))
+    got = sub.per_sample(eps_fn, out.a_t, out.t, cond=obs)
+    inside = out.t[:16] < 0.5
+    assert got.shape == (16,) and torch.allclose(got[inside], per[:16][inside]) and (got[~inside] == 0).all()
+    assert ContractionRegularizer(sch, "eps", gamma=0.0)(eps_fn, out.a_t, out.t, cond=obs) == 0
+    with pytest.raises(ValueError, match=r"cond\[0\] must be a tensor \[B = 64"):
+        reg(eps_fn, out.a_t, out.t, cond=obs[:3])
+
+
+def test_bad_loss_input_names_the_argument():
+    sch = VPSchedule()
+    net = gaussian(0.5).denoiser(sch, "eps")
+    a = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.full((4,), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="form"):
+        contraction_loss(net, a, t, sch, form="trace")
+    with pytest.raises(ValueError, match="prediction"):
+        contraction_loss(net, a, t, sch, prediction="v")
+    with pytest.raises(ValueError, match="method"):
+        contraction_loss(net, a, t, sch, method="svd")
+    with pytest.raises(ValueError, match=r"t must be a scalar or \[B\]"):
+        contraction_loss(net, a, t[:2], sch)
+    with pytest.raises(ValueError, match="t must be finite"):
+        contraction_loss(net, a, torch.zeros(4, dtype=torch.float64), sch)
+    with pytest.raises(ValueError, match="a_t contains NaN"):
+        contraction_loss(net, a * float("nan"), t, sch)
+    with pytest.raises(ValueError, match="margin"):
+        contraction_loss(net, a, t, sch, margin=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        ContractionConfig(gamma=-1)
