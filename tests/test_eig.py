@@ -4,7 +4,6 @@ from conftest import random_sym_spectrum_map
 from torch import nn
 
 from cdp.contraction import jacobian, max_sym_eig
-from cdp.contraction.eig import FlatFn
 
 B, D = 6, 10
 
@@ -62,7 +61,7 @@ def test_mlp_against_autograd_jacobian(method, iters):
     net = small_mlp()
     x = torch.randn(8, 4, dtype=torch.float64)
     want, J = autograd_sym_lambda_max(net, x)
-    assert torch.allclose(jacobian(FlatFn(net, x), x), J, atol=1e-10)
+    assert torch.allclose(jacobian(net, x), J, atol=1e-10)
     assert torch.allclose(max_sym_eig(net, x, method, iters), want, atol=1e-8)
 
 
@@ -112,7 +111,7 @@ def test_hellmann_feynman_gradient_equals_gradient_through_eigvalsh():
     lam = max_sym_eig(net, x, "exact").sum()
     params = list(net.parameters())[:-1]  # the last bias does not enter the Jacobian
     g1 = torch.autograd.grad(lam, params)
-    J = jacobian(FlatFn(net, x), x)
+    J = jacobian(net, x)
     ref = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, -1].sum()
     g2 = torch.autograd.grad(ref, params)
     for a, b in zip(g1, g2):

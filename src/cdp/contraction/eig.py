@@ -6,13 +6,16 @@ For ``fn: [B, *shape] -> [B, *shape]`` acting on each sample independently and
 strongly negative eigenvalue must not hide (plain power iteration would return the one of
 largest magnitude).
 
-Cost model (DESIGN.md §3). The eigenvector ``v`` is searched for without a graph; the value
-returned is then the Rayleigh quotient ``v^T J v`` from one differentiable JVP, whose gradient
-w.r.t. the network's parameters is exact for a simple eigenvalue (Hellmann-Feynman:
+Cost model (DESIGN.md §3). ``fn`` runs forward once, with a graph to ``x``; every Jacobian
+product is then a backward pass through that graph (:class:`Linearization`). The eigenvector
+``v`` is searched for without keeping a graph; the value returned is the Rayleigh quotient
+``v^T J v`` from one differentiable vector-Jacobian product, whose gradient w.r.t. the
+network's parameters is exact for a simple eigenvalue (Hellmann-Feynman:
 ``d lambda = v^T dA v``; the skew part of J drops out of ``v^T J v``).
 
 Methods (``S = sym J``):
-  ``exact``   D JVPs (vmapped over the basis) build J; ``eigh``. Exact; best for D <= ~8.
+  ``exact``   J from one batched backward over the D basis vectors; ``eigh``. Exact; best
+              for D <= ~8.
   ``lanczos`` ``iters`` Lanczos steps with full re-orthogonalisation, each one JVP + one VJP;
               returns the top Ritz value, a lower bound that converges to lambda_max
               (exact once ``iters >= D``).
@@ -29,7 +32,6 @@ from typing import Callable, Literal
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
 
 EigMethod = Literal["auto", "exact", "power", "lanczos"]
 EIG_METHODS: tuple[str, ...] = ("auto", "exact", "power", "lanczos")
@@ -71,28 +73,120 @@ def resolve_method(method: str, dim: int, exact_max_dim: int) -> str:
     return method
 
 
-def jacobian(fn: FlatFn, x: Tensor) -> Tensor:
-    """Per-sample Jacobians ``[B, D, D]`` of a flat sample-wise map, by D vmapped JVPs
-    (tangent e_j on every sample at once gives column j of every block). Differentiable
-    w.r.t. anything ``fn`` closes over when called with grad enabled."""
+class Linearization:
+    """Jacobian products of a flat sample-wise map at ``x [B, D]`` through autograd.
+
+    ``fn`` runs forward once with a graph to its input; every product is then a backward pass
+    through that graph, so ``K`` matvecs cost no extra forward passes. ``vjp(u) = J^T u``;
+    ``jvp(v) = J v`` by the double-backward trick (``J v`` is the gradient of ``<J^T u, v>``
+    w.r.t. a dummy ``u``); ``jacobian()`` all ``D`` rows in one batched backward. With
+    ``create_graph=True`` results stay differentiable w.r.t. what ``fn`` closes over.
+    """
+
+    def __init__(self, fn: FlatFn, x: Tensor) -> None:
+        self.x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.y = fn(self.x)
+        self._u: Tensor | None = None
+        self._jtu: Tensor | None = None
+
+    def vjp(self, u: Tensor, create_graph: bool = False) -> Tensor:
+        return self._grad(self.y, self.x, u, create_graph)
+
+    def jvp(self, v: Tensor, create_graph: bool = False) -> Tensor:
+        if self._u is None:
+            with torch.enable_grad():
+                self._u = torch.zeros_like(self.y, requires_grad=True)
+                self._jtu = torch.autograd.grad(self.y, self.x, self._u, create_graph=True, allow_unused=True)[0]
+        if self._jtu is None:  # y does not depend on x
+            return torch.zeros_like(self.y)
+        return self._grad(self._jtu, self._u, v, create_graph)
+
+    def quad(self, v: Tensor) -> Tensor:
+        """Differentiable ``v^T J v`` per sample ``[B]`` (one backward with a graph)."""
+        return (v * self.vjp(v, create_graph=True)).sum(-1)
+
+    def jacobian(self, create_graph: bool = False) -> Tensor:
+        """``[B, D, D]``, ``J[b, i, j] = d y_bi / d x_bj``."""
+        B, D = self.x.shape
+        with torch.enable_grad():
+            rows = torch.autograd.grad(self.y, self.x, _basis(self.x), retain_graph=True, create_graph=create_graph,
+                                       is_grads_batched=True, allow_unused=True)[0]
+        return self.x.new_zeros(B, D, D) if rows is None else rows.transpose(0, 1)
+
+    def _grad(self, out: Tensor, inp: Tensor, w: Tensor, create_graph: bool) -> Tensor:
+        with torch.enable_grad():
+            g = torch.autograd.grad(out, inp, w, retain_graph=True, create_graph=create_graph, allow_unused=True)[0]
+        return torch.zeros_like(inp) if g is None else g
+
+
+class FusedLinearization:
+    """Jacobian products through a network's own forward-mode pass.
+
+    For a map that offers ``fn.forward_jvp(x, tangent) -> (fn(x), J tangent)`` (``tangent``
+    ``[K, B, *shape]``, K directions at once; :meth:`cdp.nets.MLPDenoiser.forward_jvp` is one),
+    ``jvp`` and ``jacobian`` are plain differentiable forward computations: no double backward,
+    no autograd-engine overhead. ``vjp`` (needed by the iterative methods) falls back to
+    :class:`Linearization`.
+    """
+
+    def __init__(self, fn: FlatFn, x: Tensor) -> None:
+        self.fn, self.x = fn, x.detach()
+        self._lin: Linearization | None = None
+        shape = fn.shape
+        self._fwd_jvp = lambda tangent: fn.fn.forward_jvp(  # type: ignore[attr-defined]
+            self.x.reshape(shape), tangent.reshape(tangent.shape[0], *shape))[1].reshape(tangent.shape)
+
+    def jvp(self, v: Tensor, create_graph: bool = False) -> Tensor:
+        with torch.set_grad_enabled(create_graph):
+            return self._fwd_jvp(v[None])[0]
+
+    def vjp(self, u: Tensor, create_graph: bool = False) -> Tensor:
+        if self._lin is None:
+            self._lin = Linearization(self.fn, self.x)
+        return self._lin.vjp(u, create_graph)
+
+    def quad(self, v: Tensor) -> Tensor:
+        return (v * self.jvp(v, create_graph=True)).sum(-1)
+
+    def jacobian(self, create_graph: bool = False) -> Tensor:
+        with torch.set_grad_enabled(create_graph):
+            return self._fwd_jvp(_basis(self.x)).permute(1, 2, 0)  # [D(j), B, D(i)] -> [B, i, j]
+
+
+Ops = Linearization | FusedLinearization
+
+
+def linearize(fn: SampleFn, x: Tensor) -> Ops:
+    """Jacobian-product operators of ``fn`` at ``x [B, *shape]`` (flattened to ``[B, D]``),
+    fused when ``fn`` has ``forward_jvp``."""
+    flat = FlatFn(fn, x)
+    xf = x.reshape(x.shape[0], -1)
+    return FusedLinearization(flat, xf) if hasattr(fn, "forward_jvp") else Linearization(flat, xf)
+
+
+def jacobian(fn: SampleFn, x: Tensor, create_graph: bool | None = None) -> Tensor:
+    """Per-sample Jacobians ``[B, D, D]`` of a sample-wise map (flattened). Differentiable
+    w.r.t. what ``fn`` closes over when grad is enabled."""
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    return linearize(fn, x).jacobian(create_graph=create_graph)
+
+
+def _basis(x: Tensor) -> Tensor:
     B, D = x.shape
-    basis = torch.eye(D, dtype=x.dtype, device=x.device).unsqueeze(1).expand(D, B, D)
-    cols = vmap(lambda e: jvp(fn, (x,), (e,))[1])(basis)  # [D(j), B, D(i)] = J[b, i, j]
-    return cols.permute(1, 2, 0)
+    return torch.eye(D, dtype=x.dtype, device=x.device).unsqueeze(1).expand(D, B, D)
 
 
 class SymJacobian:
-    """Matrix-free ``v -> (J v + J^T v) / 2`` on flat samples ``[B, D]``. The forward and its
-    graph for the VJP are built once; each matvec is then one JVP and one backward pass."""
+    """Matrix-free ``v -> scale * (J v + J^T v) / 2`` on flat samples ``[B, D]``."""
 
-    def __init__(self, fn: FlatFn, x: Tensor) -> None:
-        self.fn, self.x = fn, x
-        _, self._vjp = vjp(fn, x)
+    def __init__(self, ops: Ops, scale: Tensor | None = None) -> None:
+        self.ops, self.scale = ops, scale
 
     def __call__(self, v: Tensor) -> Tensor:
-        jv = jvp(self.fn, (self.x,), (v,))[1]
-        (jtv,) = self._vjp(v)
-        return 0.5 * (jv + jtv)
+        out = 0.5 * (self.ops.jvp(v) + self.ops.vjp(v))
+        return out if self.scale is None else self.scale[:, None] * out
 
 
 def _normalize(v: Tensor) -> Tensor:
@@ -166,15 +260,18 @@ def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
 
 
-def top_sym_eigvec(fn: FlatFn, x: Tensor, method: str, iters: int,
+def top_sym_eigvec(ops: Ops, method: str, iters: int, scale: Tensor | None = None,
                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Search phase, without a graph: ``(estimate [B], unit eigenvector [B, D])``."""
+    """Search phase, no graph kept: ``(estimate [B], unit eigenvector [B, D])`` of the largest
+    eigenvalue of ``scale * sym J``."""
+    x = ops.x.detach()
+    if method == "exact":
+        J = ops.jacobian()
+        S = 0.5 * (J + J.transpose(1, 2))
+        evals, evecs = torch.linalg.eigh(S if scale is None else scale[:, None, None] * S)
+        return evals[:, -1], evecs[:, :, -1]
+    mv = SymJacobian(ops, scale)
     with torch.no_grad():
-        if method == "exact":
-            J = jacobian(fn, x)
-            evals, evecs = torch.linalg.eigh(0.5 * (J + J.transpose(1, 2)))
-            return evals[:, -1], evecs[:, :, -1]
-        mv = SymJacobian(fn, x)
         if method == "lanczos":
             return lanczos_top_eigvec(mv, x, iters, generator)
         v = power_top_eigvec(mv, x, iters, generator)
@@ -187,28 +284,36 @@ def max_sym_eig(
     method: EigMethod = "auto",
     iters: int = 4,
     *,
+    scale: Tensor | None = None,
     exact_max_dim: int = 8,
     generator: torch.Generator | None = None,
     return_vector: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``lambda_max(sym J)`` per sample, ``[B]``.
 
-    fn: sample-wise map ``[B, *shape] -> [B, *shape]`` (condition on states by closure).
+    fn: sample-wise map ``[B, *shape] -> [B, *shape]`` (condition on states by closure). If it
+    has ``forward_jvp(x, tangent) -> (fn(x), J tangent)`` that fused pass is used.
     x: ``[B, *shape]``; action chunks ``[B, H, d]`` are flattened to ``D = H d``.
-    With grad enabled the result is the differentiable Rayleigh quotient ``v^T J v`` of the
-    eigenvector found (one JVP with a graph); otherwise the search phase's estimate.
+    scale: optional per-sample ``[B]`` factor on the operator: the result is
+    ``lambda_max(scale_b * sym J_b)`` (``scale = -1`` gives ``-lambda_min``).
+    With grad enabled the result is the differentiable Rayleigh quotient ``v^T J v`` (times
+    ``scale``) of the eigenvector found; otherwise the search phase's estimate.
     ``return_vector`` adds the unit eigenvectors ``[B, *shape]``.
     """
     check_input(x)
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
-    B = x.shape[0]
-    flat = FlatFn(fn, x)
-    xf = x.reshape(B, -1)
-    method = resolve_method(method, xf.shape[1], exact_max_dim)
-    lam, v = top_sym_eigvec(flat, xf.detach(), method, iters, generator)
+    if scale is not None and (not isinstance(scale, Tensor) or scale.shape != x.shape[:1]):
+        raise ValueError(f"scale must be a tensor [B] = [{x.shape[0]}], got {getattr(scale, 'shape', scale)}")
+    method = resolve_method(method, x[0].numel(), exact_max_dim)
+    ops = linearize(fn, x)
+    lam, v = top_sym_eigvec(ops, method, iters, scale, generator)
     if torch.is_grad_enabled():
-        lam = (v * jvp(flat, (xf,), (v,))[1]).sum(-1)
+        # Hellmann-Feynman: v held fixed, lambda = v^T J v carries the gradient
+        lam = ops.quad(v)
+        lam = lam if scale is None else scale * lam
+    else:
+        lam = lam.detach()
     if not torch.isfinite(lam).all():
         raise FloatingPointError("max_sym_eig: non-finite eigenvalue (fn produced NaN/inf derivatives)")
     return (lam, v.reshape(x.shape)) if return_vector else lam

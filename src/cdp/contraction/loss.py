@@ -33,11 +33,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
 
 from ..diffusion.parameterization import NetFn
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
-from .eig import EigMethod, FlatFn, check_input, jacobian, max_sym_eig, resolve_method
+from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
 Cond = Tensor | tuple[Tensor, ...] | None
 Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
@@ -115,20 +114,33 @@ def as_cond_tuple(cond: Cond, B: int) -> tuple[Tensor, ...]:
     return conds
 
 
+class NetAt:
+    """The network at fixed per-sample times and conditioning: ``a -> net_fn(a, t, *cond)``.
+    Exposes the network's fused ``forward_jvp`` when it has one."""
+
+    def __init__(self, net_fn: NetFn, t: Tensor, conds: tuple[Tensor, ...]) -> None:
+        self.net_fn, self.t, self.conds = net_fn, t, conds
+        if hasattr(net_fn, "forward_jvp"):
+            self.forward_jvp = lambda a, tangent: net_fn.forward_jvp(a, t, *conds, tangent=tangent)  # type: ignore[attr-defined]
+
+    def __call__(self, a: Tensor) -> Tensor:
+        return self.net_fn(a, self.t, *self.conds)
+
+
 def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, conds: tuple[Tensor, ...], schedule: VPSchedule,
           prediction: Prediction, margin: float | None, form: str, method: str, iters: int, exact_max_dim: int,
           probes: int, generator: torch.Generator | None) -> Tensor:
     f, h = schedule.sampling_ode_coefficients(t, prediction)
     f, h = f.to(a_t.dtype), h.to(a_t.dtype)
-    shape = (-1,) + (1,) * (a_t.ndim - 1)
-    net = lambda a: net_fn(a, t, *conds)  # noqa: E731  (the network at these samples' times and states)
+    net = NetAt(net_fn, t, conds)
     beta = 0.0 if margin is None else margin
 
     if form in ("eig", "literal"):
         if form == "eig":
-            c, sgn = (f / h.abs()).reshape(shape), torch.sign(h).reshape(shape)
-            lam = max_sym_eig(lambda a: c * a + sgn * net(a), a_t, method, iters,
-                              exact_max_dim=exact_max_dim, generator=generator)
+            # lambda_max(sym J_G), G = (f/|h|) a + sign(h) n(a): the top eigenvector of sign(h) S_n
+            sgn = torch.sign(h)
+            lam = f / h.abs() + max_sym_eig(net, a_t, method, iters, scale=sgn, exact_max_dim=exact_max_dim,
+                                            generator=generator)
         else:
             lam = max_sym_eig(net, a_t, method, iters, exact_max_dim=exact_max_dim, generator=generator) + f / h
         return lam if margin is None else lam.clamp_min(-beta)
@@ -138,18 +150,16 @@ def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, conds: tuple[Tensor, ...], sche
         c, s = f / h.abs() + beta, torch.sign(h)
     else:
         c, s = torch.full_like(f, beta), torch.ones_like(f)
-    B = a_t.shape[0]
-    flat = FlatFn(net, a_t)
-    x = a_t.reshape(B, -1)
-    D = x.shape[1]
+    lin = linearize(net, a_t)
+    x = lin.x
+    B, D = x.shape
     if D <= exact_max_dim:
-        J = jacobian(flat, x)
+        J = lin.jacobian(create_graph=True)
         A = s[:, None, None] * 0.5 * (J + J.transpose(1, 2)) + c[:, None, None] * torch.eye(D, dtype=x.dtype, device=x.device)
         return A.pow(2).sum((1, 2))
     # Hutchinson: ||A||_F^2 = E_z |A z|^2 for Rademacher z (E[z z^T] = I).
     z = torch.randint(0, 2, (probes, B, D), generator=generator, device=x.device).to(x.dtype) * 2 - 1
-    _, vjp_fn = vjp(flat, x)
-    Jz = vmap(lambda v: jvp(flat, (x,), (v,))[1])(z)
-    JTz = vmap(lambda v: vjp_fn(v)[0])(z)
+    Jz = torch.stack([lin.jvp(zp, create_graph=True) for zp in z])
+    JTz = torch.stack([lin.vjp(zp, create_graph=True) for zp in z])
     Az = c[None, :, None] * z + s[None, :, None] * 0.5 * (Jz + JTz)
     return Az.pow(2).sum(-1).mean(0)

@@ -1,0 +1,119 @@
+"""Training-step cost of the contraction term, as a ratio to the plain step measured in one run.
+
+A step = denoising loss (+ gamma * contraction term) on the DQL/EDP MLP denoiser (3 x 256,
+Mish, state-conditioned), batch 256, backward, Adam. Plain and regularised steps are timed
+interleaved, round-robin, so both see the same machine state; the figure is the median.
+
+    python benchmarks/contraction_overhead.py            # full table (a few minutes on 2 cores)
+    python benchmarks/contraction_overhead.py --quick    # fewer repeats
+    python benchmarks/contraction_overhead.py --markdown results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cdp.contraction import ContractionConfig, ContractionRegularizer
+from cdp.diffusion import VPSchedule, denoising_loss
+from cdp.nets import MLPDenoiser
+
+
+@dataclass
+class Case:
+    name: str
+    action_shape: tuple[int, ...]
+    state_dim: int
+
+
+CASES = [Case("d=3 (hopper)", (3,), 11), Case("d=6 (walker2d)", (6,), 17), Case("16x7 chunk", (16, 7), 23)]
+
+VARIANTS: list[tuple[str, dict]] = [
+    ("default (auto)", {}),
+    ("exact", {"method": "exact", "exact_max_dim": 112}),
+    ("lanczos K=4", {"method": "lanczos"}),
+    ("power K=4", {"method": "power"}),
+    ("auto, sub-batch 64", {"subbatch": 64}),
+    ("auto, sub-batch 32", {"subbatch": 32}),
+    ("auto, t < 0.1 window", {"t_max": 0.1}),
+    ("frobenius (auto)", {"form": "frobenius"}),
+    ("generic autograd path", {"_generic": True}),
+]
+
+
+def make_step(case: Case, reg: ContractionRegularizer | None, generic: bool, batch: int, seed: int = 0):
+    torch.manual_seed(seed)
+    net = MLPDenoiser(case.action_shape, case.state_dim)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    sch = VPSchedule()
+    obs = torch.randn(batch, case.state_dim)
+    act = torch.rand(batch, *case.action_shape) * 2 - 1
+    # a plain closure hides forward_jvp, so the term goes through autograd (any user's network)
+    fn = (lambda a, t, s: net(a, t, s)) if generic else net
+
+    def step() -> None:
+        out = denoising_loss(fn, act, sch, "eps", cond=obs)
+        loss = out.loss.mean()
+        if reg is not None:
+            loss = loss + reg(fn, out.a_t, out.t, cond=obs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_round_robin(steps: dict[str, callable], repeats: int, inner: int) -> dict[str, float]:
+    """Median ms per step of each callable, timed in interleaved rounds."""
+    for f in steps.values():  # warm-up
+        for _ in range(3):
+            f()
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, f in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            samples[k].append(1000 * (time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--markdown", type=str, default=None, help="also write the table to this file")
+    args = ap.parse_args()
+    repeats, inner = (5, 5) if args.quick else (15, 10)
+    sch = VPSchedule()
+    lines = [
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; batch {args.batch}; MLP 3 x 256; median ms/step over {repeats} rounds of {inner}",
+        "",
+        "| action | variant | plain ms | with term ms | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+    for case in CASES:
+        steps = {"plain": make_step(case, None, False, args.batch)}
+        for name, kw in VARIANTS:
+            kw = dict(kw)
+            generic = kw.pop("_generic", False)
+            steps[name] = make_step(case, ContractionRegularizer(sch, "eps", ContractionConfig(**kw)), generic, args.batch)
+        ms = time_round_robin(steps, repeats, inner)
+        for name, _ in VARIANTS:
+            row = f"| {case.name} | {name} | {ms['plain']:.2f} | {ms[name]:.2f} | {ms[name] / ms['plain']:.2f}x |"
+            lines.append(row)
+            print(row, flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
