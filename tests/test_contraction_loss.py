@@ -181,3 +181,30 @@ def test_bad_loss_input_names_the_argument():
         contraction_loss(net, a, t, sch, margin=-1.0)
     with pytest.raises(ValueError, match="gamma"):
         ContractionConfig(gamma=-1)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"subbatch": 5}, {"t_max": 0.5}, {"subbatch": 6, "t_max": 0.5, "margin": None},
+                                       {"method": "lanczos", "iters": 3}])
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_fused_regularized_loss_equals_the_two_step_version(overrides, prediction):
+    """reg.loss(net, x0) (one fused pass for MLPDenoiser) == denoising_loss + reg(...), values and
+    parameter gradients, for sub-batches and time windows."""
+    from cdp.nets import MLP
+
+    torch.manual_seed(0)
+    net = MLP(3, state_dim=4, hidden=32).double()
+    sch = VPSchedule()
+    x0 = torch.rand(12, 3, dtype=torch.float64) * 2 - 1
+    obs = torch.randn(12, 4, dtype=torch.float64)
+    t = torch.rand(12, dtype=torch.float64) * 0.98 + 0.01
+    noise = torch.randn(12, 3, dtype=torch.float64)
+    reg = ContractionRegularizer(sch, prediction, gamma=0.7, **overrides)
+    fused = reg.loss(net, x0, obs, t=t, noise=noise, generator=torch.Generator().manual_seed(0))
+    gf = torch.autograd.grad(fused.total, list(net.parameters()))
+    out = denoising_loss(net, x0, sch, prediction, t=t, noise=noise, cond=obs)
+    term = reg(lambda a, tt, o: net(a, tt, o), out.a_t, out.t, cond=obs, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fused.contraction, term, atol=1e-10)
+    assert torch.allclose(fused.denoising.loss, out.loss, atol=1e-12)
+    gu = torch.autograd.grad(out.loss.mean() + term, list(net.parameters()))
+    for a, b in zip(gf, gu):
+        assert torch.allclose(a, b, atol=1e-9)

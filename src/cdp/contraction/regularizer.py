@@ -3,6 +3,11 @@
     reg = ContractionRegularizer(schedule, prediction="eps")          # gamma = 0.1
     out = denoising_loss(net, actions, schedule, cond=obs)            # net(a_t, t, obs)
     loss = out.loss.mean() + reg(net, out.a_t, out.t, cond=obs)
+
+or, for score matching and the term together (one fused pass when the network has
+``forward_jvp``, as :class:`cdp.nets.MLPDenoiser` does):
+
+    loss = reg.loss(net, actions, cond=obs).total
 """
 
 from __future__ import annotations
@@ -12,10 +17,23 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denoising_loss, noisy_batch, regression_loss
 from ..diffusion.parameterization import NetFn
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
-from .eig import EIG_METHODS
+from .eig import EIG_METHODS, resolve_method
 from .loss import FORMS, Cond, as_cond_tuple, contraction_loss
+
+
+@dataclass
+class RegularizedLoss:
+    """Score matching and the contraction term from :meth:`ContractionRegularizer.loss`."""
+
+    denoising: DenoisingOutput  # per-sample denoising loss and the points it used
+    contraction: Tensor  # scalar, gamma * mean L_c (already weighted)
+
+    @property
+    def total(self) -> Tensor:
+        return self.denoising.loss.mean() + self.contraction
 
 
 @dataclass
@@ -54,8 +72,18 @@ class ContractionConfig:
         return asdict(self)
 
 
+def _top_eigvec(sgn: Tensor, J: Tensor) -> Tensor:
+    """Unit top eigenvectors ``[n, D]`` of ``sgn * sym(J)`` for ``J [n, D, D]``."""
+    return torch.linalg.eigh(sgn[:, None, None] * 0.5 * (J + J.transpose(1, 2)))[1][:, :, -1]
+
+
 class ContractionRegularizer:
     """``gamma * mean_b L_c(a_t[b], t[b])`` for a user's denoiser ``net_fn(a_t, t)``."""
+
+    #: fused path: below this many tangent rows (regularised samples x D) one pass carrying all
+    #: D tangents with a graph beats a graph-free search pass plus a one-tangent pass (CPU:
+    #: kernel-launch overhead dominates small passes; flops dominate large ones).
+    single_pass_rows: int = 256
 
     def __init__(self, schedule: VPSchedule, prediction: Prediction = "eps",
                  config: ContractionConfig | None = None, **overrides) -> None:
@@ -82,3 +110,54 @@ class ContractionRegularizer:
         if self.config.gamma == 0:
             return a_t.new_zeros(())
         return self.config.gamma * self.per_sample(net_fn, a_t, t, cond, generator).mean()
+
+    def loss(self, net_fn: NetFn, x0: Tensor, cond: Cond = None, *, t: Tensor | None = None,
+             noise: Tensor | None = None, num_steps: int | None = None,
+             generator: torch.Generator | None = None) -> RegularizedLoss:
+        """Denoising loss on clean actions ``x0 [B, ...]`` plus ``gamma * mean L_c`` at the same
+        ``(a_t, t)``. Same values as :func:`denoising_loss` followed by ``self(...)``; when
+        ``net_fn`` has ``forward_jvp`` and the term is the exact eigenvalue hinge, both come from
+        one forward pass: the eigenvector is found on the (sub-)batch without a graph, then one
+        pass gives the network output for every row and ``J v`` for the regularised rows."""
+        check_trainable_prediction(self.prediction)
+        B = x0.shape[0] if x0.ndim else 0
+        conds = as_cond_tuple(cond, B)
+        c = self.config
+        fusable = (hasattr(net_fn, "forward_jvp") and c.form == "eig" and c.gamma > 0 and x0.ndim >= 2
+                   and resolve_method(c.method, x0[0].numel(), c.exact_max_dim) == "exact")
+        if not fusable:
+            out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds,  # type: ignore[arg-type]
+                                 num_steps=num_steps, generator=generator)
+            return RegularizedLoss(out, self(net_fn, out.a_t, out.t, conds, generator))
+
+        t, noise, a_t = noisy_batch(x0, self.schedule, t, noise, num_steps, generator)
+        rows = B if c.subbatch is None else min(c.subbatch, B)
+        idx = torch.arange(rows, device=x0.device)
+        if c.t_max is not None:
+            idx = idx[t[:rows] < c.t_max]
+        if idx.numel() == 0:
+            out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
+            return RegularizedLoss(out, a_t.new_zeros(()))
+        n, D = idx.numel(), x0[0].numel()
+        ts, sub = t[idx], tuple(x[idx] for x in conds)
+        f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)
+        sgn = torch.sign(h).to(x0.dtype)
+        basis = torch.eye(D, dtype=x0.dtype, device=x0.device).unsqueeze(1).expand(D, n, D)
+        basis = basis.reshape(D, n, *x0.shape[1:])
+        if n * D <= self.single_pass_rows:
+            # small: one pass with all D tangents; J keeps its graph, v comes from its values
+            pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=idx)
+            J = jt.reshape(D, n, D).permute(1, 2, 0)
+            v = _top_eigvec(sgn, J.detach())
+            q = torch.einsum("bi,bij,bj->b", v, J, v)
+        else:
+            # large: search without a graph, then one pass with the single tangent v
+            with torch.no_grad():
+                jt = net_fn.forward_jvp(a_t[idx], ts, *sub, tangent=basis)[1]
+                v = _top_eigvec(sgn, jt.reshape(D, n, D).permute(1, 2, 0))
+            pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=idx)
+            q = (v * jv.reshape(n, D)).sum(-1)
+        lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
+        lc = lam if c.margin is None else lam.clamp_min(-c.margin)
+        out = DenoisingOutput(regression_loss(pred, x0, noise, self.prediction), a_t, t, noise, pred)
+        return RegularizedLoss(out, c.gamma * lc.sum() / rows)

@@ -95,27 +95,35 @@ class MLPDenoiser(nn.Module):
         return self.mid(self._input(a_t, t, state)).reshape(a_t.shape)
 
     def forward_jvp(self, a_t: Tensor, t: Tensor, state: Tensor | None = None, *,
-                    tangent: Tensor) -> tuple[Tensor, Tensor]:
+                    tangent: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Output and its directional derivatives w.r.t. the action in one fused pass.
 
-        tangent: ``[K, B, *action_shape]`` (K directions). Returns ``(out [B, *action_shape],
-        J tangent [K, B, *action_shape])``, differentiable w.r.t. the parameters. The tangent
-        rides along the forward: ``z' = W z'`` through each linear layer (no bias),
-        ``z' = mish'(z) * z'`` through each activation. Used by :mod:`cdp.contraction` instead
-        of autograd's double backward.
+        tangent: ``[K, n, *action_shape]``, K directions for the rows ``index`` (``[n]``) of the
+        batch, or for every row (``n = B``) when ``index`` is None. Returns
+        ``(out [B, *action_shape], J tangent [K, n, *action_shape])``, differentiable w.r.t. the
+        parameters. The tangent rides along the forward: ``z' = W z'`` through each linear layer
+        (no bias), ``z' = mish'(z) z'`` through each activation. :mod:`cdp.contraction` uses it
+        instead of autograd's double backward, and the fused CDP step gets the denoising output
+        and the Rayleigh quotient's ``J v`` from one pass.
         """
         B, K = a_t.shape[0], tangent.shape[0]
-        if tangent.shape[1:] != a_t.shape:
-            raise ValueError(f"tangent must be [K, *a_t.shape] = [K, {', '.join(map(str, a_t.shape))}], got {tuple(tangent.shape)}")
+        rows = B if index is None else index.shape[0]
+        if tangent.shape[1:] != (rows, *self.action_shape):
+            raise ValueError(f"tangent must be [K, {rows}, {', '.join(map(str, self.action_shape))}], "
+                             f"got {tuple(tangent.shape)}")
         h = self._input(a_t, t, state)
         first = self.mid[0]
         assert isinstance(first, nn.Linear)
         d = math.prod(self.action_shape)
-        hd = tangent.reshape(K, B, d) @ first.weight[:, :d].T  # only the action columns see the tangent
+        hd = tangent.reshape(K, rows, d) @ first.weight[:, :d].T  # only the action columns see the tangent
         h = first(h)
         for layer in list(self.mid)[1:]:
             if isinstance(layer, Mish):
-                h, hd = _MishJvp.apply(h, hd)
+                if index is None:
+                    h, hd = _MishJvp.apply(h, hd)
+                else:
+                    hd = _MishJvp.apply(h[index], hd)[1]
+                    h = layer(h)
             else:
                 h, hd = layer(h), hd @ layer.weight.T
         return h.reshape(a_t.shape), hd.reshape(tangent.shape)
