@@ -185,8 +185,9 @@ def test_bad_loss_input_names_the_argument():
 
 @pytest.mark.parametrize("overrides", [{}, {"subbatch": 5}, {"t_max": 0.5}, {"subbatch": 6, "t_max": 0.5, "margin": None},
                                        {"method": "lanczos", "iters": 3}])
+@pytest.mark.parametrize("single_pass_rows", [0, 10**9])
 @pytest.mark.parametrize("prediction", ["eps", "x0"])
-def test_fused_regularized_loss_equals_the_two_step_version(overrides, prediction):
+def test_fused_regularized_loss_equals_the_two_step_version(overrides, prediction, single_pass_rows):
     """reg.loss(net, x0) (one fused pass for MLPDenoiser) == denoising_loss + reg(...), values and
     parameter gradients, for sub-batches and time windows."""
     from cdp.nets import MLP
@@ -199,6 +200,7 @@ def test_fused_regularized_loss_equals_the_two_step_version(overrides, predictio
     t = torch.rand(12, dtype=torch.float64) * 0.98 + 0.01
     noise = torch.randn(12, 3, dtype=torch.float64)
     reg = ContractionRegularizer(sch, prediction, gamma=0.7, **overrides)
+    reg.single_pass_rows = single_pass_rows  # both fused strategies
     fused = reg.loss(net, x0, obs, t=t, noise=noise, generator=torch.Generator().manual_seed(0))
     gf = torch.autograd.grad(fused.total, list(net.parameters()))
     out = denoising_loss(net, x0, sch, prediction, t=t, noise=noise, cond=obs)

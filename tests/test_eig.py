@@ -137,3 +137,13 @@ def test_bad_input_names_the_argument():
         max_sym_eig(fn, torch.randn(2, 3), "power", 0)
     with pytest.raises(ValueError, match="same shape"):
         max_sym_eig(lambda a: a[:, :2], torch.randn(2, 3), "exact")
+
+
+def test_inference_mode_gives_a_clear_error_and_inference_tensors_are_accepted():
+    net = small_mlp()
+    with torch.inference_mode():
+        x = torch.randn(4, 4, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+            max_sym_eig(net, x)
+    with torch.no_grad():
+        assert max_sym_eig(net, x).shape == (4,)  # x is an inference tensor

@@ -84,7 +84,10 @@ class Linearization:
     """
 
     def __init__(self, fn: FlatFn, x: Tensor) -> None:
-        self.x = x.detach().requires_grad_(True)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("Jacobian products need autograd: call outside torch.inference_mode() "
+                               "(torch.no_grad() is fine)")
+        self.x = x.detach().clone().requires_grad_(True)  # clone: x may be an inference tensor
         with torch.enable_grad():
             self.y = fn(self.x)
         self._u: Tensor | None = None
@@ -125,29 +128,38 @@ class FusedLinearization:
 
     For a map that offers ``fn.forward_jvp(x, tangent) -> (fn(x), J tangent)`` (``tangent``
     ``[K, B, *shape]``, K directions at once; :meth:`cdp.nets.MLPDenoiser.forward_jvp` is one),
-    ``jvp`` and ``jacobian`` are plain differentiable forward computations: no double backward,
-    no autograd-engine overhead. ``vjp`` (needed by the iterative methods) falls back to
-    :class:`Linearization`.
+    ``jacobian`` and the differentiable ``quad`` are plain forward computations: no double
+    backward, no autograd-engine overhead. The iterative methods' graph-free ``jvp``/``vjp``
+    go through one :class:`Linearization` (one forward, then backward passes only), which beats
+    re-running the fused forward at every matvec.
     """
 
     def __init__(self, fn: FlatFn, x: Tensor) -> None:
-        self.fn, self.x = fn, x.detach()
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("Jacobian products need autograd: call outside torch.inference_mode() "
+                               "(torch.no_grad() is fine)")
+        self.fn, self.x = fn, x.detach().clone()
         self._lin: Linearization | None = None
         shape = fn.shape
         self._fwd_jvp = lambda tangent: fn.fn.forward_jvp(  # type: ignore[attr-defined]
             self.x.reshape(shape), tangent.reshape(tangent.shape[0], *shape))[1].reshape(tangent.shape)
 
     def jvp(self, v: Tensor, create_graph: bool = False) -> Tensor:
-        with torch.set_grad_enabled(create_graph):
+        if create_graph:
             return self._fwd_jvp(v[None])[0]
+        return self._autograd().jvp(v)
 
     def vjp(self, u: Tensor, create_graph: bool = False) -> Tensor:
-        if self._lin is None:
-            self._lin = Linearization(self.fn, self.x)
-        return self._lin.vjp(u, create_graph)
+        return self._autograd().vjp(u, create_graph)
 
     def quad(self, v: Tensor) -> Tensor:
-        return (v * self.jvp(v, create_graph=True)).sum(-1)
+        with torch.enable_grad():
+            return (v * self._fwd_jvp(v[None])[0]).sum(-1)
+
+    def _autograd(self) -> Linearization:
+        if self._lin is None:
+            self._lin = Linearization(self.fn, self.x)
+        return self._lin
 
     def jacobian(self, create_graph: bool = False) -> Tensor:
         with torch.set_grad_enabled(create_graph):
