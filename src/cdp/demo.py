@@ -35,6 +35,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -67,10 +68,11 @@ def plot(path: Path, data: torch.Tensor, results: list[tuple[str, ToyResult]], t
     axes[0].set_title(f"data ({data.shape[0]} actions)")
     for ax, (name, res) in zip(axes[1 : n + 1], results):
         xs = res.samples
-        ok = torch.isfinite(xs).all(1)
-        ax.scatter(xs[ok, 0].clamp(-2, 2), xs[ok, 1].clamp(-2, 2), s=2, alpha=0.3)
-        if (~ok).float().mean() > 0.5:
-            ax.text(0, 0, f"{int((~ok).sum())}/{len(ok)} samples\ndiverged (non-finite)", ha="center", va="center")
+        inside = torch.isfinite(xs).all(1) & (xs.abs() <= 2).all(1)
+        ax.scatter(xs[inside, 0], xs[inside, 1], s=2, alpha=0.3)
+        if (~inside).float().mean() > 0.01:
+            ax.text(0, 1.5, f"{int((~inside).sum())}/{len(inside)} samples outside the plot",
+                    ha="center", va="center", fontsize=9)
         ax.set_title(f"{name}\nmodes {res.mode_weights[0]:.2f}/{res.mode_weights[1]:.2f}, "
                      f"on support {res.on_support:.2f}", fontsize=9)
     for ax in axes[: n + 1]:
@@ -93,6 +95,7 @@ def plot(path: Path, data: torch.Tensor, results: list[tuple[str, ToyResult]], t
         tmp = Path(fh.name)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -113,7 +113,7 @@ class Linearization:
         """``[B, D, D]``, ``J[b, i, j] = d y_bi / d x_bj``."""
         B, D = self.x.shape
         with torch.enable_grad():
-            rows = torch.autograd.grad(self.y, self.x, _basis(self.x), retain_graph=True, create_graph=create_graph,
+            rows = torch.autograd.grad(self.y, self.x, unit_tangents(self.x), retain_graph=True, create_graph=create_graph,
                                        is_grads_batched=True, allow_unused=True)[0]
         return self.x.new_zeros(B, D, D) if rows is None else rows.transpose(0, 1)
 
@@ -153,6 +153,8 @@ class FusedLinearization:
         return self._autograd().vjp(u, create_graph)
 
     def quad(self, v: Tensor) -> Tensor:
+        if self._lin is not None:  # an iterative search already paid for the autograd forward
+            return self._lin.quad(v)
         with torch.enable_grad():
             return (v * self._fwd_jvp(v[None])[0]).sum(-1)
 
@@ -163,7 +165,7 @@ class FusedLinearization:
 
     def jacobian(self, create_graph: bool = False) -> Tensor:
         with torch.set_grad_enabled(create_graph):
-            return self._fwd_jvp(_basis(self.x)).permute(1, 2, 0)  # [D(j), B, D(i)] -> [B, i, j]
+            return self._fwd_jvp(unit_tangents(self.x)).permute(1, 2, 0)  # [D(j), B, D(i)] -> [B, i, j]
 
 
 Ops = Linearization | FusedLinearization
@@ -185,9 +187,17 @@ def jacobian(fn: SampleFn, x: Tensor, create_graph: bool | None = None) -> Tenso
     return linearize(fn, x).jacobian(create_graph=create_graph)
 
 
-def _basis(x: Tensor) -> Tensor:
+def unit_tangents(x: Tensor) -> Tensor:
+    """The D unit tangents for every sample of a flat ``x [B, D]``: ``[D, B, D]``."""
     B, D = x.shape
     return torch.eye(D, dtype=x.dtype, device=x.device).unsqueeze(1).expand(D, B, D)
+
+
+def top_eigvec_exact(J: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(top eigenvalue [B], unit eigenvector [B, D])`` of ``scale * sym(J)``, ``J [B, D, D]``."""
+    S = 0.5 * (J + J.transpose(1, 2))
+    evals, evecs = torch.linalg.eigh(S if scale is None else scale[:, None, None] * S)
+    return evals[:, -1], evecs[:, :, -1]
 
 
 class SymJacobian:
@@ -278,10 +288,7 @@ def top_sym_eigvec(ops: Ops, method: str, iters: int, scale: Tensor | None = Non
     eigenvalue of ``scale * sym J``."""
     x = ops.x.detach()
     if method == "exact":
-        J = ops.jacobian()
-        S = 0.5 * (J + J.transpose(1, 2))
-        evals, evecs = torch.linalg.eigh(S if scale is None else scale[:, None, None] * S)
-        return evals[:, -1], evecs[:, :, -1]
+        return top_eigvec_exact(ops.jacobian(), scale)
     mv = SymJacobian(ops, scale)
     with torch.no_grad():
         if method == "lanczos":

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denoising_loss, noisy_batch, regression_loss
 from ..diffusion.parameterization import NetFn
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
-from .eig import EIG_METHODS, resolve_method
+from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
 from .loss import FORMS, Cond, as_cond_tuple, contraction_loss
 
 
@@ -70,11 +70,6 @@ class ContractionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _top_eigvec(sgn: Tensor, J: Tensor) -> Tensor:
-    """Unit top eigenvectors ``[n, D]`` of ``sgn * sym(J)`` for ``J [n, D, D]``."""
-    return torch.linalg.eigh(sgn[:, None, None] * 0.5 * (J + J.transpose(1, 2)))[1][:, :, -1]
 
 
 class ContractionRegularizer:
@@ -142,19 +137,18 @@ class ContractionRegularizer:
         ts, sub = t[idx], tuple(x[idx] for x in conds)
         f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)
         sgn = torch.sign(h).to(x0.dtype)
-        basis = torch.eye(D, dtype=x0.dtype, device=x0.device).unsqueeze(1).expand(D, n, D)
-        basis = basis.reshape(D, n, *x0.shape[1:])
+        basis = unit_tangents(a_t[idx].reshape(n, D)).reshape(D, n, *x0.shape[1:])
         if n * D <= self.single_pass_rows:
             # small: one pass with all D tangents; J keeps its graph, v comes from its values
             pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=idx)
             J = jt.reshape(D, n, D).permute(1, 2, 0)
-            v = _top_eigvec(sgn, J.detach())
+            v = top_eigvec_exact(J.detach(), sgn)[1]
             q = torch.einsum("bi,bij,bj->b", v, J, v)
         else:
             # large: search without a graph, then one pass with the single tangent v
             with torch.no_grad():
                 jt = net_fn.forward_jvp(a_t[idx], ts, *sub, tangent=basis)[1]
-                v = _top_eigvec(sgn, jt.reshape(D, n, D).permute(1, 2, 0))
+                v = top_eigvec_exact(jt.reshape(D, n, D).permute(1, 2, 0), sgn)[1]
             pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=idx)
             q = (v * jv.reshape(n, D)).sum(-1)
         lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
