@@ -24,3 +24,11 @@ def test_bad_cli_arguments(capsys):
     assert "positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train"])
+
+
+def test_rl_cli_bad_task_is_one_clear_line(capsys):
+    assert main(["rl", "train-behaviour", "Hoppper-v5", "--steps", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cdp: error: unknown Gymnasium task 'Hoppper-v5'")
+    with pytest.raises(SystemExit):
+        main(["rl", "make-data", "Hopper-v5", "novice"])

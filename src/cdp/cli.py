@@ -22,15 +22,55 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-data", type=_positive_int, default=200, help="dataset size (default 200)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rl = sub.add_parser("rl", help="offline RL: behaviour agents and D4RL-style datasets")
+    rls = rl.add_subparsers(dest="rl_command", required=True)
+    tb = rls.add_parser("train-behaviour", help="train (or resume) an SB3 SAC behaviour agent with snapshots")
+    tb.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
+    tb.add_argument("--steps", type=_positive_int, default=300_000)
+    tb.add_argument("--snapshot-every", type=_positive_int, default=20_000)
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--out", default=None, help="agent folder (default data/agents/<task>-sac-s<seed>)")
+    md = rls.add_parser("make-data", help="roll a D4RL-style dataset from the agent's snapshots into Minari")
+    md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
+    md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"])
+    md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
+    md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _agent_dir(task: str, seed: int) -> str:
+    return f"data/agents/{task.lower()}-sac-s{seed}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"cdp: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
         run_demo(args.out, steps=args.steps, n_data=args.n_data, seed=args.seed, progress=not args.no_progress)
+    elif args.command == "rl" and args.rl_command == "train-behaviour":
+        from .data.behaviour import BehaviourConfig, train_behaviour
+
+        cfg = BehaviourConfig(env_id=args.task, total_steps=args.steps, snapshot_every=args.snapshot_every, seed=args.seed)
+        snaps = train_behaviour(cfg, args.out or _agent_dir(args.task, args.seed))
+        print(f"{len(snaps)} snapshots; best mean return {max(s.mean_return for s in snaps):.1f}" if snaps else "no snapshots")
+    elif args.command == "rl" and args.rl_command == "make-data":
+        from .data.generate import make_dataset
+
+        did = make_dataset(args.task, args.quality, args.agent or _agent_dir(args.task, 0), args.steps, args.seed,
+                           overwrite=args.overwrite)
+        print(f"Minari dataset {did} is in the local store")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .contraction import ContractionConfig, contraction_loss
+from .io import atomic_write
 from .toy import two_mode_2d
 from .toy_train import ToyResult, ToyTrainConfig, train_toy
 
@@ -26,20 +27,6 @@ RUNS: list[tuple[str, ContractionConfig | None]] = [
     ("CDP (gamma=0.1, margin=0.1)", ContractionConfig()),
     ("CDP over-regularised (gamma=100, no margin)", ContractionConfig(gamma=100.0, margin=None)),
 ]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def lambda_profile(res: ToyResult, data: torch.Tensor, ts: list[float]) -> list[float]:

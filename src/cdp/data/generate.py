@@ -1,0 +1,113 @@
+"""D4RL-style datasets made here, from a behaviour agent's snapshots, recorded as Minari datasets.
+
+Qualities (as D4RL defines them, approximately):
+  ``expert``         rollouts of the best snapshot's stochastic policy;
+  ``medium``         rollouts of the snapshot whose return is closest to a third of the expert's;
+  ``medium-replay``  what the agent's replay buffer held up to medium: random actions for the
+                     first ``learning_starts`` steps, then each snapshot up to medium rolled out
+                     for ``snapshot_every`` steps (a re-roll of the buffer, not the buffer itself);
+  ``random``         uniform random actions.
+
+How this differs from D4RL: Gymnasium v5 tasks (D4RL used v2 under mujoco-py), SB3 SAC rather
+than D4RL's agents, fewer transitions by default, and medium-replay re-rolled from snapshots.
+The Minari dataset's own reference scores are the random policy's and the expert snapshot's
+mean returns — report D4RL-normalised scores with D4RL's references, and say which one is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .behaviour import Snapshot, _check_env, actor_action, evaluate_actor, load_actor, load_snapshots
+
+QUALITIES = ("random", "medium", "medium-replay", "expert")
+
+
+def dataset_id(env_id: str, quality: str) -> str:
+    """``cdp/hopper/medium-replay-v0`` for ``Hopper-v5``."""
+    return f"cdp/{env_id.split('-')[0].lower()}/{quality}-v0"
+
+
+def pick_snapshots(snaps: list[Snapshot], quality: str) -> list[Snapshot]:
+    """The snapshot(s) a quality is rolled from, in order."""
+    if not snaps:
+        raise ValueError("the behaviour agent has no snapshots yet")
+    expert = max(snaps, key=lambda s: s.mean_return)
+    if quality == "expert":
+        return [expert]
+    target = expert.mean_return / 3
+    medium = min(snaps, key=lambda s: abs(s.mean_return - target))
+    if quality == "medium":
+        return [medium]
+    return [s for s in snaps if s.step <= medium.step]
+
+
+def rollout(env_id: str, policy, n_steps: int, seed: int, deterministic: bool = False) -> list[dict]:
+    """Episodes (``Transitions.from_episodes`` layout) totalling ``n_steps`` steps; the last one
+    is cut short (marked truncated) when the budget runs out. ``policy=None`` acts uniformly."""
+    env = _check_env(env_id)
+    env.action_space.seed(seed)
+    episodes, steps, ep_i = [], 0, 0
+    while steps < n_steps:
+        obs, _ = env.reset(seed=seed + ep_i)
+        ep = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+        done = False
+        while not done:
+            act = env.action_space.sample() if policy is None else actor_action(policy, obs, deterministic)
+            obs, r, term, trunc, _ = env.step(act)
+            steps += 1
+            trunc = trunc or steps >= n_steps
+            for k, v in zip(("observations", "actions", "rewards", "terminations", "truncations"),
+                            (obs, act, r, term, trunc)):
+                ep[k].append(v)
+            done = term or trunc
+        episodes.append({k: np.asarray(v) for k, v in ep.items()})
+        ep_i += 1
+    return episodes
+
+
+def generate_episodes(env_id: str, quality: str, agent_dir: str | Path, n_steps: int, seed: int = 0) -> list[dict]:
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    if quality == "random":
+        return rollout(env_id, None, n_steps, seed)
+    import json
+
+    snaps = load_snapshots(agent_dir)
+    chosen = pick_snapshots(snaps, quality)
+    if quality != "medium-replay":
+        return rollout(env_id, load_actor(agent_dir, chosen[0], env_id), n_steps, seed)
+    cfg = json.loads((Path(agent_dir) / "config.json").read_text())
+    episodes = rollout(env_id, None, cfg["learning_starts"], seed)
+    for i, snap in enumerate(chosen):
+        episodes += rollout(env_id, load_actor(agent_dir, snap, env_id), cfg["snapshot_every"], seed + 1000 * (i + 1))
+    return episodes
+
+
+def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int = 200_000, seed: int = 0,
+                 overwrite: bool = False) -> str:
+    """Roll the episodes and record them as a Minari dataset in the local store; returns its id."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    did = dataset_id(env_id, quality)
+    if did in minari.list_local_datasets():
+        if not overwrite:
+            return did
+        minari.delete_dataset(did)
+    episodes = generate_episodes(env_id, quality, agent_dir, n_steps, seed)
+    buffers = [EpisodeBuffer(id=i, infos={}, observations=list(ep["observations"]), actions=list(ep["actions"]),
+                             rewards=list(ep["rewards"]), terminations=list(ep["terminations"]),
+                             truncations=list(ep["truncations"])) for i, ep in enumerate(episodes)]
+    snaps = load_snapshots(agent_dir) if quality != "random" else []
+    random_ret = evaluate_actor(None, env_id, episodes=20, seed=seed + 99)
+    expert_ret = max(s.mean_return for s in snaps) if snaps else None
+    env = _check_env(env_id)
+    minari.create_dataset_from_buffers(
+        did, buffers, env=env, eval_env=env.spec, algorithm_name=f"cdp behaviour SAC snapshots ({quality})",
+        author="cdp", author_email="-", code_permalink="-",
+        description=__doc__, ref_min_score=random_ret, ref_max_score=expert_ret,
+    )
+    return did

@@ -1,0 +1,59 @@
+"""Behaviour agent and dataset generation on a tiny budget (real SB3 training, real MuJoCo)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("minari")
+pytest.importorskip("mujoco")
+
+
+@pytest.mark.slow
+def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
+    from cdp.data import Transitions, load_minari, minari_reference
+    from cdp.data.behaviour import BehaviourConfig, load_snapshots, train_behaviour
+    from cdp.data.generate import dataset_id, generate_episodes, make_dataset, pick_snapshots
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    agent = tmp_path / "agent"
+    cfg = dict(env_id="Hopper-v5", snapshot_every=150, eval_episodes=1, learning_starts=100)
+    snaps = train_behaviour(BehaviourConfig(total_steps=300, **cfg), agent, progress=False)
+    assert [s.step for s in snaps] == [150, 300]
+    # resume with a larger budget: continues from step 300, keeps the earlier snapshots
+    snaps = train_behaviour(BehaviourConfig(total_steps=450, **cfg), agent, progress=False)
+    assert [s.step for s in load_snapshots(agent)] == [150, 300, 450]
+    assert all((agent / s.path).stat().st_size < 1_000_000 for s in snaps)
+    with pytest.raises(ValueError, match="another config"):
+        train_behaviour(BehaviourConfig(total_steps=450, **{**cfg, "seed": 1}), agent, progress=False)
+
+    assert pick_snapshots(snaps, "expert")[0].mean_return == max(s.mean_return for s in snaps)
+    eps = generate_episodes("Hopper-v5", "medium-replay", agent, 0)
+    medium = pick_snapshots(snaps, "medium")[0]
+    n_replay = sum(len(e["actions"]) for e in eps)
+    assert n_replay == 100 + 150 * (1 + [s.step for s in snaps].index(medium.step))
+
+    did = make_dataset("Hopper-v5", "medium", agent, n_steps=400)
+    assert did == dataset_id("Hopper-v5", "medium") == "cdp/hopper/medium-v0"
+    tr = load_minari(did)
+    assert isinstance(tr, Transitions) and len(tr) == 400 and tr.obs_dim == 11 and tr.act_dim == 3
+    assert np.abs(tr.actions).max() <= 1.0
+    ref = minari_reference(did)
+    assert ref.expert == pytest.approx(max(s.mean_return for s in snaps)) and ref.source == "minari:cdp/hopper/medium-v0"
+    assert make_dataset("Hopper-v5", "medium", agent, n_steps=400) == did  # cached: not re-rolled
+    assert json.loads((agent / "config.json").read_text())["total_steps"] == 450
+
+
+def test_bad_generation_input(tmp_path):
+    from cdp.data.behaviour import BehaviourConfig, load_snapshots
+    from cdp.data.generate import generate_episodes
+
+    with pytest.raises(ValueError, match="quality"):
+        generate_episodes("Hopper-v5", "novice", tmp_path, 10)
+    with pytest.raises(FileNotFoundError, match="no behaviour agent"):
+        load_snapshots(tmp_path)
+    with pytest.raises(ValueError, match="algo"):
+        BehaviourConfig(algo="PPO")
+    with pytest.raises(ValueError, match="unknown Gymnasium task"):
+        generate_episodes("Hoppper-v5", "random", tmp_path, 10)
