@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -38,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--overwrite", action="store_true")
+    tr = rls.add_parser("train", help="train BC / EDP / CDP on an offline dataset (resumable)")
+    tr.add_argument("algo", help="bc | edp | cdp")
+    tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
+    tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
+    tr.add_argument("--fraction", type=float, default=1.0, help="share of trajectories kept (seeded)")
+    tr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp)")
+    tr.add_argument("--steps", type=_positive_int, default=100_000)
+    tr.add_argument("--eval-every", type=_positive_int, default=5_000)
+    tr.add_argument("--eval-episodes", type=_positive_int, default=10)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=None, help="run folder (default runs/rl/<dataset>/<algo>-f<fraction>-s<seed>)")
     return p
 
 
@@ -71,6 +83,17 @@ def _run(args: argparse.Namespace) -> int:
         did = make_dataset(args.task, args.quality, args.agent or _agent_dir(args.task, 0), args.steps, args.seed,
                            overwrite=args.overwrite)
         print(f"Minari dataset {did} is in the local store")
+    elif args.command == "rl" and args.rl_command == "train":
+        from .rl.trainer import TrainConfig, train
+
+        cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
+                          gamma=args.gamma, steps=args.steps, eval_every=args.eval_every,
+                          eval_episodes=args.eval_episodes, seed=args.seed)
+        name = args.dataset.replace("/", "_")
+        out = args.out or f"runs/rl/{name}/{args.algo}-f{args.fraction:g}-s{args.seed}"
+        summary = train(cfg, out)
+        print(json.dumps(summary, indent=2))
+        print(f"run folder: {out}")
     return 0
 
 

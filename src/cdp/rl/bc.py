@@ -1,0 +1,44 @@
+"""Behaviour cloning: a deterministic MLP policy ``pi(s)`` regressed onto the dataset's actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .critics import mlp
+
+
+@dataclass
+class BCConfig:
+    lr: float = 3e-4
+    hidden: int = 256
+
+
+class BC:
+    def __init__(self, obs_dim: int, act_dim: int, cfg: BCConfig) -> None:
+        self.cfg = cfg
+        self.policy = mlp(obs_dim, act_dim, cfg.hidden)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.step = 0
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.policy(obs))
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        loss = (torch.tanh(self.policy(batch["obs"])) - batch["act"]).pow(2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"bc_loss": loss.item()}
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.policy.load_state_dict(sd["policy"])
+        self.opt.load_state_dict(sd["opt"])
+        self.step = int(sd["step"])

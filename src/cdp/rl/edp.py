@@ -1,0 +1,152 @@
+"""EDP (Kang et al. 2023) with an optional contraction term: CDP = EDP + gamma * L_c.
+
+Per update, with a batch ``(s, a, r, s', d)`` (DESIGN.md §4):
+
+  critic:  y = r + discount (1 - d) min_i Q'_i(s', a'),  a' ~ pi_ema(. | s') by DPM-Solver++
+           L_Q = sum_i (Q_i(s, a) - y)^2
+  actor:   a_t = alpha_t a + sigma_t eps,  a0_hat = x0(n_theta(a_t, t, s))   (action approximation:
+           one network call, no sampling chain)
+           L_pi = L_denoise - eta * Q_1(s, a0_hat) / mean|Q_1(s, a0_hat)|  [+ gamma * L_c(a_t, t, s)]
+
+Evaluation draws ``n_candidates`` actions per state and picks one from
+``softmax(temperature * min_i Q_i)`` (energy-based selection; temperature None = argmax).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..contraction import ContractionConfig, ContractionRegularizer
+from ..diffusion import VPSchedule, denoising_loss, sample, to_x0
+from ..nets import MLPDenoiser
+from .critics import TwinQ
+
+
+@dataclass
+class EDPConfig:
+    """Defaults follow the official CDP runs (x0-prediction, cosine schedule with T = 50,
+    DPM-Solver++ with 15 steps, Adam 3e-4, EMA 0.995 every 5 steps after step 1000) and
+    DQL/EDP (discount 0.99, tau 0.005, eta 1.0)."""
+
+    prediction: str = "x0"
+    diffusion_steps: int = 50  # T of the discrete cosine schedule
+    sample_steps: int = 15  # DPM-Solver++ steps
+    lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005  # critic target soft update
+    eta: float = 1.0  # weight of the Q term in the actor loss
+    ema_decay: float = 0.995
+    ema_every: int = 5
+    ema_start: int = 1000
+    grad_clip: float | None = None
+    n_candidates: int = 100  # evaluation
+    temperature: float | None = None  # None: argmax Q over candidates
+    hidden: int = 256
+    contraction: ContractionConfig | None = None  # None: EDP; set: CDP
+    schedule: VPSchedule = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("eps", "x0"):
+            raise ValueError(f"prediction must be 'eps' or 'x0', got {self.prediction!r}")
+        self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
+
+
+class EDP:
+    """Actor (diffusion policy), its EMA copy, twin critics and their targets."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: EDPConfig) -> None:
+        self.cfg, self.act_dim = cfg, act_dim
+        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.reg = (ContractionRegularizer(cfg.schedule, cfg.prediction, cfg.contraction)  # type: ignore[arg-type]
+                    if cfg.contraction is not None and cfg.contraction.gamma > 0 else None)
+        self.step = 0
+
+    # ------------------------------------------------------------------ sampling
+    def sample_actions(self, obs: Tensor, ema: bool = True) -> Tensor:
+        """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
+        net = self.actor_ema if ema else self.actor
+        x_T = torch.randn(obs.shape[0], self.act_dim)
+        a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, "dpm_solver++", self.cfg.sample_steps,
+                   self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
+        return a.clamp(-1, 1)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> Tensor:
+        """Energy-based selection over ``n_candidates`` samples per state: ``[B, act_dim]``."""
+        B, N = obs.shape[0], self.cfg.n_candidates
+        rep = obs.repeat_interleave(N, 0)
+        cand = self.sample_actions(rep)
+        q = self.critic_target.min_q(rep, cand).view(B, N)
+        if self.cfg.temperature is None:
+            idx = q.argmax(1)
+        else:
+            idx = torch.multinomial(torch.softmax(self.cfg.temperature * q, 1), 1).squeeze(1)
+        return cand.view(B, N, -1)[torch.arange(B), idx]
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
+
+        with torch.no_grad():
+            a2 = self.sample_actions(s2)
+            y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
+        q1, q2 = self.critic(s, a)
+        critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+        self._step(self.critic_opt, critic_loss, self.critic)
+
+        if self.reg is not None:
+            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
+            denoise, contraction = out.denoising, out.contraction
+        else:
+            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
+                                     num_steps=cfg.diffusion_steps)
+            contraction = torch.zeros(())
+        # action approximation from the same network call as the denoising loss
+        a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
+        q_pi = self.critic.q1(torch.cat([s, a0_hat], -1)).squeeze(-1)
+        q_loss = -q_pi.mean() / q_pi.abs().mean().detach()
+        actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
+        self._step(self.actor_opt, actor_loss, self.actor)
+
+        self.step += 1
+        self._soft_update(self.critic_target, self.critic, cfg.tau)
+        if self.step % cfg.ema_every == 0:
+            self._soft_update(self.actor_ema, self.actor, 1.0 if self.step < cfg.ema_start else 1 - cfg.ema_decay)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
+                "denoise_loss": denoise.loss.mean().item(), "q_loss": q_loss.item(),
+                "contraction": contraction.detach().item(), "q_mean": q1.mean().item()}
+
+    def _step(self, opt: torch.optim.Optimizer, loss: Tensor, module: torch.nn.Module) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
+        opt.step()
+
+    @staticmethod
+    @torch.no_grad()
+    def _soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+        for tp, sp in zip(target.parameters(), source.parameters()):
+            tp.lerp_(sp, tau)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).state_dict() for k in
+                ("actor", "actor_ema", "critic", "critic_target", "actor_opt", "critic_opt")} | {"step": self.step}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, v in sd.items():
+            if k == "step":
+                self.step = int(v)
+            else:
+                getattr(self, k).load_state_dict(v)

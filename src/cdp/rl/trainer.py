@@ -1,0 +1,217 @@
+"""One training loop for every offline-RL algorithm: data, checkpoints, metrics, evaluation.
+
+A run folder holds ``config.json``, ``metrics.csv`` (training losses), ``eval.csv``
+(normalised scores), ``checkpoint.pt`` (written atomically; a run resumes from it) and
+``curve.png``. A non-finite loss stops the run with a message and keeps the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..contraction import ContractionConfig
+from ..data import Transitions, d4rl_reference, normalized_score
+from ..io import atomic_write
+from .bc import BC, BCConfig
+from .edp import EDP, EDPConfig
+
+ALGOS = ("bc", "edp", "cdp")
+
+
+@dataclass
+class TrainConfig:
+    algo: str
+    dataset: str  # a Minari dataset id in the local store, or a path to a D4RL .hdf5 file
+    env_id: str | None = None  # evaluation task; read from the Minari dataset when None
+    fraction: float = 1.0  # keep this share of trajectories (seeded)
+    steps: int = 100_000
+    batch_size: int = 256
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    checkpoint_every: int = 5_000
+    log_every: int = 100
+    gamma: float = 0.1  # cdp only
+    t_max: float | None = 0.1  # cdp only: the official offline-RL window
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose from {ALGOS}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+
+
+def load_dataset(spec: str) -> tuple[Transitions, str | None]:
+    """``(transitions, env_id or None)`` from a Minari id or a D4RL HDF5 path."""
+    if spec.endswith((".hdf5", ".h5")):
+        from ..data import load_d4rl_hdf5
+
+        return load_d4rl_hdf5(spec), None
+    import minari
+
+    from ..data import load_minari
+
+    tr = load_minari(spec)
+    env_spec = minari.load_dataset(spec).spec.env_spec
+    return tr, (env_spec.id if env_spec is not None else None)
+
+
+def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP:
+    if cfg.algo == "bc":
+        return BC(obs_dim, act_dim, BCConfig())
+    contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max) if cfg.algo == "cdp" else None
+    return EDP(obs_dim, act_dim, EDPConfig(contraction=contraction))
+
+
+def check_spaces(data: Transitions, env_id: str) -> None:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    o, a = env.observation_space.shape, env.action_space.shape
+    if o != (data.obs_dim,) or a != (data.act_dim,):
+        raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
+
+
+def evaluate(agent: BC | EDP, env_id: str, episodes: int, seed: int) -> list[float]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            act = agent.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            obs, r, term, trunc, _ = env.step(act)
+            total += float(r)
+            done = term or trunc
+        returns.append(total)
+    return returns
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns the final summary."""
+    out = Path(out_dir)
+    data, env_from_data = load_dataset(cfg.dataset)
+    env_id = cfg.env_id or env_from_data
+    if env_id is None:
+        raise ValueError("the dataset names no environment: pass env_id")
+    check_spaces(data, env_id)
+    data = data.fraction(cfg.fraction, seed=cfg.seed)
+
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():  # resuming: everything but the step budget must match
+        old = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "steps"}
+        if old != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
+            raise ValueError(f"{out} holds a run with another config; use a new folder")
+    atomic_write(cfg_path, json.dumps(asdict(cfg), indent=2).encode())
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    agent = make_agent(cfg, data.obs_dim, data.act_dim)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        agent.load_state_dict(state["agent"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
+               "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
+    tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
+    try:
+        ref = d4rl_reference(env_id)
+    except KeyError:
+        ref = None
+
+    def save() -> None:
+        buf = io.BytesIO()
+        torch.save({"agent": agent.state_dict(), "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state()}, buf)
+        atomic_write(ckpt, buf.getvalue())
+
+    t0, start = time.perf_counter(), agent.step
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
+    while agent.step < cfg.steps:
+        idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size))
+        metrics = agent.update({k: v[idx] for k, v in tensors.items()})
+        if not all(np.isfinite(v) for v in metrics.values()):
+            bar.close()
+            raise FloatingPointError(f"non-finite loss at step {agent.step}: {metrics}; "
+                                     f"last good checkpoint kept at {ckpt}")
+        bar.update(1)
+        step = agent.step
+        if step % cfg.log_every == 0:
+            _append_csv(out / "metrics.csv", {"step": step, **metrics,
+                                               "seconds": time.perf_counter() - t0})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+            row = {"step": step, "return_mean": float(np.mean(rets)),
+                   "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
+            if ref is not None:
+                scores = [normalized_score(r, ref).value for r in rets]
+                row |= {"d4rl_score_mean": float(np.mean(scores)), "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
+            _append_csv(out / "eval.csv", row)
+            bar.set_postfix(ret=f"{row['return_mean']:.0f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    summary = summarize(out, ref.source if ref else None, (time.perf_counter() - t0) / max(agent.step - start, 1))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+    plot_curve(out)
+    return summary
+
+
+def summarize(out: Path, ref_source: str | None, sec_per_step: float) -> dict:
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    key = "d4rl_score_mean" if ref_source else "return_mean"
+    vals = [float(r[key]) for r in rows]
+    return {"final": vals[-1], "best": max(vals), "metric": key, "score_reference": ref_source,
+            "evals": len(rows), "seconds_per_1k_steps": 1000 * sec_per_step}
+
+
+def plot_curve(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    key = "d4rl_score_mean" if "d4rl_score_mean" in rows[0] else "return_mean"
+    se = key.replace("mean", "se")
+    x = [int(r["step"]) for r in rows]
+    y = np.array([float(r[key]) for r in rows])
+    e = np.array([float(r[se]) for r in rows])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, y, marker="o")
+    ax.fill_between(x, y - e, y + e, alpha=0.3)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("D4RL-normalised score" if key.startswith("d4rl") else "return")
+    ax.set_title(out.name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(out / "curve.png", buf.getvalue())
