@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-episodes", type=_positive_int, default=10)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="run folder (default runs/rl/<dataset>/<algo>-f<fraction>-s<seed>)")
+    ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--episodes", type=_positive_int, default=10)
     return p
 
 
@@ -94,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
         print(f"run folder: {out}")
+    elif args.command == "rl" and args.rl_command == "eval":
+        from .rl.trainer import evaluate_run
+
+        print(json.dumps(evaluate_run(args.run, args.episodes), indent=2))
     return 0
 
 

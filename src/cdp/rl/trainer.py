@@ -184,6 +184,34 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     return summary
 
 
+def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000) -> dict:
+    """Evaluate a run folder's last checkpoint: mean and standard error of return and, where the
+    task has one, of the D4RL-normalised score (the reference is named in the result)."""
+    import gymnasium as gym
+
+    run = Path(run_dir)
+    if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (needs config.json and checkpoint.pt)")
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    env_id = cfg.env_id or load_dataset(cfg.dataset)[1]
+    if env_id is None:
+        raise ValueError("the run names no environment")
+    env = gym.make(env_id)
+    agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0])
+    agent.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["agent"])
+    rets = evaluate(agent, env_id, episodes, seed)
+    res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
+           "return_se": float(np.std(rets) / np.sqrt(episodes))}
+    try:
+        ref = d4rl_reference(env_id)
+        sc = [normalized_score(r, ref).value for r in rets]
+        res |= {"d4rl_score_mean": float(np.mean(sc)), "d4rl_score_se": float(np.std(sc) / np.sqrt(episodes)),
+                "score_reference": ref.source}
+    except KeyError:
+        pass
+    return res
+
+
 def summarize(out: Path, ref_source: str | None, sec_per_step: float) -> dict:
     rows = list(csv.DictReader((out / "eval.csv").open()))
     key = "d4rl_score_mean" if ref_source else "return_mean"
