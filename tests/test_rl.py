@@ -42,14 +42,16 @@ def batch_from(ds_id, n=256, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["bc", "edp"])
+@pytest.mark.parametrize("algo", ["bc", "edp", "dql"])
 def test_losses_fall(tiny_dataset, algo):
     torch.manual_seed(0)
     b = batch_from(tiny_dataset)
     if algo == "bc":
         agent, key = BC(11, 3, BCConfig(lr=1e-3)), "bc_loss"
-    else:
+    elif algo == "edp":
         agent, key = EDP(11, 3, EDPConfig(hidden=64, sample_steps=3, lr=1e-3)), "denoise_loss"
+    else:
+        agent, key = EDP(11, 3, EDPConfig.dql(hidden=64, lr=1e-3)), "denoise_loss"
     hist = [agent.update(b)[key] for _ in range(150)]
     # random-policy actions: much of the x0 error is irreducible, so the bar is a clear fall, not a collapse
     assert np.mean(hist[-20:]) < 0.8 * np.mean(hist[:5])

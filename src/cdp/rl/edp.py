@@ -1,4 +1,8 @@
-"""EDP (Kang et al. 2023) with an optional contraction term: CDP = EDP + gamma * L_c.
+"""EDP (Kang et al. 2023) and DQL (Wang et al. 2023), with an optional contraction term:
+CDP = EDP + gamma * L_c.
+
+DQL is the same actor-critic with a different policy-improvement action: the full reverse
+chain (5 DDPM steps, gradients through every step) instead of EDP's one-call approximation.
 
 Per update, with a batch ``(s, a, r, s', d)`` (DESIGN.md §4):
 
@@ -33,8 +37,11 @@ class EDPConfig:
     DQL/EDP (discount 0.99, tau 0.005, eta 1.0)."""
 
     prediction: str = "x0"
-    diffusion_steps: int = 50  # T of the discrete cosine schedule
-    sample_steps: int = 15  # DPM-Solver++ steps
+    schedule_kind: str = "cosine"  # discrete cosine with T = diffusion_steps, or "linear" (beta 0.1 -> 10, DQL)
+    diffusion_steps: int = 50  # T
+    sampler: str = "dpm_solver++"
+    sample_steps: int = 15
+    q_action: str = "approx"  # EDP: a0_hat from one call; "chain": DQL, backprop through the sampler
     lr: float = 3e-4
     discount: float = 0.99
     tau: float = 0.005  # critic target soft update
@@ -52,7 +59,22 @@ class EDPConfig:
     def __post_init__(self) -> None:
         if self.prediction not in ("eps", "x0"):
             raise ValueError(f"prediction must be 'eps' or 'x0', got {self.prediction!r}")
-        self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
+        if self.q_action not in ("approx", "chain"):
+            raise ValueError(f"q_action must be 'approx' or 'chain', got {self.q_action!r}")
+        if self.schedule_kind == "cosine":
+            self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
+        elif self.schedule_kind == "linear":
+            self.schedule = VPSchedule(beta_min=0.1, beta_max=10.0)
+        else:
+            raise ValueError(f"schedule_kind must be 'cosine' or 'linear', got {self.schedule_kind!r}")
+
+    @classmethod
+    def dql(cls, **overrides) -> "EDPConfig":
+        """Diffusion-QL: eps-prediction, DQL's linear VP schedule with T = 5, ancestral DDPM
+        sampling over all 5 steps, Q term through the whole chain, 50 candidates at evaluation."""
+        kw = dict(prediction="eps", schedule_kind="linear", diffusion_steps=5, sampler="ddpm", sample_steps=5,
+                  q_action="chain", n_candidates=50, ema_start=1000, grad_clip=None)
+        return cls(**{**kw, **overrides})
 
 
 class EDP:
@@ -75,8 +97,8 @@ class EDP:
         """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
         net = self.actor_ema if ema else self.actor
         x_T = torch.randn(obs.shape[0], self.act_dim)
-        a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, "dpm_solver++", self.cfg.sample_steps,
-                   self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
+        a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
+                   self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
 
     @torch.no_grad()
@@ -111,8 +133,10 @@ class EDP:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps)
             contraction = torch.zeros(())
-        # action approximation from the same network call as the denoising loss
-        a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
+        if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss
+            a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
+        else:  # DQL: a full reverse chain with gradients
+            a0_hat = self.sample_actions(s, ema=False)
         q_pi = self.critic.q1(torch.cat([s, a0_hat], -1)).squeeze(-1)
         q_loss = -q_pi.mean() / q_pi.abs().mean().detach()
         actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction

@@ -25,7 +25,7 @@ from ..io import atomic_write
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 
-ALGOS = ("bc", "edp", "cdp")
+ALGOS = ("bc", "dql", "edp", "cdp")
 
 
 @dataclass
@@ -72,6 +72,8 @@ def load_dataset(spec: str) -> tuple[Transitions, str | None]:
 def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP:
     if cfg.algo == "bc":
         return BC(obs_dim, act_dim, BCConfig())
+    if cfg.algo == "dql":
+        return EDP(obs_dim, act_dim, EDPConfig.dql())
     contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max) if cfg.algo == "cdp" else None
     return EDP(obs_dim, act_dim, EDPConfig(contraction=contraction))
 
