@@ -89,3 +89,21 @@ def test_trainer_bad_input(tiny_dataset, tmp_path):
         train(TrainConfig(algo="bc", dataset=tiny_dataset, env_id="Walker2d-v5", steps=1), tmp_path / "r", progress=False)
     with pytest.raises(DatasetError, match="not in the local store"):
         train(TrainConfig(algo="bc", dataset="cdp-test/none-v0", steps=1), tmp_path / "r2", progress=False)
+
+
+def test_vectorised_evaluation_equals_episode_by_episode():
+    import gymnasium as gym
+
+    from cdp.rl.trainer import evaluate
+
+    torch.manual_seed(0)
+    agent = BC(11, 3, BCConfig())
+    env, want = gym.make("Hopper-v5"), []
+    for i in range(4):
+        obs, _ = env.reset(seed=7 + i)
+        done, total = False, 0.0
+        while not done:
+            obs, r, term, trunc, _ = env.step(agent.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy())
+            total, done = total + r, term or trunc
+        want.append(total)
+    assert np.allclose(evaluate(agent, "Hopper-v5", 4, seed=7), want, rtol=1e-4)

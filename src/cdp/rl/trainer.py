@@ -88,20 +88,23 @@ def check_spaces(data: Transitions, env_id: str) -> None:
 
 
 def evaluate(agent: BC | EDP, env_id: str, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` episodes run side by side in a synchronous vector env, so the
+    policy acts on a batch of states per step (episode i is seeded ``seed + i``)."""
     import gymnasium as gym
 
-    env = gym.make(env_id)
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        done, total = False, 0.0
-        while not done:
-            act = agent.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
-            obs, r, term, trunc, _ = env.step(act)
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
-    return returns
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(episodes)])
+    obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+    totals = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    while running.any():
+        act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
+        idx = np.flatnonzero(running)
+        act[idx] = agent.act(torch.as_tensor(obs[idx], dtype=torch.float32)).numpy()
+        obs, r, term, trunc, _ = envs.step(act)
+        totals += np.where(running, r, 0.0)
+        running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
+    envs.close()
+    return totals.tolist()
 
 
 def _append_csv(path: Path, row: dict) -> None:
