@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..io import atomic_write, save_or_check_config
 
 ALGOS = ("SAC",)
 
@@ -113,12 +113,7 @@ def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = 
     out = Path(out_dir)
     resume = out / ".resume"
     env = _check_env(cfg.env_id)
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():  # resuming: everything but the step budget must match
-        old = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "total_steps"}
-        if old != {k: v for k, v in asdict(cfg).items() if k != "total_steps"}:
-            raise ValueError(f"{out} holds an agent trained with another config ({old}); use a new folder")
-    atomic_write(cfg_path, json.dumps(asdict(cfg), indent=2).encode())
+    save_or_check_config(out, asdict(cfg), budget_key="total_steps")
     snaps = load_snapshots(out) if (out / "snapshots.json").is_file() else []
 
     if (resume / "model.zip").is_file():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
-from ..io import atomic_write
+from ..io import atomic_write, save_or_check_config
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 
@@ -126,12 +126,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     check_spaces(data, env_id)
     data = data.fraction(cfg.fraction, seed=cfg.seed)
 
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():  # resuming: everything but the step budget must match
-        old = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "steps"}
-        if old != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
-            raise ValueError(f"{out} holds a run with another config; use a new folder")
-    atomic_write(cfg_path, json.dumps(asdict(cfg), indent=2).encode())
+    save_or_check_config(out, asdict(cfg), budget_key="steps")
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
