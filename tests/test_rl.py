@@ -13,6 +13,7 @@ pytest.importorskip("mujoco")
 from cdp.data import DatasetError  # noqa: E402
 from cdp.rl.bc import BC, BCConfig  # noqa: E402
 from cdp.rl.edp import EDP, EDPConfig  # noqa: E402
+from cdp.rl.iql import IDQL, IDQLConfig, expectile_loss  # noqa: E402
 from cdp.rl.trainer import TrainConfig, train  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def batch_from(ds_id, n=256, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["bc", "edp", "dql"])
+@pytest.mark.parametrize("algo", ["bc", "edp", "dql", "idql"])
 def test_losses_fall(tiny_dataset, algo):
     torch.manual_seed(0)
     b = batch_from(tiny_dataset)
@@ -50,8 +51,10 @@ def test_losses_fall(tiny_dataset, algo):
         agent, key = BC(11, 3, BCConfig(lr=1e-3)), "bc_loss"
     elif algo == "edp":
         agent, key = EDP(11, 3, EDPConfig(hidden=64, sample_steps=3, lr=1e-3)), "denoise_loss"
-    else:
+    elif algo == "dql":
         agent, key = EDP(11, 3, EDPConfig.dql(hidden=64, lr=1e-3)), "denoise_loss"
+    else:
+        agent, key = IDQL(11, 3, IDQLConfig(hidden=64, sample_steps=3, lr=1e-3, n_candidates=8)), "denoise_loss"
     hist = [agent.update(b)[key] for _ in range(150)]
     # random-policy actions: much of the x0 error is irreducible, so the bar is a clear fall, not a collapse
     assert np.mean(hist[-20:]) < 0.8 * np.mean(hist[:5])
@@ -107,3 +110,25 @@ def test_vectorised_evaluation_equals_episode_by_episode():
             total, done = total + r, term or trunc
         want.append(total)
     assert np.allclose(evaluate(agent, "Hopper-v5", 4, seed=7), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.7, 0.9])
+def test_expectile_loss_minimiser_is_the_expectile(tau):
+    """On samples x, argmin_c expectile_loss(x - c) solves tau E[(x-c)+] = (1-tau) E[(c-x)+]."""
+    x = torch.empty(20000).exponential_(generator=torch.Generator().manual_seed(0))  # skewed: expectiles differ from the mean
+    c = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([c], lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        expectile_loss(x - c, tau).backward()
+        opt.step()
+    lo, hi = float(x.min()), float(x.max())  # the expectile by bisection on its first-order condition
+    for _ in range(60):
+        m = (lo + hi) / 2
+        g = tau * (x - m).clamp(min=0).mean() - (1 - tau) * (m - x).clamp(min=0).mean()
+        lo, hi = (m, hi) if g > 0 else (lo, m)
+    c = c.item()
+    assert c == pytest.approx(lo, abs=2e-3)
+    if tau == 0.5:
+        assert c == pytest.approx(float(x.mean()), abs=2e-3)
+    assert (tau > 0.5) == (c > float(x.mean()) + 1e-3)

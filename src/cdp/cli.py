@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--overwrite", action="store_true")
     tr = rls.add_parser("train", help="train BC / EDP / CDP on an offline dataset (resumable)")
-    tr.add_argument("algo", help="bc | dql | edp | cdp")
+    tr.add_argument("algo", help="bc | dql | edp | idql | cdp")
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--fraction", type=float, default=1.0, help="share of trajectories kept (seeded)")

@@ -24,8 +24,9 @@ from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, save_or_check_config
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
+from .iql import IDQL, IDQLConfig
 
-ALGOS = ("bc", "dql", "edp", "cdp")
+ALGOS = ("bc", "dql", "edp", "idql", "cdp")
 
 
 @dataclass
@@ -69,11 +70,13 @@ def load_dataset(spec: str) -> tuple[Transitions, str | None]:
     return tr, (env_spec.id if env_spec is not None else None)
 
 
-def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP:
+def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP | IDQL:
     if cfg.algo == "bc":
         return BC(obs_dim, act_dim, BCConfig())
     if cfg.algo == "dql":
         return EDP(obs_dim, act_dim, EDPConfig.dql())
+    if cfg.algo == "idql":
+        return IDQL(obs_dim, act_dim, IDQLConfig())
     contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max) if cfg.algo == "cdp" else None
     return EDP(obs_dim, act_dim, EDPConfig(contraction=contraction))
 
@@ -87,7 +90,7 @@ def check_spaces(data: Transitions, env_id: str) -> None:
         raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
 
 
-def evaluate(agent: BC | EDP, env_id: str, episodes: int, seed: int) -> list[float]:
+def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> list[float]:
     """Returns of ``episodes`` episodes run side by side in a synchronous vector env, so the
     policy acts on a batch of states per step (episode i is seeded ``seed + i``)."""
     import gymnasium as gym

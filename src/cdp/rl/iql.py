@@ -1,0 +1,130 @@
+"""IQL's in-sample critic (Kostrikov et al. 2022) and IDQL (Hansen-Estruch et al. 2023).
+
+Critic, with no action ever drawn from the policy:
+  V:  L_V = E[ |tau - 1(u < 0)| u^2 ],  u = min_i Q'_i(s, a) - V(s)      (expectile regression)
+  Q:  L_Q = sum_i E[ (r + discount (1 - d) V(s') - Q_i(s, a))^2 ]
+
+IDQL: the actor is a plain diffusion behaviour model (denoising loss only, optionally with the
+contraction term); at evaluation it draws N candidates per state and resamples one with
+probability proportional to the expectile weight ``|tau - 1(Q - V < 0)|``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..contraction import ContractionConfig, ContractionRegularizer
+from ..diffusion import VPSchedule, denoising_loss, sample
+from ..nets import MLPDenoiser
+from .critics import TwinQ, mlp
+
+
+def expectile_loss(u: Tensor, tau: float) -> Tensor:
+    """``mean(|tau - 1(u < 0)| u^2)``: minimised over a constant c, ``u = x - c`` gives the
+    tau-expectile of x (tau = 0.5: the mean)."""
+    w = torch.where(u < 0, 1 - tau, tau)
+    return (w * u.pow(2)).mean()
+
+
+class IQLCritic(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, tau: float = 0.7, discount: float = 0.99,
+                 polyak: float = 0.005) -> None:
+        super().__init__()
+        self.q = TwinQ(obs_dim, act_dim, hidden)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.v = mlp(obs_dim, 1, hidden)
+        self.tau, self.discount, self.polyak = tau, discount, polyak
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.v(obs).squeeze(-1)
+
+    def losses(self, s: Tensor, a: Tensor, r: Tensor, s2: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            q_t = self.q_target.min_q(s, a)
+            y = r + self.discount * (1 - d) * self.value(s2)
+        v_loss = expectile_loss(q_t - self.value(s), self.tau)
+        q1, q2 = self.q(s, a)
+        return v_loss, (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        for tp, p in zip(self.q_target.parameters(), self.q.parameters()):
+            tp.lerp_(p, self.polyak)
+
+
+@dataclass
+class IDQLConfig:
+    prediction: str = "eps"
+    diffusion_steps: int = 50
+    sample_steps: int = 15
+    lr: float = 3e-4
+    tau: float = 0.7  # IQL expectile (locomotion)
+    discount: float = 0.99
+    n_candidates: int = 64
+    hidden: int = 256
+    contraction: ContractionConfig | None = None
+    schedule: VPSchedule = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
+
+
+class IDQL:
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IDQLConfig) -> None:
+        self.cfg, self.act_dim = cfg, act_dim
+        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
+        self.critic = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.tau, cfg.discount)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=cfg.lr)
+        self.v_opt = torch.optim.Adam(self.critic.v.parameters(), lr=cfg.lr)
+        self.reg = (ContractionRegularizer(cfg.schedule, cfg.prediction, cfg.contraction)  # type: ignore[arg-type]
+                    if cfg.contraction is not None and cfg.contraction.gamma > 0 else None)
+        self.step = 0
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        s, a = batch["obs"], batch["act"]
+        v_loss, q_loss = self.critic.losses(s, a, batch["rew"], batch["next_obs"], batch["done"])
+        for opt, loss in ((self.v_opt, v_loss), (self.q_opt, q_loss)):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.critic.update_target()
+        if self.reg is not None:
+            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
+            actor_loss, contraction = out.total, out.contraction.detach()
+        else:
+            actor_loss = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
+                                        num_steps=cfg.diffusion_steps).loss.mean()
+            contraction = torch.zeros(())
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.step += 1
+        return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "denoise_loss": actor_loss.item() - contraction.item(),
+                "contraction": contraction.item()}
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> Tensor:
+        B, N = obs.shape[0], self.cfg.n_candidates
+        rep = obs.repeat_interleave(N, 0)
+        cand = sample(lambda x, t: self.actor(x, t, rep), torch.randn(B * N, self.act_dim), self.cfg.schedule,
+                      "dpm_solver++", self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0).clamp(-1, 1)  # type: ignore[arg-type]
+        adv = (self.critic.q_target.min_q(rep, cand) - self.critic.value(rep)).view(B, N)
+        w = torch.where(adv < 0, 1 - self.cfg.tau, self.cfg.tau)
+        idx = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)
+        return cand.view(B, N, -1)[torch.arange(B), idx]
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).state_dict() for k in ("actor", "critic", "actor_opt", "q_opt", "v_opt")} | {"step": self.step}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, v in sd.items():
+            if k == "step":
+                self.step = int(v)
+            else:
+                getattr(self, k).load_state_dict(v)
