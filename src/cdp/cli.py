@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-episodes", type=_positive_int, default=10)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="run folder (default runs/rl/<dataset>/<algo>-f<fraction>-s<seed>)")
+    tr.add_argument("--results", default=None, help="also write a small per-run record under this folder")
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10)
@@ -97,6 +98,10 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
         print(f"run folder: {out}")
+        if args.results:
+            from .rl.trainer import record
+
+            print(f"record: {record(out, args.results)}")
     elif args.command == "rl" and args.rl_command == "eval":
         from .rl.trainer import evaluate_run
 

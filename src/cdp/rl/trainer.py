@@ -215,6 +215,19 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000)
     return res
 
 
+def record(run_dir: str | Path, results_dir: str | Path) -> Path:
+    """A small per-run record (config, summary, evaluation curve) to commit under ``results/``;
+    checkpoints stay in the run folder."""
+    run = Path(run_dir)
+    cfg = json.loads((run / "config.json").read_text())
+    rec = {"config": cfg, "summary": json.loads((run / "summary.json").read_text()),
+           "eval": list(csv.DictReader((run / "eval.csv").open()))}
+    name = f"{cfg['algo']}-f{cfg['fraction']:g}-s{cfg['seed']}.json"
+    path = Path(results_dir) / cfg["dataset"].replace("/", "_") / name
+    atomic_write(path, json.dumps(rec, indent=1).encode())
+    return path
+
+
 def summarize(out: Path, ref_source: str | None, sec_per_step: float) -> dict:
     rows = list(csv.DictReader((out / "eval.csv").open()))
     key = "d4rl_score_mean" if ref_source else "return_mean"
