@@ -72,7 +72,8 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
                log_every=2)
     summary = train(TrainConfig(steps=6, **cfg), out, progress=False)
     assert summary["evals"] == 2 and summary["metric"] == "d4rl_score_mean" and summary["score_reference"] == "D4RL hopper"
-    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "eval.csv", "checkpoint.pt", "summary.json", "curve.png"}
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "eval.csv", "checkpoint.pt", "summary.json",
+                                                "curve.png", "tb"}
     assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == [2, 4, 6]
     assert json.loads((out / "config.json").read_text())["gamma"] == 0.1
     with pytest.raises(ValueError, match="another config"):

@@ -1,7 +1,7 @@
 """One training loop for every offline-RL algorithm: data, checkpoints, metrics, evaluation.
 
 A run folder holds ``config.json``, ``metrics.csv`` (training losses), ``eval.csv``
-(normalised scores), ``checkpoint.pt`` (written atomically; a run resumes from it) and
+(normalised scores), ``tb/`` (the same as TensorBoard scalars), ``checkpoint.pt`` (written atomically; a run resumes from it) and
 ``curve.png``. A non-finite loss stops the run with a message and keeps the last good
 checkpoint.
 """
@@ -155,6 +155,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
                     "torch_rng": torch.get_rng_state()}, buf)
         atomic_write(ckpt, buf.getvalue())
 
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"))
     t0, start = time.perf_counter(), agent.step
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
     while agent.step < cfg.steps:
@@ -169,6 +172,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         if step % cfg.log_every == 0:
             _append_csv(out / "metrics.csv", {"step": step, **metrics,
                                                "seconds": time.perf_counter() - t0})
+            for k, v in metrics.items():
+                tb.add_scalar(f"train/{k}", v, step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
             row = {"step": step, "return_mean": float(np.mean(rets)),
@@ -177,10 +182,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
                 scores = [normalized_score(r, ref).value for r in rets]
                 row |= {"d4rl_score_mean": float(np.mean(scores)), "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
             _append_csv(out / "eval.csv", row)
+            for k, v in row.items():
+                if k != "step":
+                    tb.add_scalar(f"eval/{k}", v, step)
             bar.set_postfix(ret=f"{row['return_mean']:.0f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save()
     bar.close()
+    tb.close()
     summary = summarize(out, ref.source if ref else None, (time.perf_counter() - t0) / max(agent.step - start, 1))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_curve(out)
