@@ -43,7 +43,7 @@ def batch_from(ds_id, n=256, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["bc", "edp", "dql", "idql"])
+@pytest.mark.parametrize("algo", ["bc", "edp", "edp-iql", "dql", "idql"])
 def test_losses_fall(tiny_dataset, algo):
     torch.manual_seed(0)
     b = batch_from(tiny_dataset)
@@ -51,11 +51,16 @@ def test_losses_fall(tiny_dataset, algo):
         agent, key = BC(11, 3, BCConfig(lr=1e-3)), "bc_loss"
     elif algo == "edp":
         agent, key = EDP(11, 3, EDPConfig(hidden=64, sample_steps=3, lr=1e-3)), "denoise_loss"
+    elif algo == "edp-iql":
+        agent, key = EDP(11, 3, EDPConfig(critic="iql", hidden=64, sample_steps=3, lr=1e-3)), "denoise_loss"
     elif algo == "dql":
         agent, key = EDP(11, 3, EDPConfig.dql(hidden=64, lr=1e-3)), "denoise_loss"
     else:
         agent, key = IDQL(11, 3, IDQLConfig(hidden=64, sample_steps=3, lr=1e-3, n_candidates=8)), "denoise_loss"
     hist = [agent.update(b)[key] for _ in range(150)]
+    clone = type(agent)(11, 3, agent.cfg)  # checkpoint round trip
+    clone.load_state_dict(agent.state_dict())
+    assert clone.step == agent.step
     # random-policy actions: much of the x0 error is irreducible, so the bar is a clear fall, not a collapse
     assert np.mean(hist[-20:]) < 0.8 * np.mean(hist[:5])
     assert agent.act(b["obs"][:2]).shape == (2, 3)

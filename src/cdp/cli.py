@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--fraction", type=float, default=1.0, help="share of trajectories kept (seeded)")
     tr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp)")
+    tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
     tr.add_argument("--steps", type=_positive_int, default=100_000)
     tr.add_argument("--eval-every", type=_positive_int, default=5_000)
     tr.add_argument("--eval-episodes", type=_positive_int, default=10)
@@ -91,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import TrainConfig, train
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
-                          gamma=args.gamma, steps=args.steps, eval_every=args.eval_every,
+                          gamma=args.gamma, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed)
         name = args.dataset.replace("/", "_")
         out = args.out or f"runs/rl/{name}/{args.algo}-f{args.fraction:g}-s{args.seed}"

@@ -12,6 +12,9 @@ Per update, with a batch ``(s, a, r, s', d)`` (DESIGN.md §4):
            one network call, no sampling chain)
            L_pi = L_denoise - eta * Q_1(s, a0_hat) / mean|Q_1(s, a0_hat)|  [+ gamma * L_c(a_t, t, s)]
 
+With ``critic="iql"`` (EDP's IQL variant) the critic is IQL's in-sample expectile critic and
+the actor loss is the denoising loss weighted by ``exp(beta (Q(s, a) - V(s)))`` (capped at 100).
+
 Evaluation draws ``n_candidates`` actions per state and picks one from
 ``softmax(temperature * min_i Q_i)`` (energy-based selection; temperature None = argmax).
 """
@@ -28,6 +31,7 @@ from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, denoising_loss, sample, to_x0
 from ..nets import MLPDenoiser
 from .critics import TwinQ
+from .iql import IQLCritic
 
 
 @dataclass
@@ -42,6 +46,9 @@ class EDPConfig:
     sampler: str = "dpm_solver++"
     sample_steps: int = 15
     q_action: str = "approx"  # EDP: a0_hat from one call; "chain": DQL, backprop through the sampler
+    critic: str = "td3"  # "td3": TD targets with policy actions + Q term; "iql": in-sample critic + AWR weights
+    iql_tau: float = 0.7
+    awr_beta: float = 3.0
     lr: float = 3e-4
     discount: float = 0.99
     tau: float = 0.005  # critic target soft update
@@ -59,6 +66,8 @@ class EDPConfig:
     def __post_init__(self) -> None:
         if self.prediction not in ("eps", "x0"):
             raise ValueError(f"prediction must be 'eps' or 'x0', got {self.prediction!r}")
+        if self.critic not in ("td3", "iql"):
+            raise ValueError(f"critic must be 'td3' or 'iql', got {self.critic!r}")
         if self.q_action not in ("approx", "chain"):
             raise ValueError(f"q_action must be 'approx' or 'chain', got {self.q_action!r}")
         if self.schedule_kind == "cosine":
@@ -84,8 +93,13 @@ class EDP:
         self.cfg, self.act_dim = cfg, act_dim
         self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        if cfg.critic == "iql":
+            self.iql = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.iql_tau, cfg.discount)
+            self.critic, self.critic_target = self.iql.q, self.iql.q_target
+            self.v_opt = torch.optim.Adam(self.iql.v.parameters(), lr=cfg.lr)
+        else:
+            self.critic = TwinQ(obs_dim, act_dim, cfg.hidden)
+            self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         self.reg = (ContractionRegularizer(cfg.schedule, cfg.prediction, cfg.contraction)  # type: ignore[arg-type]
@@ -119,11 +133,15 @@ class EDP:
         cfg = self.cfg
         s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
 
-        with torch.no_grad():
-            a2 = self.sample_actions(s2)
-            y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
-        q1, q2 = self.critic(s, a)
-        critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+        if cfg.critic == "iql":  # in-sample: no policy actions in the critic's targets
+            v_loss, critic_loss = self.iql.losses(s, a, r, s2, d)
+            self._step(self.v_opt, v_loss, self.iql.v)
+        else:
+            with torch.no_grad():
+                a2 = self.sample_actions(s2)
+                y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
+            q1, q2 = self.critic(s, a)
+            critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
         self._step(self.critic_opt, critic_loss, self.critic)
 
         if self.reg is not None:
@@ -133,13 +151,19 @@ class EDP:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps)
             contraction = torch.zeros(())
-        if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss
-            a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
-        else:  # DQL: a full reverse chain with gradients
-            a0_hat = self.sample_actions(s, ema=False)
-        q_pi = self.critic.q1(torch.cat([s, a0_hat], -1)).squeeze(-1)
-        q_loss = -q_pi.mean() / q_pi.abs().mean().detach()
-        actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
+        if cfg.critic == "iql":  # advantage-weighted denoising: exp(beta (Q - V)), capped
+            with torch.no_grad():
+                w = torch.exp(cfg.awr_beta * (self.critic_target.min_q(s, a) - self.iql.value(s))).clamp(max=100.0)
+            q_loss = torch.zeros(())
+            actor_loss = (w * denoise.loss).mean() + contraction
+        else:
+            if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss
+                a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
+            else:  # DQL: a full reverse chain with gradients
+                a0_hat = self.sample_actions(s, ema=False)
+            q_pi = self.critic.q1(torch.cat([s, a0_hat], -1)).squeeze(-1)
+            q_loss = -q_pi.mean() / q_pi.abs().mean().detach()
+            actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
         self._step(self.actor_opt, actor_loss, self.actor)
 
         self.step += 1
@@ -148,7 +172,7 @@ class EDP:
             self._soft_update(self.actor_ema, self.actor, 1.0 if self.step < cfg.ema_start else 1 - cfg.ema_decay)
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
                 "denoise_loss": denoise.loss.mean().item(), "q_loss": q_loss.item(),
-                "contraction": contraction.detach().item(), "q_mean": q1.mean().item()}
+                "contraction": contraction.detach().item()}
 
     def _step(self, opt: torch.optim.Optimizer, loss: Tensor, module: torch.nn.Module) -> None:
         opt.zero_grad(set_to_none=True)
@@ -165,8 +189,10 @@ class EDP:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {k: getattr(self, k).state_dict() for k in
-                ("actor", "actor_ema", "critic", "critic_target", "actor_opt", "critic_opt")} | {"step": self.step}
+        keys = ["actor", "actor_ema", "critic", "critic_target", "actor_opt", "critic_opt"]
+        if self.cfg.critic == "iql":
+            keys += ["iql", "v_opt"]
+        return {k: getattr(self, k).state_dict() for k in keys} | {"step": self.step}
 
     def load_state_dict(self, sd: dict) -> None:
         for k, v in sd.items():

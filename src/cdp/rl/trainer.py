@@ -41,6 +41,7 @@ class TrainConfig:
     eval_episodes: int = 10
     checkpoint_every: int = 5_000
     log_every: int = 100
+    critic: str = "td3"  # edp / cdp: "td3" or "iql"
     gamma: float = 0.1  # cdp only
     t_max: float | None = 0.1  # cdp only: the official offline-RL window
     seed: int = 0
@@ -78,7 +79,7 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP | IDQL:
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig())
     contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max) if cfg.algo == "cdp" else None
-    return EDP(obs_dim, act_dim, EDPConfig(contraction=contraction))
+    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction))
 
 
 def check_spaces(data: Transitions, env_id: str) -> None:
