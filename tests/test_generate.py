@@ -27,6 +27,11 @@ def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
     assert all((agent / s.path).stat().st_size < 1_000_000 for s in snaps)
     with pytest.raises(ValueError, match="another config"):
         train_behaviour(BehaviourConfig(total_steps=450, **{**cfg, "seed": 1}), agent, progress=False)
+    import shutil
+
+    shutil.copytree(agent, tmp_path / "cloned", ignore=shutil.ignore_patterns(".resume"))  # as a fresh clone has it
+    with pytest.raises(ValueError, match="no resume state"):
+        train_behaviour(BehaviourConfig(total_steps=600, **cfg), tmp_path / "cloned", progress=False)
 
     assert pick_snapshots(snaps, "expert")[0].mean_return == max(s.mean_return for s in snaps)
     eps = generate_episodes("Hopper-v5", "medium-replay", agent, 0)

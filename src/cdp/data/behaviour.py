@@ -119,6 +119,9 @@ def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = 
     if (resume / "model.zip").is_file():
         model = SAC.load(resume / "model.zip", env=env, device="cpu")
         model.load_replay_buffer(resume / "replay.pkl")
+    elif snaps:
+        raise ValueError(f"{out} has snapshots up to step {snaps[-1].step} but no resume state in {resume} "
+                         "(it is not committed); train in a new folder")
     else:
         model = SAC("MlpPolicy", env, seed=cfg.seed, learning_starts=cfg.learning_starts, device="cpu", verbose=0)
 
