@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .agent import Agent
 from .critics import mlp
 
 
@@ -16,7 +17,7 @@ class BCConfig:
     hidden: int = 256
 
 
-class BC:
+class BC(Agent):
     def __init__(self, obs_dim: int, act_dim: int, cfg: BCConfig) -> None:
         self.cfg = cfg
         self.policy = mlp(obs_dim, act_dim, cfg.hidden)
@@ -35,10 +36,5 @@ class BC:
         self.step += 1
         return {"bc_loss": loss.item()}
 
-    def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(), "step": self.step}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.policy.load_state_dict(sd["policy"])
-        self.opt.load_state_dict(sd["opt"])
-        self.step = int(sd["step"])
+    def state_keys(self) -> list[str]:
+        return ["policy", "opt"]

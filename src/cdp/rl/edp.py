@@ -30,6 +30,7 @@ from torch import Tensor
 from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, denoising_loss, sample, to_x0
 from ..nets import MLPDenoiser
+from .agent import Agent
 from .critics import TwinQ
 from .iql import IQLCritic
 
@@ -86,7 +87,7 @@ class EDPConfig:
         return cls(**{**kw, **overrides})
 
 
-class EDP:
+class EDP(Agent):
     """Actor (diffusion policy), its EMA copy, twin critics and their targets."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: EDPConfig) -> None:
@@ -188,15 +189,6 @@ class EDP:
             tp.lerp_(sp, tau)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
+    def state_keys(self) -> list[str]:
         keys = ["actor", "actor_ema", "critic", "critic_target", "actor_opt", "critic_opt"]
-        if self.cfg.critic == "iql":
-            keys += ["iql", "v_opt"]
-        return {k: getattr(self, k).state_dict() for k in keys} | {"step": self.step}
-
-    def load_state_dict(self, sd: dict) -> None:
-        for k, v in sd.items():
-            if k == "step":
-                self.step = int(v)
-            else:
-                getattr(self, k).load_state_dict(v)
+        return keys + ["iql", "v_opt"] if self.cfg.critic == "iql" else keys

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, denoising_loss, sample
 from ..nets import MLPDenoiser
+from .agent import Agent
 from .critics import TwinQ, mlp
 
 
@@ -73,7 +74,7 @@ class IDQLConfig:
         self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
 
 
-class IDQL:
+class IDQL(Agent):
     def __init__(self, obs_dim: int, act_dim: int, cfg: IDQLConfig) -> None:
         self.cfg, self.act_dim = cfg, act_dim
         self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
@@ -119,12 +120,5 @@ class IDQL:
         idx = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)
         return cand.view(B, N, -1)[torch.arange(B), idx]
 
-    def state_dict(self) -> dict:
-        return {k: getattr(self, k).state_dict() for k in ("actor", "critic", "actor_opt", "q_opt", "v_opt")} | {"step": self.step}
-
-    def load_state_dict(self, sd: dict) -> None:
-        for k, v in sd.items():
-            if k == "step":
-                self.step = int(v)
-            else:
-                getattr(self, k).load_state_dict(v)
+    def state_keys(self) -> list[str]:
+        return ["actor", "critic", "actor_opt", "q_opt", "v_opt"]
