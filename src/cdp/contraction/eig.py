@@ -28,7 +28,8 @@ Methods (``S = sym J``):
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

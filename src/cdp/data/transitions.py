@@ -81,11 +81,11 @@ class Transitions:
         _, inv = np.unique(self.episode, return_inverse=True)
         return np.bincount(inv, weights=self.rewards.astype(np.float64))
 
-    def select_episodes(self, episodes: np.ndarray) -> "Transitions":
+    def select_episodes(self, episodes: np.ndarray) -> Transitions:
         keep = np.isin(self.episode, episodes)
         return Transitions(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
-    def fraction(self, fraction: float, seed: int = 0) -> "Transitions":
+    def fraction(self, fraction: float, seed: int = 0) -> Transitions:
         """A random ``fraction`` of whole trajectories (at least one), reproducible by ``seed``."""
         if not 0 < fraction <= 1:
             raise DatasetError(f"fraction must be in (0, 1], got {fraction}")
@@ -95,7 +95,7 @@ class Transitions:
         return self.select_episodes(np.sort(chosen))
 
     @classmethod
-    def from_episodes(cls, episodes: list[dict[str, np.ndarray]]) -> "Transitions":
+    def from_episodes(cls, episodes: list[dict[str, np.ndarray]]) -> Transitions:
         """From per-episode arrays: ``observations [T + 1, obs_dim]`` (the last is the final
         next observation), ``actions [T, act_dim]``, ``rewards``, ``terminations``,
         ``truncations`` ``[T]`` — the layout Gymnasium rollouts and Minari episodes have."""

@@ -8,7 +8,7 @@ and tensors ``[B, ...]``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 

@@ -86,7 +86,7 @@ class VPSchedule:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> "VPSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> VPSchedule:
         """Discrete schedule from ``alphas_cumprod[i]``, ``i = 1..T`` (length T, without i = 0)."""
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
         if ac.numel() < 1 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
@@ -95,7 +95,7 @@ class VPSchedule:
         return cls(kind="discrete", log_alpha_knots=tuple(knots.tolist()))
 
     @classmethod
-    def from_betas(cls, betas: Tensor) -> "VPSchedule":
+    def from_betas(cls, betas: Tensor) -> VPSchedule:
         """Discrete schedule from per-step ``betas`` (length T), as DDPM defines them."""
         b = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if b.numel() < 1 or not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
@@ -103,7 +103,7 @@ class VPSchedule:
         return cls.from_alphas_cumprod(torch.cumprod(1.0 - b, 0))
 
     @classmethod
-    def discrete_cosine(cls, T: int, s: float = 0.008, max_beta: float = 0.999) -> "VPSchedule":
+    def discrete_cosine(cls, T: int, s: float = 0.008, max_beta: float = 0.999) -> VPSchedule:
         """Improved-DDPM cosine schedule with T steps (``squaredcos_cap_v2``), betas capped."""
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")

@@ -79,7 +79,7 @@ class EDPConfig:
             raise ValueError(f"schedule_kind must be 'cosine' or 'linear', got {self.schedule_kind!r}")
 
     @classmethod
-    def dql(cls, **overrides) -> "EDPConfig":
+    def dql(cls, **overrides) -> EDPConfig:
         """Diffusion-QL: eps-prediction, DQL's linear VP schedule with T = 5, ancestral DDPM
         sampling over all 5 steps, Q term through the whole chain, 50 candidates at evaluation."""
         kw = dict(prediction="eps", schedule_kind="linear", diffusion_steps=5, sampler="ddpm", sample_steps=5,
