@@ -28,8 +28,8 @@ Methods (``S = sym J``):
 
 from __future__ import annotations
 
-from typing import Literal
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -85,9 +85,6 @@ class Linearization:
     """
 
     def __init__(self, fn: FlatFn, x: Tensor) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("Jacobian products need autograd: call outside torch.inference_mode() "
-                               "(torch.no_grad() is fine)")
         self.x = x.detach().clone().requires_grad_(True)  # clone: x may be an inference tensor
         with torch.enable_grad():
             self.y = fn(self.x)
@@ -136,9 +133,6 @@ class FusedLinearization:
     """
 
     def __init__(self, fn: FlatFn, x: Tensor) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("Jacobian products need autograd: call outside torch.inference_mode() "
-                               "(torch.no_grad() is fine)")
         self.fn, self.x = fn, x.detach().clone()
         self._lin: Linearization | None = None
         shape = fn.shape
@@ -175,6 +169,9 @@ Ops = Linearization | FusedLinearization
 def linearize(fn: SampleFn, x: Tensor) -> Ops:
     """Jacobian-product operators of ``fn`` at ``x [B, *shape]`` (flattened to ``[B, D]``),
     fused when ``fn`` has ``forward_jvp``."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Jacobian products need autograd: call outside torch.inference_mode() "
+                           "(torch.no_grad() is fine)")
     flat = FlatFn(fn, x)
     xf = x.reshape(x.shape[0], -1)
     return FusedLinearization(flat, xf) if hasattr(fn, "forward_jvp") else Linearization(flat, xf)

@@ -34,11 +34,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..diffusion.parameterization import NetFn
+from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
-Cond = Tensor | tuple[Tensor, ...] | None
 Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
 FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius")
 
@@ -102,16 +101,6 @@ def contraction_loss(
         return out
     return _loss(net_fn, a_t, t, conds, schedule, prediction, margin, form, method, iters, exact_max_dim, probes,
                  generator)
-
-
-def as_cond_tuple(cond: Cond, B: int) -> tuple[Tensor, ...]:
-    """Normalise ``cond`` to a tuple of ``[B, ...]`` tensors (checked)."""
-    conds = () if cond is None else (cond,) if isinstance(cond, Tensor) else tuple(cond)
-    for i, c in enumerate(conds):
-        if not isinstance(c, Tensor) or c.ndim < 1 or c.shape[0] != B:
-            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
-            raise ValueError(f"cond[{i}] must be a tensor [B = {B}, ...], got {got}")
-    return conds
 
 
 class NetAt:

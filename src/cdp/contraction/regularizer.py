@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denoising_loss, noisy_batch, regression_loss
-from ..diffusion.parameterization import NetFn
+from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
-from .loss import FORMS, Cond, as_cond_tuple, contraction_loss
+from .loss import FORMS, contraction_loss
 
 
 @dataclass

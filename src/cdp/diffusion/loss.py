@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .parameterization import NetFn
+from .parameterization import Cond, NetFn, as_cond_tuple
 from .schedule import Prediction, VPSchedule, check_prediction
 
 
@@ -70,7 +70,7 @@ def denoising_loss(
     *,
     t: Tensor | None = None,
     noise: Tensor | None = None,
-    cond: Tensor | tuple[Tensor, ...] | None = None,
+    cond: Cond = None,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
 ) -> DenoisingOutput:
@@ -84,6 +84,5 @@ def denoising_loss(
     """
     check_trainable_prediction(prediction)
     t, noise, a_t = noisy_batch(x0, schedule, t, noise, num_steps, generator)
-    conds = () if cond is None else (cond,) if isinstance(cond, Tensor) else tuple(cond)
-    pred = net_fn(a_t, t, *conds)
+    pred = net_fn(a_t, t, *as_cond_tuple(cond, x0.shape[0]))
     return DenoisingOutput(loss=regression_loss(pred, x0, noise, prediction), a_t=a_t, t=t, noise=noise, pred=pred)

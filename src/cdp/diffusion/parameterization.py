@@ -19,6 +19,19 @@ NetFn = Callable[..., Tensor]
 passed explicitly where the library may take a subset of the batch (losses, regulariser) and
 may be closed over elsewhere (samplers call ``model_fn(a_t, t)``)."""
 
+Cond = Tensor | tuple[Tensor, ...] | None
+"""Per-sample conditioning passed to a :data:`NetFn`: a tensor or tuple of tensors ``[B, ...]``."""
+
+
+def as_cond_tuple(cond: Cond, B: int) -> tuple[Tensor, ...]:
+    """Normalise ``cond`` to a tuple of ``[B, ...]`` tensors (checked)."""
+    conds = () if cond is None else (cond,) if isinstance(cond, Tensor) else tuple(cond)
+    for i, c in enumerate(conds):
+        if not isinstance(c, Tensor) or c.ndim < 1 or c.shape[0] != B:
+            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"cond[{i}] must be a tensor [B = {B}, ...], got {got}")
+    return conds
+
 
 def eps_to_x0(eps: Tensor, a_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     return (a_t - broadcast_to(sigma, a_t) * eps) / broadcast_to(alpha, a_t)

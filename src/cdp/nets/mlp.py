@@ -43,8 +43,10 @@ class _MishJvp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: Tensor, gyd: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         zd, d1, d2 = ctx.saved_tensors
-        gz = gy * d1 + (gyd * zd * d2).sum(0) if zd.ndim > d1.ndim else gy * d1 + gyd * zd * d2
-        return gz, gyd * d1
+        gz_tangent = gyd * zd * d2
+        if zd.ndim > d1.ndim:  # K tangent directions share one primal z: sum their contributions
+            gz_tangent = gz_tangent.sum(0)
+        return gy * d1 + gz_tangent, gyd * d1
 
 
 class SinusoidalEmbedding(nn.Module):
