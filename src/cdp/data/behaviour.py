@@ -95,7 +95,7 @@ def make_actor(env_id: str, state_dict: dict | None = None) -> torch.nn.Module:
     box = env.action_space
     if not (np.allclose(box.low, -1) and np.allclose(box.high, 1)):  # the actor's outputs are in [-1, 1]
         raise ValueError(f"{env_id}: only tasks with actions in [-1, 1] are supported, got [{box.low}, {box.high}]")
-    actor = SAC("MlpPolicy", env, device="cpu").policy.actor
+    actor = SAC("MlpPolicy", env, buffer_size=1, device="cpu").policy.actor  # no 1M-step replay buffer for a policy
     if state_dict is not None:
         actor.load_state_dict(state_dict)
     return actor.eval()
