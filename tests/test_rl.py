@@ -83,7 +83,10 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     assert json.loads((out / "config.json").read_text())["gamma"] == 0.1
     with pytest.raises(ValueError, match="another config"):
         train(TrainConfig(steps=6, **{**cfg, "seed": 3}), out, progress=False)
+    with (out / "metrics.csv").open("a") as fh:  # as if it crashed after logging step 8, before a checkpoint
+        fh.write("8" + ",0" * (len((out / "metrics.csv").read_text().splitlines()[0].split(",")) - 1) + "\n")
     train(TrainConfig(steps=9, **cfg), out, progress=False)  # resume with a larger budget: from step 6 on
+    assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == [2, 4, 6, 8]
     assert [int(r["step"]) for r in csv.DictReader((out / "eval.csv").open())] == [3, 6, 9]
     rec = json.loads(T.record(out, tmp_path / "results").read_text())
     assert rec["config"]["algo"] == "cdp" and len(rec["eval"]) == 3 and rec["summary"]["evals"] == 3

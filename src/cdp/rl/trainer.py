@@ -111,6 +111,20 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     return totals.tolist()
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Resuming: forget logged rows past the checkpoint, so the rerun does not duplicate them."""
+    if not path.is_file():
+        return
+    rows = list(csv.DictReader(path.open()))
+    kept = [r for r in rows if int(r["step"]) <= step]
+    if len(kept) < len(rows):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+        atomic_write(path, buf.getvalue().encode())
+
+
 def _append_csv(path: Path, row: dict) -> None:
     new = not path.is_file()
     with path.open("a", newline="") as fh:
@@ -141,6 +155,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         agent.load_state_dict(state["agent"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+    for name in ("metrics.csv", "eval.csv"):
+        _drop_rows_after(out / name, agent.step)
 
     tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
                "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
@@ -158,7 +174,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out / "tb"))
+    tb = SummaryWriter(str(out / "tb"), purge_step=agent.step or None)
     t0, start = time.perf_counter(), agent.step
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
     while agent.step < cfg.steps:
