@@ -55,15 +55,17 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, *, spacing: 
     return ts + tail
 
 
-def _coeffs(schedule: VPSchedule, t: float) -> tuple[float, float]:
-    """(alpha, sigma) at a scalar time, in float64."""
-    tt = torch.tensor(t, dtype=torch.float64)
-    return float(schedule.alpha(tt)), float(schedule.sigma(tt))
+def _coeffs(schedule: VPSchedule, grid: list[float]) -> list[tuple[float, float]]:
+    """(alpha, sigma) at each grid time, in float64, from one vectorised schedule call (per-step
+    scalar calls cost more than the network on small batches)."""
+    tt = torch.tensor(grid, dtype=torch.float64)
+    return list(zip(schedule.alpha(tt).tolist(), schedule.sigma(tt).tolist()))
 
 
 def _x0(model_fn: NetFn, x: Tensor, t: float, schedule: VPSchedule, prediction: Prediction,
         clip_x0: float | None) -> Tensor:
-    tb = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    # one time for the whole batch, as a stride-0 view: networks may embed it once
+    tb = torch.full((1,), t, dtype=x.dtype, device=x.device).expand(x.shape[0])
     x0 = to_x0(model_fn(x, tb), x, tb, schedule, prediction)
     return x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
 
@@ -104,9 +106,8 @@ def ddim_sample(
         raise ValueError(f"eta must be >= 0, got {eta}")
     grid = time_grid(steps, spacing=spacing, schedule=schedule)
     x, traj = x_T, [x_T]
-    for t, s in zip(grid[:-1], grid[1:]):
-        a_t, s_t = _coeffs(schedule, t)
-        a_s, s_s = _coeffs(schedule, s)
+    coeffs = _coeffs(schedule, grid)
+    for (t, (a_t, s_t)), (a_s, s_s) in zip(zip(grid[:-1], coeffs[:-1]), coeffs[1:]):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)
         e = (x - a_t * x0) / s_t
         c = 0.0
@@ -163,9 +164,8 @@ def dpm_solver_sample(
     x, traj = x_T, [x_T]
     x0_prev: Tensor | None = None
     h_prev = 0.0
-    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        a_t, s_t = _coeffs(schedule, t)
-        a_s, s_s = _coeffs(schedule, s)
+    coeffs = _coeffs(schedule, grid)
+    for i, (t, (a_t, s_t), (a_s, s_s)) in enumerate(zip(grid[:-1], coeffs[:-1], coeffs[1:])):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)
         exp_neg_h = (s_s * a_t) / (a_s * s_t)
         last = i == steps - 1
