@@ -15,3 +15,19 @@ def random_sym_spectrum_map(B: int, D: int, evals: torch.Tensor, skew: float = 1
     K = torch.randn(B, D, D, dtype=torch.float64, generator=g)
     A = S + skew * (K - K.transpose(1, 2))
     return A, (lambda x: torch.einsum("bij,bj->bi", A, x))
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path, monkeypatch):
+    """A 600-step random-policy Hopper-v5 Minari dataset in a per-test local store."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from cdp.data.generate import rollout
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    eps = rollout("Hopper-v5", None, 600, seed=0)
+    bufs = [EpisodeBuffer(id=i, infos={}, **{k: list(v) for k, v in e.items()}) for i, e in enumerate(eps)]
+    minari.create_dataset_from_buffers("cdp-test/hopper/random-v0", bufs, env="Hopper-v5", eval_env="Hopper-v5",
+                                       algorithm_name="random", ref_min_score=0.0, ref_max_score=1.0)
+    return "cdp-test/hopper/random-v0"

@@ -17,21 +17,6 @@ from cdp.rl.iql import IDQL, IDQLConfig, expectile_loss  # noqa: E402
 from cdp.rl.trainer import TrainConfig, train  # noqa: E402
 
 
-@pytest.fixture()
-def tiny_dataset(tmp_path, monkeypatch):
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    from cdp.data.generate import rollout
-
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    eps = rollout("Hopper-v5", None, 600, seed=0)
-    bufs = [EpisodeBuffer(id=i, infos={}, **{k: list(v) for k, v in e.items()}) for i, e in enumerate(eps)]
-    minari.create_dataset_from_buffers("cdp-test/hopper/random-v0", bufs, env="Hopper-v5", eval_env="Hopper-v5",
-                                       algorithm_name="random", ref_min_score=0.0, ref_max_score=1.0)
-    return "cdp-test/hopper/random-v0"
-
-
 def batch_from(ds_id, n=256, seed=0):
     from cdp.data import load_minari
 

@@ -1,4 +1,4 @@
-"""Command line: ``cdp demo``."""
+"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp sweep``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10)
+    sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
+    sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml")
+    sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
+    sw.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is done; run nothing")
     return p
 
 
@@ -94,8 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           gamma=args.gamma, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed)
-        name = args.dataset.replace("/", "_")
-        out = args.out or f"runs/rl/{name}/{args.algo}-f{args.fraction:g}-s{args.seed}"
+        out = args.out or f"runs/rl/{args.dataset.replace('/', '_')}/{cfg.run_name()}"
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
         print(f"run folder: {out}")
@@ -107,6 +110,18 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import evaluate_run
 
         print(json.dumps(evaluate_run(args.run, args.episodes), indent=2))
+    elif args.command == "sweep":
+        from .sweep import is_finished, load_sweep, run_sweep
+
+        sweep = load_sweep(args.config)
+        if args.workers:
+            sweep.workers = args.workers
+        if args.dry_run:
+            for job in sweep.jobs():
+                print(f"{'done' if is_finished(job) else 'todo'}  {job.out}")
+            return 0
+        ran = run_sweep(sweep)
+        print(f"{len(ran)} runs trained; run folders under {sweep.out}")
     return 0
 
 

@@ -46,6 +46,18 @@ class TrainConfig:
     t_max: float | None = 0.1  # cdp only: the official offline-RL window
     seed: int = 0
 
+    def run_name(self) -> str:
+        """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
+        method (critic style, gamma, window), so runs of one grid never share a folder."""
+        name = f"{self.algo}-f{self.fraction:g}"
+        if self.critic != "td3":
+            name += f"-{self.critic}"
+        if self.algo == "cdp" and self.gamma != 0.1:
+            name += f"-g{self.gamma:g}"
+        if self.algo == "cdp" and self.t_max != 0.1:
+            name += f"-tmax{self.t_max if self.t_max is None else format(self.t_max, 'g')}"
+        return f"{name}-s{self.seed}"
+
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {ALGOS}")
@@ -175,7 +187,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"), purge_step=agent.step or None)
-    t0, start = time.perf_counter(), agent.step
+    t0, start, eval_seconds = time.perf_counter(), agent.step, 0.0
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
     while agent.step < cfg.steps:
         idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size))
@@ -192,7 +204,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
             for k, v in metrics.items():
                 tb.add_scalar(f"train/{k}", v, step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            te = time.perf_counter()
             rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+            eval_seconds += time.perf_counter() - te
             row = {"step": step, "return_mean": float(np.mean(rets)),
                    "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
             if ref is not None:
@@ -207,7 +221,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
             save()
     bar.close()
     tb.close()
-    summary = summarize(out, ref.source if ref else None, (time.perf_counter() - t0) / max(agent.step - start, 1))
+    wall, steps_here = time.perf_counter() - t0, max(agent.step - start, 1)
+    summary = summarize(out, ref.source if ref else None, wall / steps_here, (wall - eval_seconds) / steps_here)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_curve(out)
     return summary
@@ -248,18 +263,21 @@ def record(run_dir: str | Path, results_dir: str | Path) -> Path:
     cfg = json.loads((run / "config.json").read_text())
     rec = {"config": cfg, "summary": json.loads((run / "summary.json").read_text()),
            "eval": list(csv.DictReader((run / "eval.csv").open()))}
-    name = f"{cfg['algo']}-f{cfg['fraction']:g}-s{cfg['seed']}.json"
+    name = TrainConfig(**cfg).run_name() + ".json"
     path = Path(results_dir) / cfg["dataset"].replace("/", "_") / name
     atomic_write(path, json.dumps(rec, indent=1).encode())
     return path
 
 
-def summarize(out: Path, ref_source: str | None, sec_per_step: float) -> dict:
+def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_per_step: float) -> dict:
+    """Final and best evaluation score, and wall time per 1k steps with and without evaluations
+    (measured over the steps this process ran, so a resumed run reports its last leg)."""
     rows = list(csv.DictReader((out / "eval.csv").open()))
     key = "d4rl_score_mean" if ref_source else "return_mean"
     vals = [float(r[key]) for r in rows]
-    return {"final": vals[-1], "best": max(vals), "metric": key, "score_reference": ref_source,
-            "evals": len(rows), "seconds_per_1k_steps": 1000 * sec_per_step}
+    return {"step": int(rows[-1]["step"]), "final": vals[-1], "best": max(vals), "metric": key,
+            "score_reference": ref_source, "evals": len(rows), "seconds_per_1k_steps": 1000 * sec_per_step,
+            "train_seconds_per_1k_steps": 1000 * train_sec_per_step}
 
 
 def plot_curve(out: Path) -> None:

@@ -1,0 +1,209 @@
+"""Grids of training runs, one process per run, resumable: ``cdp sweep CONFIG``.
+
+A sweep config (TOML, or JSON with the same keys)::
+
+    kind = "rl"                      # what each job trains: "rl" (cdp.rl.trainer)
+    out = "runs/sweeps/offline_rl"   # run folders: <out>/<dataset>/<run name>
+    results = "results/rl"           # optional: a small per-run record for each finished run
+    workers = 2                      # optional: parallel jobs (default: CPU count)
+    threads = 1                      # optional: torch threads per job (default 1)
+
+    [fixed]                          # TrainConfig fields shared by every job
+    steps = 50000
+
+    [grid]                           # TrainConfig fields to cross; the first key varies slowest
+    seed = [0, 1, 2]
+    dataset = ["cdp/hopper/medium-replay-v0"]
+    fraction = [1.0, 0.1]
+    algo = ["edp", "cdp"]
+
+Every job's config is validated before any job starts. A job whose run folder already holds a
+finished summary is skipped; an interrupted one resumes from its checkpoint (the trainer's own
+resume), so re-running a killed sweep neither repeats nor loses work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+KINDS = ("rl",)
+_TOP_KEYS = {"kind", "out", "results", "workers", "threads", "fixed", "grid", "name"}
+
+
+@dataclass
+class Job:
+    """One run: a trainer config (as a dict) and its folder."""
+
+    kind: str
+    config: dict
+    out: str
+    results: str | None = None
+    threads: int = 1
+
+
+@dataclass
+class SweepConfig:
+    kind: str
+    out: str
+    grid: dict[str, list]
+    fixed: dict = field(default_factory=dict)
+    results: str | None = None
+    workers: int | None = None
+    threads: int = 1
+    name: str | None = None
+
+    def jobs(self) -> list[Job]:
+        """The grid's jobs in order (first grid key slowest), each config checked."""
+        keys = list(self.grid)
+        jobs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            cfg = _config_class(self.kind)(**{**self.fixed, **dict(zip(keys, values))})
+            jobs.append(Job(self.kind, _asdict(cfg), str(Path(self.out) / _run_path(self.kind, cfg)),
+                            self.results, self.threads))
+        seen: dict[str, dict] = {}
+        for j in jobs:
+            if j.out in seen:
+                diff = sorted(k for k in j.config if j.config[k] != seen[j.out][k])
+                raise ValueError(f"two jobs share the run folder {j.out} (they differ only in {diff}, which this "
+                                 f"run name does not show): drop that key from the grid for these jobs")
+            seen[j.out] = j.config
+        return jobs
+
+
+def _config_class(kind: str) -> type:
+    if kind == "rl":
+        from .rl.trainer import TrainConfig
+
+        return TrainConfig
+    raise ValueError(f"unknown sweep kind {kind!r}; choose from {KINDS}")
+
+
+def _asdict(cfg) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def _run_path(kind: str, cfg) -> str:
+    if kind == "rl":
+        return f"{cfg.dataset.replace('/', '_')}/{cfg.run_name()}"
+    raise ValueError(f"unknown sweep kind {kind!r}")
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep config; every problem is a ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep config at {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        raw = json.loads(text)
+    else:
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    for k in ("kind", "out", "grid"):
+        if k not in raw:
+            raise ValueError(f"{path}: missing {k!r}")
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"{path}: unknown kind {kind!r}; choose from {KINDS}")
+    grid, fixed = raw["grid"], raw.get("fixed", {})
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"{path}: the grid is empty")
+    names = {f.name for f in fields(_config_class(kind))}
+    for where, table in (("grid", grid), ("fixed", fixed)):
+        bad = sorted(set(table) - names)
+        if bad:
+            raise ValueError(f"{path}: unknown {where} key(s) {bad}; {kind} runs take {sorted(names)}")
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
+    both = sorted(set(grid) & set(fixed))
+    if both:
+        raise ValueError(f"{path}: {both} both fixed and in the grid")
+    workers, threads = raw.get("workers"), raw.get("threads", 1)
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"{path}: workers must be a positive integer, got {workers!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"{path}: threads must be a positive integer, got {threads!r}")
+    sweep = SweepConfig(kind=kind, out=raw["out"], grid=grid, fixed=fixed, results=raw.get("results"),
+                        workers=workers, threads=threads, name=raw.get("name"))
+    sweep.jobs()  # every job's config is checked before any starts
+    return sweep
+
+
+def is_finished(job: Job) -> bool:
+    """The run folder holds a summary written at the job's full budget."""
+    p = Path(job.out) / "summary.json"
+    if not p.is_file():
+        return False
+    return json.loads(p.read_text()).get("step", -1) >= job.config["steps"]
+
+
+def run_job(job: Job) -> str:
+    """Train one job (resuming if its folder holds a checkpoint); returns the run folder."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    if job.kind == "rl":
+        from .rl.trainer import TrainConfig, record, train
+
+        train(TrainConfig(**job.config), job.out, progress=False)
+        if job.results:
+            record(job.out, job.results)
+    else:
+        raise ValueError(f"unknown sweep kind {job.kind!r}")
+    return job.out
+
+
+def _init_worker(threads: int) -> None:
+    # before torch is imported in the worker: BLAS pools sized to one job's share
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def run_sweep(sweep: SweepConfig, progress: bool = True,
+              on_done: Callable[[Job], None] | None = None) -> list[Job]:
+    """Run every unfinished job, ``sweep.workers`` at a time, each in a fresh process; returns the
+    jobs that ran. A failing job does not stop the others; the first error is raised at the end."""
+    jobs = sweep.jobs()
+    todo = [j for j in jobs if not is_finished(j)]
+    workers = sweep.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
+    errors: list[tuple[Job, BaseException]] = []
+    ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
+    with ProcessPoolExecutor(max_workers=min(workers, max(len(todo), 1)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(sweep.threads,)) as pool:
+        pending = {pool.submit(run_job, j): j for j in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = pending.pop(fut)
+                try:
+                    fut.result()
+                except Exception as e:  # noqa: BLE001 - reported below, other jobs go on
+                    errors.append((job, e))
+                    bar.write(f"failed: {job.out}: {e}")
+                else:
+                    if on_done is not None:
+                        on_done(job)
+                bar.update(1)
+    bar.close()
+    if errors:
+        job, e = errors[0]
+        raise RuntimeError(f"{len(errors)} of {len(todo)} jobs failed; first: {job.out}: {e}") from e
+    return todo

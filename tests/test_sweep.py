@@ -1,0 +1,111 @@
+"""`cdp sweep`: grids of resumable runs in separate processes."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("minari")
+pytest.importorskip("mujoco")
+
+from cdp.sweep import is_finished, load_sweep, run_sweep  # noqa: E402
+
+
+def write(tmp_path, text, name="sweep.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def config(tmp_path, dataset, steps=6, algos='["bc"]', seeds="[0, 1]", extra=""):
+    return write(tmp_path, f"""
+kind = "rl"
+out = "{tmp_path / 'runs'}"
+results = "{tmp_path / 'results'}"
+workers = 2
+{extra}
+[fixed]
+dataset = "{dataset}"
+steps = {steps}
+batch_size = 32
+eval_every = {max(steps // 2, 1)}
+eval_episodes = 1
+checkpoint_every = {max(steps // 20, 1)}
+log_every = {max(steps // 20, 1)}
+
+[grid]
+seed = {seeds}
+algo = {algos}
+""")
+
+
+@pytest.mark.parametrize("text, msg", [
+    ('kind = "rl"\nout = "x"\ncolour = 1\n[grid]\nseed = [0]\n', "unknown key"),
+    ('kind = "rl"\nout = "x"\n[grid]\n', "grid is empty"),
+    ('kind = "rl"\nout = "x"\n[grid]\nseed = []\n', "non-empty list"),
+    ('kind = "rl"\nout = "x"\n[grid]\nlearning_rate = [1]\n', "unknown grid key"),
+    ('kind = "il"\nout = "x"\n[grid]\nseed = [0]\n', "unknown kind"),
+    ('kind = "rl"\nout = "x"\n[fixed]\ndataset = "d"\n[grid]\nalgo = ["bc", "cql"]\n', "unknown algorithm"),
+    ('kind = "rl"\nout = "x"\nworkers = 0\n[fixed]\ndataset = "d"\nalgo = "bc"\n[grid]\nseed = [0]\n', "workers"),
+    ('kind = "rl"\nout = "x"\n[grid\n', "not valid TOML"),
+])
+def test_bad_sweep_configs_fail_before_any_job(tmp_path, text, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_sweep(write(tmp_path, text))
+    assert not (tmp_path / "x").exists()
+
+
+def test_grid_order_names_and_cli_errors(tmp_path, capsys):
+    from cdp.cli import main
+
+    p = write(tmp_path, 'kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\nalgo = "cdp"\n'
+                        '[grid]\nseed = [0, 1]\nfraction = [1.0, 0.1]\ngamma = [0.1, 1.0]\n')
+    jobs = load_sweep(p).jobs()
+    assert [j.out for j in jobs[:4]] == ["o/a_b-v0/cdp-f1-s0", "o/a_b-v0/cdp-f1-g1-s0", "o/a_b-v0/cdp-f0.1-s0",
+                                         "o/a_b-v0/cdp-f0.1-g1-s0"]
+    assert [j.config["seed"] for j in jobs] == [0] * 4 + [1] * 4  # first key slowest
+    same = write(tmp_path, 'kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\nalgo = "edp"\n'
+                           '[grid]\ngamma = [0.1, 1.0]\n', "same.toml")  # gamma does not change an EDP run
+    with pytest.raises(ValueError, match="share the run folder"):
+        load_sweep(same)
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+    assert "no sweep config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_runs_records_and_skips_finished_runs(tiny_dataset, tmp_path):
+    sweep = load_sweep(config(tmp_path, tiny_dataset))
+    ran = run_sweep(sweep, progress=False)
+    assert len(ran) == 2 and all(is_finished(j) for j in sweep.jobs())
+    recs = sorted((tmp_path / "results").rglob("*.json"))
+    assert [r.name for r in recs] == ["bc-f1-s0.json", "bc-f1-s1.json"]
+    assert json.loads(recs[1].read_text())["config"]["seed"] == 1
+    stamp = {j.out: os.path.getmtime(os.path.join(j.out, "checkpoint.pt")) for j in sweep.jobs()}
+    assert run_sweep(sweep, progress=False) == []  # all finished: nothing runs, nothing is touched
+    assert stamp == {j.out: os.path.getmtime(os.path.join(j.out, "checkpoint.pt")) for j in sweep.jobs()}
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, tmp_path):
+    p = config(tmp_path, tiny_dataset, steps=3000, seeds="[0]")
+    job = load_sweep(p).jobs()[0]
+    ckpt = os.path.join(job.out, "checkpoint.pt")
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sweep", str(p)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, mid-run
+    proc.wait()
+    assert os.path.exists(ckpt) and not is_finished(job), "the kill should land mid-run"
+    run_sweep(load_sweep(p), progress=False)
+    assert is_finished(job)
+    steps = [int(r["step"]) for r in csv.DictReader(open(os.path.join(job.out, "metrics.csv")))]
+    assert steps == list(range(150, 3001, 150))  # every logged step once, in order
+    evals = [int(r["step"]) for r in csv.DictReader(open(os.path.join(job.out, "eval.csv")))]
+    assert evals == [1500, 3000]
