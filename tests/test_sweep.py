@@ -49,7 +49,7 @@ algo = {algos}
     ('kind = "rl"\nout = "x"\n[grid]\n', "grid is empty"),
     ('kind = "rl"\nout = "x"\n[grid]\nseed = []\n', "non-empty list"),
     ('kind = "rl"\nout = "x"\n[grid]\nlearning_rate = [1]\n', "unknown grid key"),
-    ('kind = "il"\nout = "x"\n[grid]\nseed = [0]\n', "unknown kind"),
+    ('kind = "sl"\nout = "x"\n[grid]\nseed = [0]\n', "unknown kind"),
     ('kind = "rl"\nout = "x"\n[fixed]\ndataset = "d"\n[grid]\nalgo = ["bc", "cql"]\n', "unknown algorithm"),
     ('kind = "rl"\nout = "x"\nworkers = 0\n[fixed]\ndataset = "d"\nalgo = "bc"\n[grid]\nseed = [0]\n', "workers"),
     ('kind = "rl"\nout = "x"\n[grid\n', "not valid TOML"),

@@ -1,4 +1,4 @@
-"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp sweep``."""
+"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp il ...``, ``cdp sweep``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10)
+    il = sub.add_parser("il", help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
+    ils = il.add_subparsers(dest="il_command", required=True)
+    imd = ils.add_parser("make-data", help="scripted demonstrations in robomimic's HDF5 layout")
+    imd.add_argument("task", help="imitation task, e.g. reach")
+    imd.add_argument("quality", choices=["ph", "mh"], help="ph: one proficient operator; mh: mixed skill")
+    imd.add_argument("--demos", type=_positive_int, default=200)
+    imd.add_argument("--seed", type=int, default=0)
+    imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
+    itr = ils.add_parser("train", help="train a policy on demonstrations (resumable)")
+    itr.add_argument("policy", help="bc-gmm | dp-unet | dp-dit | dp-mlp | cdp-unet | cdp-dit | cdp-mlp")
+    itr.add_argument("--task", required=True)
+    itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
+    itr.add_argument("--fraction", type=float, default=1.0, help="share of demonstrations kept (seeded)")
+    itr.add_argument("--filter-key", default=None, help="robomimic mask to train on, e.g. train")
+    itr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp-*)")
+    itr.add_argument("--steps", type=_positive_int, default=20_000)
+    itr.add_argument("--batch-size", type=_positive_int, default=256)
+    itr.add_argument("--eval-every", type=_positive_int, default=5_000)
+    itr.add_argument("--eval-episodes", type=_positive_int, default=50)
+    itr.add_argument("--seed", type=int, default=0)
+    itr.add_argument("--out", default=None, help="run folder (default runs/il/<task>/<run name>)")
+    itr.add_argument("--results", default=None, help="also write a small per-run record under this folder")
+    iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
+    iev.add_argument("run", help="run folder")
+    iev.add_argument("--episodes", type=_positive_int, default=50)
+    iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
+
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
@@ -110,6 +137,29 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import evaluate_run
 
         print(json.dumps(evaluate_run(args.run, args.episodes), indent=2))
+    elif args.command == "il" and args.il_command == "make-data":
+        from .data.robomimic import write_robomimic
+        from .il.tasks import get_task
+
+        task = get_task(args.task)
+        path = write_robomimic(args.out or f"data/il/{args.task}_{args.quality}.hdf5",
+                               task.make_demos(args.demos, args.quality, args.seed))
+        print(f"{args.demos} demonstrations of {args.task} ({args.quality}) written to {path}")
+    elif args.command == "il" and args.il_command == "train":
+        from .il.trainer import ILTrainConfig, record, train as il_train
+
+        icfg = ILTrainConfig(policy=args.policy, task=args.task, dataset=args.dataset, fraction=args.fraction,
+                             filter_key=args.filter_key, gamma=args.gamma, steps=args.steps, batch_size=args.batch_size,
+                             eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
+        out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
+        print(json.dumps(il_train(icfg, out), indent=2))
+        print(f"run folder: {out}")
+        if args.results:
+            print(f"record: {record(out, args.results)}")
+    elif args.command == "il" and args.il_command == "eval":
+        from .il.trainer import evaluate_run as il_evaluate_run
+
+        print(json.dumps(il_evaluate_run(args.run, args.episodes, which=args.which), indent=2))
     elif args.command == "sweep":
         from .sweep import is_finished, load_sweep, run_sweep
 

@@ -27,6 +27,7 @@ def save_or_check_config(folder: str | Path, config: dict, budget_key: str) -> N
     """Write ``folder/config.json``; if one is there (a run being resumed), it must match
     ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget)."""
     path = Path(folder) / "config.json"
+    config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     if path.is_file():
         old = {k: v for k, v in json.loads(path.read_text()).items() if k != budget_key}
         new = {k: v for k, v in config.items() if k != budget_key}

@@ -2,8 +2,8 @@
 
 A sweep config (TOML, or JSON with the same keys)::
 
-    kind = "rl"                      # what each job trains: "rl" (cdp.rl.trainer)
-    out = "runs/sweeps/offline_rl"   # run folders: <out>/<dataset>/<run name>
+    kind = "rl"                      # what each job trains: "rl" (cdp.rl.trainer) or "il" (cdp.il.trainer)
+    out = "runs/sweeps/offline_rl"   # run folders: <out>/<dataset>/<run name> (il: <out>/<task>/<file>/<run name>)
     results = "results/rl"           # optional: a small per-run record for each finished run
     workers = 2                      # optional: parallel jobs (default: CPU count)
     threads = 1                      # optional: torch threads per job (default 1)
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-KINDS = ("rl",)
+KINDS = ("rl", "il")
 _TOP_KEYS = {"kind", "out", "results", "workers", "threads", "fixed", "grid", "name"}
 
 
@@ -84,6 +84,10 @@ def _config_class(kind: str) -> type:
         from .rl.trainer import TrainConfig
 
         return TrainConfig
+    if kind == "il":
+        from .il.trainer import ILTrainConfig
+
+        return ILTrainConfig
     raise ValueError(f"unknown sweep kind {kind!r}; choose from {KINDS}")
 
 
@@ -94,6 +98,8 @@ def _asdict(cfg) -> dict:
 def _run_path(kind: str, cfg) -> str:
     if kind == "rl":
         return f"{cfg.dataset.replace('/', '_')}/{cfg.run_name()}"
+    if kind == "il":
+        return f"{cfg.task}/{Path(cfg.dataset).stem}/{cfg.run_name()}"
     raise ValueError(f"unknown sweep kind {kind!r}")
 
 
@@ -165,6 +171,14 @@ def run_job(job: Job) -> str:
         train(TrainConfig(**job.config), job.out, progress=False)
         if job.results:
             record(job.out, job.results)
+    elif job.kind == "il":
+        from .il.trainer import ILTrainConfig
+        from .il.trainer import record as il_record
+        from .il.trainer import train as il_train
+
+        il_train(ILTrainConfig(**job.config), job.out, progress=False)
+        if job.results:
+            il_record(job.out, job.results)
     else:
         raise ValueError(f"unknown sweep kind {job.kind!r}")
     return job.out

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, save_or_check_config
+from ..runlog import append_csv, drop_rows_after, plot_eval_curve
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
@@ -123,29 +124,6 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     return totals.tolist()
 
 
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Resuming: forget logged rows past the checkpoint, so the rerun does not duplicate them."""
-    if not path.is_file():
-        return
-    rows = list(csv.DictReader(path.open()))
-    kept = [r for r in rows if int(r["step"]) <= step]
-    if len(kept) < len(rows):
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(kept)
-        atomic_write(path, buf.getvalue().encode())
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train (or resume) a run; returns the final summary."""
     out = Path(out_dir)
@@ -168,7 +146,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
     for name in ("metrics.csv", "eval.csv"):
-        _drop_rows_after(out / name, agent.step)
+        drop_rows_after(out / name, agent.step)
 
     tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
                "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
@@ -199,7 +177,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         bar.update(1)
         step = agent.step
         if step % cfg.log_every == 0:
-            _append_csv(out / "metrics.csv", {"step": step, **metrics,
+            append_csv(out / "metrics.csv", {"step": step, **metrics,
                                                "seconds": time.perf_counter() - t0})
             for k, v in metrics.items():
                 tb.add_scalar(f"train/{k}", v, step)
@@ -212,7 +190,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
             if ref is not None:
                 scores = [normalized_score(r, ref).value for r in rets]
                 row |= {"d4rl_score_mean": float(np.mean(scores)), "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
-            _append_csv(out / "eval.csv", row)
+            append_csv(out / "eval.csv", row)
             for k, v in row.items():
                 if k != "step":
                     tb.add_scalar(f"eval/{k}", v, step)
@@ -281,25 +259,6 @@ def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_
 
 
 def plot_curve(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(csv.DictReader((out / "eval.csv").open()))
     key = "d4rl_score_mean" if "d4rl_score_mean" in rows[0] else "return_mean"
-    se = key.replace("mean", "se")
-    x = [int(r["step"]) for r in rows]
-    y = np.array([float(r[key]) for r in rows])
-    e = np.array([float(r[se]) for r in rows])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(x, y, marker="o")
-    ax.fill_between(x, y - e, y + e, alpha=0.3)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("D4RL-normalised score" if key.startswith("d4rl") else "return")
-    ax.set_title(out.name, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(out / "curve.png", buf.getvalue())
+    plot_eval_curve(out, key, "D4RL-normalised score" if key.startswith("d4rl") else "return")

@@ -1,0 +1,260 @@
+"""Chunked policies with a LeRobot-style deployment API, and the diffusion policy.
+
+Every policy sees the last ``n_obs_steps`` (To) observations and predicts a chunk of ``horizon``
+(Tp) actions; ``select_action`` executes ``n_action_steps`` (Ta) of them, starting at the chunk's
+index ``action_start`` (the current step), before it predicts again::
+
+    policy.reset()
+    obs, _ = env.reset(seed=0)
+    while not done:
+        action = policy.select_action(obs)      # [action_dim] (or [B, action_dim] for batched obs)
+        obs, r, term, trunc, info = env.step(action)
+
+``save_pretrained(dir)`` writes ``config.json`` and ``model.safetensors`` (weights and the
+normalisation statistics); ``load_policy(dir)`` / ``Cls.from_pretrained(dir)`` read them back.
+
+:class:`DiffusionPolicy` (Chi et al. 2023): a denoiser (1-D UNet, DiT or MLP) over the normalised
+action chunk, conditioned on the normalised, flattened observation history; DDPM training on a
+discrete cosine schedule (T = 100) with eps-prediction; DDIM or DPM-Solver++ sampling. With
+``contraction`` set (gamma > 0) the loss gains ``gamma * L_c`` (CDP-UNet / CDP-DiT).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..contraction import ContractionConfig, ContractionRegularizer
+from ..diffusion import VPSchedule, denoising_loss, sample
+from ..nets import DiT, MLPDenoiser, UNet1D
+from .normalize import MinMax
+
+ObsLike = dict[str, np.ndarray | Tensor] | np.ndarray | Tensor
+
+
+@dataclass
+class PolicyConfig:
+    """What every chunked policy shares: observation streams and the To / Tp / Ta horizons."""
+
+    obs_keys: list[str]
+    obs_dim: int  # per step, the obs_keys' streams concatenated in order
+    action_dim: int
+    n_obs_steps: int = 2  # To
+    horizon: int = 16  # Tp
+    n_action_steps: int = 8  # Ta
+
+    def __post_init__(self) -> None:
+        if min(self.obs_dim, self.action_dim, self.n_obs_steps, self.horizon, self.n_action_steps) < 1:
+            raise ValueError("obs_dim, action_dim and the horizons must be positive")
+
+
+class ChunkPolicy(nn.Module):
+    """Base: observation history and action queue, batching, save / load. Subclasses give
+    ``compute_loss(obs [B, To, obs_dim], actions [B, Tp, d]) -> dict`` and
+    ``predict_chunk(obs [B, To, obs_dim]) -> [B, Tp, d]`` (environment units)."""
+
+    policy_type: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.obs_norm, self.act_norm = MinMax(config.obs_dim), MinMax(config.action_dim)
+        self._obs: deque[Tensor] = deque(maxlen=config.n_obs_steps)
+        self._actions: deque[Tensor] = deque()
+
+    @property
+    def action_start(self) -> int:
+        """Index of the current step within a predicted chunk."""
+        return self.config.n_obs_steps - 1
+
+    def set_stats(self, obs: np.ndarray, actions: np.ndarray) -> None:
+        """Fit the min-max normalisers on the training data (``[N, obs_dim]``, ``[N, d]``)."""
+        self.obs_norm.load_state_dict(MinMax.fit(obs).state_dict())
+        self.act_norm.load_state_dict(MinMax.fit(actions).state_dict())
+
+    # ------------------------------------------------------------------ deployment
+    def reset(self) -> None:
+        self._obs.clear()
+        self._actions.clear()
+
+    def flat_obs(self, obs: ObsLike) -> Tensor:
+        """A dict of streams (or a flat array) -> ``[B, obs_dim]`` float32."""
+        if isinstance(obs, dict):
+            missing = [k for k in self.config.obs_keys if k not in obs]
+            if missing:
+                raise KeyError(f"observation lacks {missing}; the policy reads {self.config.obs_keys}")
+            parts = [torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32) for k in self.config.obs_keys]
+            parts = [p.reshape(1, -1) if p.ndim <= 1 else p.reshape(p.shape[0], -1) for p in parts]
+            x = torch.cat(parts, -1)
+        else:
+            x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+            x = x.reshape(1, -1) if x.ndim == 1 else x
+        if x.shape[-1] != self.config.obs_dim:
+            raise ValueError(f"observation has {x.shape[-1]} dims, the policy takes {self.config.obs_dim}")
+        return x
+
+    @torch.no_grad()
+    def select_action(self, obs: ObsLike) -> np.ndarray:
+        """The next action: ``[d]`` for one observation, ``[B, d]`` for a batch. A new chunk is
+        predicted whenever the queue is empty (every Ta steps)."""
+        single = (isinstance(obs, dict) and np.asarray(next(iter(obs.values()))).ndim == 1) or \
+            (not isinstance(obs, dict) and np.asarray(obs).ndim == 1)
+        x = self.flat_obs(obs)
+        if not self._obs:  # first step after reset: the history is this observation repeated
+            self._obs.extend([x] * self.config.n_obs_steps)
+        else:
+            self._obs.append(x)
+        if not self._actions:
+            chunk = self.predict_chunk(torch.stack(list(self._obs), 1))
+            s = self.action_start
+            self._actions.extend(chunk[:, s:s + self.config.n_action_steps].unbind(1))
+        a = self._actions.popleft().numpy()
+        return a[0] if single else a
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from ..io import atomic_write
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tmp = d / ".model.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(d / "model.safetensors")
+        atomic_write(d / "config.json", json.dumps({"policy_type": self.policy_type, **_to_json(self.config)},
+                                                   indent=2).encode())
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ChunkPolicy:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{d} holds no saved policy (config.json + model.safetensors)")
+        raw = json.loads((d / "config.json").read_text())
+        kind = raw.pop("policy_type", None)
+        if kind != cls.policy_type:
+            raise ValueError(f"{d} holds a {kind!r} policy, not {cls.policy_type!r}")
+        policy = cls(_from_json(cls.config_class, raw))
+        policy.load_state_dict(load_file(str(d / "model.safetensors")))
+        return policy.eval()
+
+    def compute_loss(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def predict_chunk(self, obs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _to_json(cfg) -> dict:
+    return asdict(cfg)
+
+
+def _from_json(cls: type, raw: dict):
+    kw = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        v = raw[f.name]
+        if f.name == "contraction" and v is not None:
+            v = ContractionConfig(**v)
+        elif isinstance(v, list) and f.name != "obs_keys":
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
+
+
+# ====================================================================== diffusion policy
+BACKBONES = ("unet", "dit", "mlp")
+
+
+@dataclass
+class DiffusionPolicyConfig(PolicyConfig):
+    backbone: str = "unet"
+    prediction: str = "eps"
+    train_steps: int = 100  # T of the discrete cosine schedule
+    sampler: str = "ddim"
+    sample_steps: int = 10
+    unet_dims: tuple[int, ...] = (64, 128, 256)
+    dit_width: int = 128
+    dit_depth: int = 4
+    dit_heads: int = 4
+    mlp_hidden: int = 256
+    contraction: ContractionConfig | None = None  # None or gamma 0: plain Diffusion Policy
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise ValueError(f"n_action_steps {self.n_action_steps} does not fit: horizon {self.horizon} - "
+                             f"n_obs_steps {self.n_obs_steps} + 1 actions lie ahead of the current step")
+
+
+class DiffusionPolicy(ChunkPolicy):
+    policy_type = "diffusion"
+    config_class = DiffusionPolicyConfig
+
+    def __init__(self, config: DiffusionPolicyConfig) -> None:
+        super().__init__(config)
+        c = config
+        cond = c.n_obs_steps * c.obs_dim
+        if c.backbone == "unet":
+            self.net: nn.Module = UNet1D(c.action_dim, cond, dims=tuple(c.unet_dims))
+        elif c.backbone == "dit":
+            self.net = DiT(c.action_dim, cond, width=c.dit_width, depth=c.dit_depth, heads=c.dit_heads,
+                           max_horizon=c.horizon)
+        else:
+            self.net = MLPDenoiser((c.horizon, c.action_dim), cond, hidden=c.mlp_hidden)
+        self.schedule = VPSchedule.discrete_cosine(c.train_steps)
+        self.reg = (ContractionRegularizer(self.schedule, c.prediction, c.contraction)  # type: ignore[arg-type]
+                    if c.contraction is not None and c.contraction.gamma > 0 else None)
+
+    def _cond(self, obs: Tensor) -> Tensor:
+        return self.obs_norm(obs).reshape(obs.shape[0], -1)
+
+    def compute_loss(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """obs ``[B, To, obs_dim]``, actions ``[B, Tp, d]`` (environment units)."""
+        c, x0, cond = self.config, self.act_norm(actions), self._cond(obs)
+        if self.reg is not None:
+            out = self.reg.loss(self.net, x0, cond, num_steps=c.train_steps)
+            denoise, contraction = out.denoising.loss.mean(), out.contraction
+        else:
+            denoise = denoising_loss(self.net, x0, self.schedule, c.prediction, cond=cond,  # type: ignore[arg-type]
+                                     num_steps=c.train_steps).loss.mean()
+            contraction = torch.zeros(())
+        return {"loss": denoise + contraction, "denoise": denoise, "contraction": contraction}
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: Tensor, noise: Tensor | None = None) -> Tensor:
+        """``[B, Tp, d]`` actions (environment units) for ``obs [B, To, obs_dim]``."""
+        c, cond = self.config, self._cond(obs)
+        x_T = noise if noise is not None else torch.randn(obs.shape[0], c.horizon, c.action_dim)
+        x = sample(lambda a, t: self.net(a, t, cond), x_T, self.schedule, c.sampler, c.sample_steps,  # type: ignore[arg-type]
+                   c.prediction, clip_x0=1.0)  # type: ignore[arg-type]
+        return self.act_norm.inverse(x.clamp(-1, 1))
+
+
+def load_policy(directory: str | Path) -> ChunkPolicy:
+    """Any saved policy, by the ``policy_type`` in its ``config.json``."""
+    from .bcgmm import BCGMM
+
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} holds no saved policy (no config.json)")
+    kind = json.loads((d / "config.json").read_text()).get("policy_type")
+    classes = {c.policy_type: c for c in (DiffusionPolicy, BCGMM)}
+    if kind not in classes:
+        raise ValueError(f"{d}: unknown policy_type {kind!r}; known: {sorted(classes)}")
+    return classes[kind].from_pretrained(d)

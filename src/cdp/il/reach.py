@@ -1,0 +1,150 @@
+"""MultiReach: a procedural multi-modal imitation task that needs no simulator.
+
+A point mass in ``[-1, 1]^2`` must touch three goals (on a circle of radius 0.6 at 90°, 210° and
+330°) within the horizon. Actions are accelerations in ``[-1, 1]^2``:
+``v <- 0.8 v + 0.01 a``, ``p <- clip(p + v, -1, 1)`` (top speed 0.05 per step); a goal counts as
+touched within 0.1. The demonstrator (a PD controller) visits the goals in an order it draws per
+demonstration (6 orders) and bends each leg through a random via point, so at the start the
+demonstrations split into three equally likely first goals and two ways round: a policy that
+averages modes heads for the centre and fails. It succeeds in about 60 steps; the horizon is 120.
+
+Observations, in robomimic's low-dim style: ``agent_pos`` (2), ``agent_vel`` (2),
+``goals_touched`` (3, 0/1). The simulator state (for ``reset_to``) is those 7 numbers.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ..data.robomimic import Demo, DemoDataset
+
+GOALS = 0.6 * np.stack([np.cos(np.deg2rad([90.0, 210.0, 330.0])), np.sin(np.deg2rad([90.0, 210.0, 330.0]))], 1)
+RADIUS = 0.1
+HORIZON = 120
+OBS_SHAPES = {"agent_pos": (2,), "agent_vel": (2,), "goals_touched": (3,)}
+
+# demonstrator profiles: (PD gains kp, kd; action noise std; share of steps paused)
+OPERATORS = {"better": (10.0, 20.0, 0.05, 0.0), "okay": (6.0, 15.0, 0.3, 0.0), "worse": (4.0, 12.0, 0.5, 0.1)}
+
+
+class MultiReach(gym.Env):
+    """Gymnasium environment; ``reset(seed=i)`` gives the i-th fixed initial state."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, horizon: int = HORIZON) -> None:
+        self.horizon = horizon
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES.items()})
+        self.state = np.zeros(7)
+        self.order: list[int] = []  # goals in the order touched (for mode statistics)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        self.state = np.zeros(7)
+        self.state[:2] = self.np_random.uniform(-0.15, 0.15, 2)
+        self.order, self.t = [], 0
+        return self._obs(), {}
+
+    def reset_to(self, state: np.ndarray):
+        self.state = np.asarray(state, dtype=np.float64).copy()
+        self.order = [int(k) for k in np.flatnonzero(self.state[4:] > 0.5)]
+        self.t = 0
+        return self._obs()
+
+    def step(self, action):  # type: ignore[override]
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+        if not np.isfinite(a).all():
+            raise ValueError(f"non-finite action {action}")
+        p, v, touched = self.state[:2], self.state[2:4], self.state[4:]
+        v = 0.8 * v + 0.01 * a
+        p = np.clip(p + v, -1.0, 1.0)
+        for k in np.flatnonzero((np.linalg.norm(GOALS - p, axis=1) < RADIUS) & (touched < 0.5)):
+            touched[k] = 1.0
+            self.order.append(int(k))
+        self.state = np.concatenate([p, v, touched])
+        self.t += 1
+        success = bool(touched.all())
+        return self._obs(), float(success), success, self.t >= self.horizon, {"success": success}
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        s = self.state.astype(np.float32)
+        return {"agent_pos": s[:2], "agent_vel": s[2:4], "goals_touched": s[4:]}
+
+
+def demonstrate(env: MultiReach, rng: np.random.Generator, operator: str = "better", seed: int | None = None) -> Demo | None:
+    """One scripted demonstration from ``env.reset(seed=seed)``; None if it does not succeed."""
+    kp, kd, noise, pause = OPERATORS[operator]
+    obs, _ = env.reset(seed=seed)
+    order = rng.permutation(3)
+    keys = {k: [] for k in OBS_SHAPES}
+    actions, states, rewards, dones = [], [], [], []
+    leg, via = 0, _via(env.state[:2], GOALS[order[0]], rng)  # via point of the current leg; None once passed
+    for _ in range(env.horizon):
+        p, v, touched = env.state[:2], env.state[2:4], env.state[4:]
+        advanced = False
+        while leg < 3 and touched[order[leg]] > 0.5:
+            leg, advanced = leg + 1, True
+        if leg == 3:
+            break
+        goal = GOALS[order[leg]]
+        if advanced:
+            via = _via(p, goal, rng)
+        if via is not None and np.linalg.norm(via - p) < 0.1:
+            via = None
+        target = goal if via is None else via
+        a = kp * (target - p) - kd * v + noise * rng.normal(size=2)
+        if pause and rng.random() < pause:
+            a = -kd * v  # hesitate: brake in place
+        a = np.clip(a, -1, 1)
+        for k in keys:
+            keys[k].append(obs[k])
+        states.append(env.state.copy())
+        actions.append(a)
+        obs, r, term, trunc, _ = env.step(a)
+        rewards.append(r)
+        dones.append(term)
+        if term:
+            break
+    if not dones or not dones[-1]:
+        return None
+    return Demo({k: np.stack(v).astype(np.float32) for k, v in keys.items()}, np.stack(actions).astype(np.float32),
+                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+
+
+def _via(p: np.ndarray, goal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A via point off the straight line from ``p`` to ``goal``, either side: the leg bends."""
+    d = goal - p
+    return p + 0.5 * d + rng.uniform(-0.35, 0.35) * np.array([-d[1], d[0]])
+
+
+def make_demos(n: int = 200, quality: str = "ph", seed: int = 0) -> DemoDataset:
+    """``n`` successful demonstrations. ``ph``: one proficient operator; ``mh``: a third each of
+    the better / okay / worse operators (robomimic's MH masks name them), with a 90/10
+    train/valid split in ``mask/``."""
+    if quality not in ("ph", "mh"):
+        raise ValueError(f"quality must be 'ph' or 'mh', got {quality!r}")
+    rng = np.random.default_rng(seed)
+    env = MultiReach()
+    ops = ["better"] * n if quality == "ph" else [list(OPERATORS)[i * 3 // n] for i in range(n)]
+    demos: dict[str, Demo] = {}
+    masks: dict[str, list[str]] = {}
+    reset_seed = 10_000 + 1000 * seed  # initial states apart from the evaluation seeds (0..)
+    for op in ops:
+        demo = None
+        while demo is None:
+            demo = demonstrate(env, rng, op, seed=reset_seed)
+            reset_seed += 1
+        name = f"demo_{len(demos)}"
+        demos[name] = demo
+        if quality == "mh":
+            masks.setdefault(op, []).append(name)
+    names = list(demos)
+    valid = sorted(rng.choice(len(names), max(1, n // 10), replace=False))
+    masks["valid"] = [names[i] for i in valid]
+    masks["train"] = [nm for i, nm in enumerate(names) if i not in set(valid)]
+    env_args = {"env_name": "MultiReach", "type": "cdp", "env_kwargs": {"horizon": env.horizon}}
+    return DemoDataset(demos, env_args, masks)

@@ -1,0 +1,49 @@
+"""Imitation tasks by name: how to make the environment, the observation streams a policy reads,
+the action size, the rollout horizon and the scripted demonstrator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+from ..data.robomimic import DemoDataset
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    make_env: Callable[[], gym.Env]
+    obs_shapes: dict[str, tuple[int, ...]]
+    action_dim: int
+    horizon: int
+    make_demos: Callable[..., DemoDataset]  # (n, quality, seed) -> demos
+
+    @property
+    def obs_keys(self) -> list[str]:
+        return list(self.obs_shapes)
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(math.prod(s) for s in self.obs_shapes.values())
+
+
+def _reach() -> TaskSpec:
+    from . import reach
+
+    return TaskSpec("reach", reach.MultiReach, reach.OBS_SHAPES, 2, reach.HORIZON, reach.make_demos)
+
+
+_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach}
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in _TASKS:
+        raise ValueError(f"unknown imitation task {name!r}; choose from {task_names()}")
+    return _TASKS[name]()

@@ -1,0 +1,255 @@
+"""One resumable training loop for the imitation policies, and success-rate evaluation.
+
+Policy names as in the paper's table (what each means here, docs/imitation.md):
+
+- ``dp-unet`` / ``dp-dit`` / ``dp-mlp``: Diffusion Policy (eps-prediction, DDPM training on a
+  T = 100 cosine schedule, DDIM sampling) with that backbone;
+- ``cdp-unet`` / ``cdp-dit`` / ``cdp-mlp``: the same + ``gamma * L_c`` at every diffusion time;
+- ``bc-gmm``: robomimic-style BC with a 5-mode Gaussian-mixture head.
+
+A run folder holds ``config.json``, ``metrics.csv``, ``eval.csv``, ``tb/``, ``checkpoint.pt``,
+``policy/`` (the EMA policy at the last evaluation, ``save_pretrained`` format), ``best/`` (at the
+best evaluation), ``summary.json`` and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..contraction import ContractionConfig
+from ..data.robomimic import DemoDataset, read_robomimic
+from ..io import atomic_write, save_or_check_config
+from ..runlog import append_csv, drop_rows_after, plot_eval_curve
+from .bcgmm import BCGMM, BCGMMConfig
+from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
+from .tasks import TaskSpec, get_task
+from .windows import ChunkWindows
+
+POLICIES = ("bc-gmm", "dp-unet", "dp-dit", "dp-mlp", "cdp-unet", "cdp-dit", "cdp-mlp")
+
+
+@dataclass
+class ILTrainConfig:
+    policy: str
+    task: str
+    dataset: str  # robomimic-layout HDF5 file
+    fraction: float = 1.0  # share of demonstrations kept (seeded)
+    filter_key: str | None = None  # robomimic mask, e.g. "train"
+    steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    ema_power: float = 0.75  # Diffusion Policy's EMA warm-up: decay = 1 - (1 + step)^-power, capped
+    ema_max: float = 0.9999
+    eval_every: int = 5_000
+    eval_episodes: int = 50
+    checkpoint_every: int = 1_000
+    log_every: int = 100
+    gamma: float = 0.1  # cdp-* only
+    t_max: float | None = None  # cdp-*: imitation applies the term at every t
+    contraction_subbatch: int | None = None
+    sample_steps: int = 10
+    unet_dims: tuple[int, ...] = (64, 128, 256)
+    dit_width: int = 128
+    dit_depth: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {POLICIES}")
+        get_task(self.task)  # unknown task: one clear error now
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
+        self.unet_dims = tuple(self.unet_dims)
+
+    def run_name(self) -> str:
+        name = f"{self.policy}-f{self.fraction:g}"
+        if self.policy.startswith("cdp") and self.gamma != 0.1:
+            name += f"-g{self.gamma:g}"
+        return f"{name}-s{self.seed}"
+
+
+def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
+    base = dict(obs_keys=task.obs_keys, obs_dim=task.obs_dim, action_dim=task.action_dim)
+    if cfg.policy == "bc-gmm":
+        return BCGMM(BCGMMConfig(**base))
+    backbone = cfg.policy.split("-")[1]
+    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, subbatch=cfg.contraction_subbatch)
+                   if cfg.policy.startswith("cdp") else None)
+    return DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=backbone, sample_steps=cfg.sample_steps,
+                                                 unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
+                                                 dit_depth=cfg.dit_depth, contraction=contraction))
+
+
+def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
+    ds = read_robomimic(cfg.dataset, obs_keys=task.obs_keys, filter_key=cfg.filter_key)
+    ds.check_against(task.obs_shapes, task.action_dim, task.name)
+    return ds.fraction(cfg.fraction, seed=cfg.seed)
+
+
+@torch.no_grad()
+def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0) -> dict:
+    """Success rate over ``episodes`` rollouts from ``reset(seed=seed + i)``, all envs stepped in
+    lockstep with one batched ``select_action`` per step. Also the goal orders of successful
+    rollouts where the task records them (mode coverage)."""
+    envs = [task.make_env() for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    policy.eval()
+    policy.reset()
+    alive = np.ones(episodes, bool)
+    success = np.zeros(episodes, bool)
+    for _ in range(task.horizon):
+        batch = {k: np.stack([o[k] for o in obs]) for k in task.obs_keys}
+        actions = policy.select_action(batch)
+        for i in np.flatnonzero(alive):
+            obs[i], _, term, trunc, info = envs[i].step(actions[i])
+            if info.get("success", False):
+                success[i] = True
+            if term or trunc:
+                alive[i] = False
+        if not alive.any():
+            break
+    out = {"success_rate": float(success.mean()), "success_se": float(success.std() / np.sqrt(episodes))}
+    orders = [tuple(env.order) for env, s in zip(envs, success) if s and hasattr(env, "order")]
+    if orders:
+        out["modes"] = len(set(orders))
+    return out
+
+
+def _ema_decay(step: int, power: float, cap: float) -> float:
+    return 0.0 if step <= 0 else min(cap, 1.0 - (1.0 + step) ** -power)
+
+
+def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) an imitation run; returns the final summary."""
+    out = Path(out_dir)
+    task = get_task(cfg.task)
+    demos = load_demos(cfg, task)  # bad data fails here, before anything is written
+    save_or_check_config(out, asdict(cfg), budget_key="steps")
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    policy = make_policy(cfg, task)
+    windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
+    policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
+    ema = copy.deepcopy(policy).requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        policy.load_state_dict(state["policy"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+    for name in ("metrics.csv", "eval.csv"):
+        drop_rows_after(out / name, step)
+
+    def save() -> None:
+        buf = io.BytesIO()
+        torch.save({"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, buf)
+        atomic_write(ckpt, buf.getvalue())
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+    t0, start, eval_seconds = time.perf_counter(), step, 0.0
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
+    policy.train()
+    while step < cfg.steps:
+        obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
+        losses = policy.compute_loss(obs, act)
+        if not torch.isfinite(losses["loss"]):
+            bar.close()
+            raise FloatingPointError(f"non-finite loss at step {step}: "
+                                     f"{ {k: float(v) for k, v in losses.items()} }; last good checkpoint kept at {ckpt}")
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
+            for pe, p in zip(ema.parameters(), policy.parameters()):
+                pe.lerp_(p, 1 - d)
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            row = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
+            append_csv(out / "metrics.csv", row)
+            for k, v in losses.items():
+                tb.add_scalar(f"train/{k}", float(v.detach()), step)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            te = time.perf_counter()
+            res = evaluate(ema, task, cfg.eval_episodes)
+            eval_seconds += time.perf_counter() - te
+            prev = [float(r["success_rate"]) for r in _rows(out / "eval.csv")]
+            append_csv(out / "eval.csv", {"step": step, **res})
+            for k, v in res.items():
+                tb.add_scalar(f"eval/{k}", v, step)
+            ema.save_pretrained(out / "policy")
+            if not prev or res["success_rate"] > max(prev):
+                ema.save_pretrained(out / "best")
+            bar.set_postfix(success=f"{res['success_rate']:.2f}")
+            policy.train()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    tb.close()
+    wall, ran = time.perf_counter() - t0, max(step - start, 1)
+    summary = summarize(out, 1000 * wall / ran, 1000 * (wall - eval_seconds) / ran)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+    plot_eval_curve(out, "success_rate", "success rate")
+    return summary
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int = 3) -> dict:
+    """Success at the last evaluation, the max over evaluations (robomimic's report), and the mean
+    of the last ``last`` evaluations."""
+    rows = _rows(out / "eval.csv")
+    s = [float(r["success_rate"]) for r in rows]
+    summary = {"step": int(rows[-1]["step"]), "final": s[-1], "best": max(s), f"mean_last{last}": float(np.mean(s[-last:])),
+               "evals": len(rows), "seconds_per_1k_steps": sec_per_1k, "train_seconds_per_1k_steps": train_sec_per_1k}
+    if "modes" in rows[-1] and rows[-1]["modes"] != "":
+        summary["modes_final"] = int(float(rows[-1]["modes"]))
+    return summary
+
+
+def record(run_dir: str | Path, results_dir: str | Path) -> Path:
+    """A small per-run record (config, summary, evaluation curve) to commit under ``results/``."""
+    run = Path(run_dir)
+    cfg = json.loads((run / "config.json").read_text())
+    rec = {"config": cfg, "summary": json.loads((run / "summary.json").read_text()), "eval": _rows(run / "eval.csv")}
+    path = Path(results_dir) / cfg["task"] / (ILTrainConfig(**cfg).run_name() + ".json")
+    atomic_write(path, json.dumps(rec, indent=1).encode())
+    return path
+
+
+def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy") -> dict:
+    """Evaluate a run folder's saved policy (``policy`` = last, ``best``)."""
+    from .policy import load_policy
+
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
+    cfg = ILTrainConfig(**json.loads((run / "config.json").read_text()))
+    return evaluate(load_policy(run / which), get_task(cfg.task), episodes, seed)

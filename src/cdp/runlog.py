@@ -1,0 +1,62 @@
+"""Run-folder logs shared by the trainers: CSV rows that survive a resume without duplicates,
+and the learning-curve plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write
+
+
+def append_csv(path: Path, row: dict) -> None:
+    """Append ``row`` to ``path`` (header on first write)."""
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Resuming: forget logged rows past the checkpoint, so the rerun does not duplicate them."""
+    if not path.is_file():
+        return
+    rows = list(csv.DictReader(path.open()))
+    kept = [r for r in rows if int(r["step"]) <= step]
+    if len(kept) < len(rows):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+        atomic_write(path, buf.getvalue().encode())
+
+
+def plot_eval_curve(out: Path, key: str, ylabel: str) -> None:
+    """``out/curve.png``: ``key`` (mean, with ``key``'s ``_se`` twin as a band) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    se = key.replace("mean", "se")
+    x = [int(r["step"]) for r in rows]
+    y = np.array([float(r[key]) for r in rows])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, y, marker="o")
+    if se in rows[0]:
+        e = np.array([float(r[se]) for r in rows])
+        ax.fill_between(x, y - e, y + e, alpha=0.3)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(out.name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(out / "curve.png", buf.getvalue())

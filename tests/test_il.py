@@ -1,0 +1,169 @@
+"""Imitation: the procedural task and its demonstrator, the policies' deployment API, and the
+trainer on small real runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("h5py")
+pytest.importorskip("safetensors")
+
+from cdp.data import DatasetError  # noqa: E402
+from cdp.data.robomimic import read_robomimic, write_robomimic  # noqa: E402
+from cdp.il.bcgmm import BCGMM, BCGMMConfig  # noqa: E402
+from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig, load_policy  # noqa: E402
+from cdp.il.tasks import get_task  # noqa: E402
+from cdp.il.reach import GOALS, MultiReach, demonstrate, make_demos  # noqa: E402
+from cdp.il.trainer import ILTrainConfig, evaluate, train  # noqa: E402
+from cdp.il.windows import ChunkWindows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reach_file(tmp_path_factory):
+    return str(write_robomimic(tmp_path_factory.mktemp("il") / "reach_ph.hdf5", make_demos(60, "ph", seed=0)))
+
+
+def test_reach_demonstrator_succeeds_and_is_multimodal():
+    env, rng = MultiReach(), np.random.default_rng(0)
+    first, succ = [], 0
+    for i in range(60):
+        demo = demonstrate(env, rng, "better", seed=i)
+        succ += demo is not None
+        first.append(env.order[0])
+        if demo is not None:  # the demo's last step touches the last goal; every goal within the radius once
+            assert demo.dones[-1] and demo.rewards[-1] == 1 and len(demo) <= env.horizon
+            assert sorted(env.order) == [0, 1, 2]
+    assert succ == 60
+    counts = np.bincount(first, minlength=3)
+    assert counts.min() >= 10  # three first goals, each about a third of the time
+    a, _ = MultiReach().reset(seed=3)
+    b, _ = MultiReach().reset(seed=3)
+    assert np.array_equal(a["agent_pos"], b["agent_pos"])  # fixed initial states per seed
+
+
+def test_reach_env_physics():
+    env = MultiReach()
+    env.reset(seed=0)
+    env.reset_to(np.array([GOALS[0, 0], GOALS[0, 1] - 0.15, 0, 0, 0, 0, 0]))
+    for _ in range(3):
+        _, r, term, _, info = env.step(np.array([0.0, 1.0]))
+    assert env.state[4] == 1 and env.order == [0] and not term  # touched goal 0 moving up at ~0.01-0.03/step
+    assert abs(env.state[3] - 0.01 * (1 + 0.8 + 0.64)) < 1e-12  # v <- 0.8 v + 0.01 a
+
+
+def _stub_policy(To=2, Tp=6, Ta=3):
+    cfg = DiffusionPolicyConfig(obs_keys=["x"], obs_dim=1, action_dim=1, n_obs_steps=To, horizon=Tp, n_action_steps=Ta,
+                                backbone="mlp", mlp_hidden=8)
+    pol = DiffusionPolicy(cfg)
+    calls = []
+
+    def predict_chunk(obs):  # chunk k = 100 k + position, and remember the history it saw
+        calls.append(obs.clone())
+        k = len(calls)
+        return torch.arange(Tp, dtype=torch.float32).expand(obs.shape[0], Tp)[..., None] + 100 * k
+
+    pol.predict_chunk = predict_chunk
+    return pol, calls
+
+
+def test_select_action_queue_semantics():
+    pol, calls = _stub_policy(To=2, Tp=6, Ta=3)
+    pol.reset()
+    got = [float(pol.select_action({"x": np.array([float(i)])})[0]) for i in range(7)]
+    # chunk 1 at step 0: executes positions To-1 .. To-1+Ta-1 = 1, 2, 3; chunk 2 at step 3; chunk 3 at step 6
+    assert got == [101, 102, 103, 201, 202, 203, 301]
+    assert len(calls) == 3
+    assert calls[0][0, :, 0].tolist() == [0, 0]  # after reset the first observation fills the history
+    assert calls[1][0, :, 0].tolist() == [2, 3] and calls[2][0, :, 0].tolist() == [5, 6]
+    pol.reset()
+    assert pol.select_action({"x": np.array([9.0])}).shape == (1,) and len(calls) == 4  # reset empties the queue
+    pol.reset()
+    batched = pol.select_action({"x": np.array([[1.0], [2.0]])})
+    assert batched.shape == (2, 1)
+    with pytest.raises(KeyError, match="lacks"):
+        pol.select_action({"y": np.array([1.0])})
+
+
+def test_bcgmm_queue_takes_the_current_step():
+    pol = BCGMM(BCGMMConfig(obs_keys=["x"], obs_dim=1, action_dim=1))
+    pol.predict_chunk = lambda obs: obs[:, -1:, :1] * 10  # "action" = 10 x current observation
+    pol.reset()
+    assert [float(pol.select_action(np.array([float(i)]))[0]) for i in range(3)] == [0, 10, 20]
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit", "gmm"])
+def test_save_and_load_pretrained_round_trip(tmp_path, kind):
+    base = dict(obs_keys=["agent_pos", "goals_touched"], obs_dim=5, action_dim=2)
+    if kind == "gmm":
+        pol = BCGMM(BCGMMConfig(**base, hidden=16))
+    else:
+        pol = DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=kind, unet_dims=(8, 16), dit_width=16, dit_depth=1,
+                                                    sample_steps=3))
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    pol.set_stats(np.random.default_rng(0).normal(size=(50, 5)) * 3, np.random.default_rng(1).uniform(-2, 2, (50, 2)))
+    pol.save_pretrained(tmp_path / "p")
+    back = load_policy(tmp_path / "p")
+    assert type(back) is type(pol) and back.config == pol.config
+    obs = torch.randn(4, 2, 5)
+    torch.manual_seed(0)
+    a = pol.predict_chunk(obs)
+    torch.manual_seed(0)
+    assert torch.equal(back.predict_chunk(obs), a)
+    assert torch.equal(back.act_norm.lo, pol.act_norm.lo) and torch.equal(back.obs_norm.hi, pol.obs_norm.hi)
+    with pytest.raises(FileNotFoundError, match="no saved policy"):
+        load_policy(tmp_path)
+
+
+def test_windows_pad_at_the_demo_ends(reach_file):
+    ds = read_robomimic(reach_file).subset(["demo_0"])
+    demo = ds.demos["demo_0"]
+    w = ChunkWindows(ds, ["agent_pos"], n_obs_steps=2, horizon=4, action_start=1)
+    assert len(w) == len(demo)
+    obs, act = w.batch(torch.tensor([0, len(demo) - 1]))
+    assert torch.equal(obs[0, 0], obs[0, 1])  # step 0: history padded with the first observation
+    assert torch.equal(act[0, 0], act[0, 1]) and torch.equal(act[0, 1], torch.as_tensor(demo.actions[0]))
+    assert torch.equal(act[1, 1], torch.as_tensor(demo.actions[-1])) and torch.equal(act[1, 3], act[1, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["bc-gmm", "dp-unet", "cdp-dit"])
+def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):
+    kw = dict(policy=policy, task="reach", dataset=reach_file, batch_size=32, eval_every=30, eval_episodes=3,
+              checkpoint_every=30, log_every=10, unet_dims=(8, 16), dit_width=16, dit_depth=1, sample_steps=2,
+              lr=1e-3, contraction_subbatch=4)
+    out = tmp_path / "run"
+    s = train(ILTrainConfig(steps=30, **kw), out, progress=False)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "eval.csv", "checkpoint.pt", "policy",
+                                                "best", "summary.json", "curve.png", "tb"}
+    assert 0 <= s["best"] <= 1 and s["evals"] == 1
+    s = train(ILTrainConfig(steps=60, **kw), out, progress=False)  # resume with a larger budget
+    assert [int(r["step"]) for r in csv.DictReader((out / "eval.csv").open())] == [30, 60]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(10, 61, 10))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    if policy.startswith("cdp"):
+        assert all(np.isfinite(float(r["contraction"])) for r in rows)
+    assert json.loads((out / "config.json").read_text())["policy"] == policy
+    res = evaluate(load_policy(out / "policy"), get_task("reach"), 2)
+    assert 0 <= res["success_rate"] <= 1
+
+
+def test_bad_input_fails_before_training(reach_file, tmp_path):
+    with pytest.raises(ValueError, match="unknown policy"):
+        ILTrainConfig(policy="dp-lstm", task="reach", dataset=reach_file)
+    with pytest.raises(ValueError, match="unknown imitation task"):
+        ILTrainConfig(policy="dp-unet", task="stack", dataset=reach_file)
+    ds = read_robomimic(reach_file)
+    for d in ds.demos.values():
+        d.obs["agent_pos"] = d.obs["agent_pos"][:, :1]  # a 1-D position: wrong for the task
+    bad = write_robomimic(tmp_path / "bad.hdf5", ds)
+    with pytest.raises(DatasetError, match="'agent_pos' has shape \\(1,\\) in the dataset, task reach gives \\(2,\\)"):
+        train(ILTrainConfig(policy="dp-unet", task="reach", dataset=str(bad), steps=1), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(FileNotFoundError):
+        train(ILTrainConfig(policy="dp-unet", task="reach", dataset=str(tmp_path / "none.hdf5"), steps=1), tmp_path / "r")
