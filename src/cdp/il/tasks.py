@@ -36,7 +36,13 @@ def _reach() -> TaskSpec:
     return TaskSpec("reach", reach.MultiReach, reach.OBS_SHAPES, 2, reach.HORIZON, reach.make_demos)
 
 
-_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach}
+def _lift() -> TaskSpec:
+    from . import robosuite_tasks as rs
+
+    return TaskSpec("lift", lambda: rs.RobosuiteEnv("Lift"), rs.OBS_SHAPES["Lift"], 7, rs.HORIZON, rs.make_lift_demos)
+
+
+_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "lift": _lift}
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,175 @@
+"""robosuite 1.5 manipulation tasks (Panda, OSC delta-pose at 20 Hz, low-dim observations under
+robomimic's names) wrapped as Gymnasium environments, with scripted demonstrators.
+
+Observations: ``robot0_eef_pos`` (3), ``robot0_eef_quat`` (4), ``robot0_gripper_qpos`` (2) and
+``object`` (robosuite's ``object-state``: Lift 10, Can 14). Actions: 7 numbers in ``[-1, 1]``,
+end-effector translation (0.05 m per unit), rotation (kept 0 by the demonstrators) and the
+gripper (-1 open, +1 close). ``reset(seed=i)`` gives the i-th fixed initial state; an episode ends
+on success or at the horizon (robomimic's 400 steps for PH Lift / Can).
+
+The scripted demonstrators differ between demonstrations the way people do: which side they come
+from, how high they hover, how long they squeeze, how fast and how noisily they move.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ..data.robomimic import Demo, DemoDataset
+
+OBS_SHAPES = {"Lift": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,), "object": (10,)},
+              "PickPlaceCan": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,),
+                               "object": (14,)}}
+HORIZON = 400
+
+# operators: (position gain, action noise std, speed cap)
+OPERATORS = {"better": (10.0, 0.05, 1.0), "okay": (6.0, 0.15, 0.7), "worse": (4.0, 0.3, 0.5)}
+
+
+class RobosuiteEnv(gym.Env):
+    """A robosuite task behind Gymnasium's API, observations renamed as robomimic names them."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, env_name: str = "Lift", horizon: int = HORIZON) -> None:
+        import robosuite as suite
+        from robosuite.controllers import load_composite_controller_config
+
+        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+        if env_name not in OBS_SHAPES:
+            raise ValueError(f"unknown robosuite task {env_name!r}; choose from {sorted(OBS_SHAPES)}")
+        self.env_name, self.horizon = env_name, horizon
+        self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
+                              has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, use_object_obs=True,
+                              control_freq=20, horizon=horizon, ignore_done=True, hard_reset=False, reward_shaping=False,
+                              **({"single_object_mode": 2, "object_type": "can"} if env_name == "PickPlaceCan" else {}))
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32)
+                                              for k, s in OBS_SHAPES[env_name].items()})
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        if seed is not None:  # robosuite draws the initial state from env.rng and its placement samplers'
+            _reseed(self.env, np.random.default_rng(seed))
+        self.t = 0
+        return self._obs(self.env.reset()), {}
+
+    def step(self, action):  # type: ignore[override]
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(7), -1.0, 1.0)
+        raw, _, _, _ = self.env.step(a)
+        self.t += 1
+        success = bool(self.env._check_success())
+        return self._obs(raw), float(success), success, self.t >= self.horizon, {"success": success}
+
+    def get_state(self) -> np.ndarray:
+        return np.asarray(self.env.sim.get_state().flatten())
+
+    def _obs(self, raw: dict) -> dict[str, np.ndarray]:
+        out = {k: np.asarray(raw[k], dtype=np.float32) for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")}
+        out["object"] = np.asarray(raw["object-state"], dtype=np.float32)
+        return out
+
+    def env_args(self) -> dict:
+        return {"env_name": self.env_name, "type": 1, "env_kwargs": {"robots": ["Panda"], "control_freq": 20,
+                                                                      "controller": "BASIC (OSC_POSE arm)",
+                                                                      "horizon": self.horizon}}
+
+
+def _reseed(env, rng: np.random.Generator) -> None:
+    env.rng = rng
+    stack = [getattr(env, "placement_initializer", None)]
+    while stack:
+        s = stack.pop()
+        if s is None:
+            continue
+        s.rng = rng
+        stack.extend(getattr(s, "samplers", {}).values())
+
+
+def demonstrate_lift(env: RobosuiteEnv, rng: np.random.Generator, operator: str = "better",
+                     seed: int | None = None) -> Demo | None:
+    """One scripted Lift demonstration from ``env.reset(seed=seed)``; None if it fails."""
+    gain, noise, cap = OPERATORS[operator]
+    obs, _ = env.reset(seed=seed)
+    side, hover = rng.choice([-1.0, 1.0]), rng.uniform(0.05, 0.12)
+    lateral, squeeze = rng.uniform(0.04, 0.12), int(rng.integers(6, 12))
+    cube0 = obs["object"][:3].copy()
+    plan = [("via", cube0 + np.array([0.0, side * lateral, hover + 0.06]), 0.03),
+            ("hover", cube0 + np.array([0.0, 0.0, hover]), 0.015),
+            ("descend", cube0 + np.array([0.0, 0.0, -0.003]), 0.008),
+            ("squeeze", None, 0.0), ("lift", cube0 + np.array([0.0, 0.0, 0.2]), 0.0)]
+    return _run_plan(env, rng, plan, gain, noise, cap, squeeze)
+
+
+def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list, gain: float, noise: float, cap: float,
+              squeeze: int) -> Demo | None:
+    keys = list(env.observation_space.spaces)
+    rec: dict[str, list] = {k: [] for k in keys}
+    actions, states, rewards, dones = [], [], [], []
+    obs = env._obs(env.env._get_observations())
+    phase, held = 0, 0
+    for _ in range(env.horizon):
+        name, target, tol = plan[phase]
+        eef = obs["robot0_eef_pos"].astype(np.float64)
+        grip = -1.0
+        if name == "squeeze":
+            target, grip = eef, 1.0
+            held += 1
+            if held >= squeeze:
+                phase += 1
+        elif name == "lift":
+            grip = 1.0
+        elif np.linalg.norm(target - eef) < tol:
+            phase += 1
+            name, target, tol = plan[phase]
+            if name == "squeeze":
+                target = eef
+        a = np.zeros(7)
+        a[:3] = np.clip(gain * (target - eef) / 0.05 + noise * rng.normal(size=3), -cap, cap)
+        a[6] = 1.0 if name in ("squeeze", "lift") else grip
+        for k in keys:
+            rec[k].append(obs[k])
+        states.append(env.get_state())
+        actions.append(a)
+        obs, r, term, trunc, _ = env.step(a)
+        rewards.append(r)
+        dones.append(term)
+        if term or trunc:
+            break
+    if not dones[-1]:
+        return None
+    return Demo({k: np.stack(v) for k, v in rec.items()}, np.stack(actions).astype(np.float32),
+                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+
+
+def make_lift_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+    """``n`` successful scripted Lift demonstrations (``ph``: proficient; ``mh``: a third each of
+    better / okay / worse operators, named in ``mask/``), with a 90/10 train/valid split."""
+    from tqdm.auto import tqdm
+
+    if quality not in ("ph", "mh"):
+        raise ValueError(f"quality must be 'ph' or 'mh', got {quality!r}")
+    rng, env = np.random.default_rng(seed), RobosuiteEnv("Lift")
+    ops = ["better"] * n if quality == "ph" else [list(OPERATORS)[i * 3 // n] for i in range(n)]
+    demos: dict[str, Demo] = {}
+    masks: dict[str, list[str]] = {}
+    reset_seed = 10_000 + 1000 * seed
+    for op in tqdm(ops, disable=not progress, desc=f"Lift {quality} demos"):
+        demo = None
+        while demo is None:
+            demo = demonstrate_lift(env, rng, op, seed=reset_seed)
+            reset_seed += 1
+        name = f"demo_{len(demos)}"
+        demos[name] = demo
+        if quality == "mh":
+            masks.setdefault(op, []).append(name)
+    names = list(demos)
+    valid = set(rng.choice(len(names), max(1, n // 10), replace=False).tolist())
+    masks["valid"] = [names[i] for i in sorted(valid)]
+    masks["train"] = [nm for i, nm in enumerate(names) if i not in valid]
+    return DemoDataset(demos, env.env_args(), masks)
