@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("robosuite")
 
-from cdp.il.robosuite_tasks import OBS_SHAPES, RobosuiteEnv, demonstrate_lift  # noqa: E402
+from cdp.il.robosuite_tasks import OBS_SHAPES, RobosuiteEnv, demonstrate_can, demonstrate_lift  # noqa: E402
 from cdp.il.tasks import get_task  # noqa: E402
 
 
@@ -33,8 +33,21 @@ def test_scripted_lift_demonstrator_success_rate(lift):
     assert len(ok) >= 9  # measured: 10 of 10
     for d in ok:  # a success: the cube ends above the table by the task's margin; actions in range
         assert d.dones[-1] and d.rewards[-1] == 1 and np.abs(d.actions).max() <= 1
-        assert d.obs["object"][-1, 2] > d.obs["object"][0, 2] + 0.002  # rising (success: 1 cm up, 4 cm over the table)
+        q = d.obs["robot0_gripper_qpos"][:, 0]
+        assert d.actions[-1, 6] == 1 and q[-1] < q.max() - 0.005  # opened, then closed on the cube
     lengths = [len(d) for d in ok]
     assert max(lengths) > min(lengths)  # demonstrations differ
     sides = {np.sign(d.obs["robot0_eef_pos"][len(d) // 4, 1] - d.obs["object"][0, 1]) for d in ok}
     assert sides == {-1.0, 1.0}  # approaches from both sides
+
+
+@pytest.mark.slow
+def test_scripted_can_demonstrator_places_the_can():
+    env, rng = RobosuiteEnv("PickPlaceCan"), np.random.default_rng(0)
+    o, _ = env.reset(seed=0)
+    assert {k: v.shape for k, v in o.items()} == OBS_SHAPES["PickPlaceCan"]
+    demos = [demonstrate_can(env, rng, "better", seed=200 + i) for i in range(4)]
+    ok = [d for d in demos if d is not None]
+    assert len(ok) >= 3  # measured: 16 of 16 ("better" operator)
+    goal = env.env.target_bin_placements[env.env.object_to_id["can"]]
+    assert all(np.linalg.norm(d.obs["object"][-1, 7:9] - goal[:2]) < 0.15 for d in ok)  # the can ends over its bin

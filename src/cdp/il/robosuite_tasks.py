@@ -14,6 +14,7 @@ from, how high they hover, how long they squeeze, how fast and how noisily they 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -45,8 +46,7 @@ class RobosuiteEnv(gym.Env):
         self.env_name, self.horizon = env_name, horizon
         self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                               has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, use_object_obs=True,
-                              control_freq=20, horizon=horizon, ignore_done=True, hard_reset=False, reward_shaping=False,
-                              **({"single_object_mode": 2, "object_type": "can"} if env_name == "PickPlaceCan" else {}))
+                              control_freq=20, horizon=horizon, ignore_done=True, hard_reset=False, reward_shaping=False)
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32)
                                               for k, s in OBS_SHAPES[env_name].items()})
@@ -65,6 +65,12 @@ class RobosuiteEnv(gym.Env):
         self.t += 1
         success = bool(self.env._check_success())
         return self._obs(raw), float(success), success, self.t >= self.horizon, {"success": success}
+
+    def object_pos(self) -> np.ndarray:
+        """World position of the task's object (the cube, the can), from the simulator."""
+        e = self.env
+        body = e.cube_body_id if self.env_name == "Lift" else e.obj_body_id["Can"]
+        return np.array(e.sim.data.body_xpos[body], dtype=np.float64)
 
     def get_state(self) -> np.ndarray:
         return np.asarray(self.env.sim.get_state().flatten())
@@ -91,47 +97,77 @@ def _reseed(env, rng: np.random.Generator) -> None:
         stack.extend(getattr(s, "samplers", {}).values())
 
 
+@dataclass
+class Phase:
+    """Move to ``target`` until within ``tol`` (or, with ``steps``, hold ``target`` - the position
+    at the phase's start when None - for that many steps), gripper command ``grip``."""
+
+    target: np.ndarray | None
+    grip: float
+    tol: float = 0.01
+    steps: int | None = None
+    speed: float = 1.0  # cap on the translation command, times the operator's own
+
+
 def demonstrate_lift(env: RobosuiteEnv, rng: np.random.Generator, operator: str = "better",
                      seed: int | None = None) -> Demo | None:
     """One scripted Lift demonstration from ``env.reset(seed=seed)``; None if it fails."""
-    gain, noise, cap = OPERATORS[operator]
     obs, _ = env.reset(seed=seed)
     side, hover = rng.choice([-1.0, 1.0]), rng.uniform(0.05, 0.12)
-    lateral, squeeze = rng.uniform(0.04, 0.12), int(rng.integers(6, 12))
-    cube0 = obs["object"][:3].copy()
-    plan = [("via", cube0 + np.array([0.0, side * lateral, hover + 0.06]), 0.03),
-            ("hover", cube0 + np.array([0.0, 0.0, hover]), 0.015),
-            ("descend", cube0 + np.array([0.0, 0.0, -0.003]), 0.008),
-            ("squeeze", None, 0.0), ("lift", cube0 + np.array([0.0, 0.0, 0.2]), 0.0)]
-    return _run_plan(env, rng, plan, gain, noise, cap, squeeze)
+    lateral = rng.uniform(0.04, 0.12)
+    cube = env.object_pos()
+    plan = [Phase(cube + [0.0, side * lateral, hover + 0.06], -1, 0.03),
+            Phase(cube + [0.0, 0.0, hover], -1, 0.015),
+            Phase(cube + [0.0, 0.0, -0.003], -1, 0.008),
+            Phase(None, 1, steps=int(rng.integers(6, 12))),
+            Phase(cube + [0.0, 0.0, 0.2], 1, 0.0)]
+    return _run_plan(env, rng, plan, operator)
 
 
-def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list, gain: float, noise: float, cap: float,
-              squeeze: int) -> Demo | None:
+def demonstrate_can(env: RobosuiteEnv, rng: np.random.Generator, operator: str = "better",
+                    seed: int | None = None) -> Demo | None:
+    """One scripted PickPlaceCan demonstration: grasp the can, carry it over its bin, drop it."""
+    obs, _ = env.reset(seed=seed)
+    side, hover = rng.choice([-1.0, 1.0]), rng.uniform(0.06, 0.12)
+    lateral = rng.uniform(0.04, 0.1)
+    can = env.object_pos()
+    goal = np.asarray(env.env.target_bin_placements[env.env.object_to_id["can"]], dtype=np.float64)
+    drop = goal + [rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), 0.0]
+    carry = rng.uniform(0.18, 0.25)  # clear of the wall between the bins
+    plan = [Phase(can + [0.0, side * lateral, hover + 0.06], -1, 0.03),
+            Phase(can + [0.0, 0.0, hover], -1, 0.015),
+            Phase(can + [0.0, 0.0, 0.01], -1, 0.008),
+            Phase(None, 1, steps=int(rng.integers(10, 16))),
+            Phase(can + [0.0, 0.0, carry], 1, 0.02, speed=0.7),
+            Phase(drop + [0.0, 0.0, carry], 1, 0.02, speed=0.5),  # carried slowly: a swung can slips
+            Phase(None, -1, steps=40)]
+    return _run_plan(env, rng, plan, operator)
+
+
+def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list[Phase], operator: str) -> Demo | None:
+    gain, noise, cap = OPERATORS[operator]
     keys = list(env.observation_space.spaces)
     rec: dict[str, list] = {k: [] for k in keys}
     actions, states, rewards, dones = [], [], [], []
     obs = env._obs(env.env._get_observations())
-    phase, held = 0, 0
+    phase, held, hold_at = 0, 0, None
     for _ in range(env.horizon):
-        name, target, tol = plan[phase]
         eef = obs["robot0_eef_pos"].astype(np.float64)
-        grip = -1.0
-        if name == "squeeze":
-            target, grip = eef, 1.0
+        ph = plan[min(phase, len(plan) - 1)]
+        if ph.steps is not None:
+            hold_at = eef if hold_at is None else hold_at
+            target = hold_at if ph.target is None else ph.target
             held += 1
-            if held >= squeeze:
+            if held >= ph.steps and phase < len(plan) - 1:
+                phase, held, hold_at = phase + 1, 0, None
+        else:
+            target = ph.target
+            if np.linalg.norm(target - eef) < ph.tol and phase < len(plan) - 1:
                 phase += 1
-        elif name == "lift":
-            grip = 1.0
-        elif np.linalg.norm(target - eef) < tol:
-            phase += 1
-            name, target, tol = plan[phase]
-            if name == "squeeze":
-                target = eef
         a = np.zeros(7)
-        a[:3] = np.clip(gain * (target - eef) / 0.05 + noise * rng.normal(size=3), -cap, cap)
-        a[6] = 1.0 if name in ("squeeze", "lift") else grip
+        lim = cap * ph.speed
+        a[:3] = np.clip(gain * (target - eef) / 0.05 + noise * rng.normal(size=3), -lim, lim)
+        a[6] = ph.grip
         for k in keys:
             rec[k].append(obs[k])
         states.append(env.get_state())
@@ -148,21 +184,32 @@ def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list, gain: flo
 
 
 def make_lift_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
-    """``n`` successful scripted Lift demonstrations (``ph``: proficient; ``mh``: a third each of
+    """``n`` successful scripted Lift demonstrations (see :func:`make_demos`)."""
+    return make_demos("Lift", n, quality, seed, progress)
+
+
+def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+    """``n`` successful scripted PickPlaceCan demonstrations (see :func:`make_demos`)."""
+    return make_demos("PickPlaceCan", n, quality, seed, progress)
+
+
+def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+    """``n`` successful scripted demonstrations (``ph``: proficient; ``mh``: a third each of
     better / okay / worse operators, named in ``mask/``), with a 90/10 train/valid split."""
     from tqdm.auto import tqdm
 
     if quality not in ("ph", "mh"):
         raise ValueError(f"quality must be 'ph' or 'mh', got {quality!r}")
-    rng, env = np.random.default_rng(seed), RobosuiteEnv("Lift")
+    rng, env = np.random.default_rng(seed), RobosuiteEnv(env_name)
+    demonstrate = {"Lift": demonstrate_lift, "PickPlaceCan": demonstrate_can}[env_name]
     ops = ["better"] * n if quality == "ph" else [list(OPERATORS)[i * 3 // n] for i in range(n)]
     demos: dict[str, Demo] = {}
     masks: dict[str, list[str]] = {}
     reset_seed = 10_000 + 1000 * seed
-    for op in tqdm(ops, disable=not progress, desc=f"Lift {quality} demos"):
+    for op in tqdm(ops, disable=not progress, desc=f"{env_name} {quality} demos"):
         demo = None
         while demo is None:
-            demo = demonstrate_lift(env, rng, op, seed=reset_seed)
+            demo = demonstrate(env, rng, op, seed=reset_seed)
             reset_seed += 1
         name = f"demo_{len(demos)}"
         demos[name] = demo

@@ -42,7 +42,14 @@ def _lift() -> TaskSpec:
     return TaskSpec("lift", lambda: rs.RobosuiteEnv("Lift"), rs.OBS_SHAPES["Lift"], 7, rs.HORIZON, rs.make_lift_demos)
 
 
-_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "lift": _lift}
+def _can() -> TaskSpec:
+    from . import robosuite_tasks as rs
+
+    return TaskSpec("can", lambda: rs.RobosuiteEnv("PickPlaceCan"), rs.OBS_SHAPES["PickPlaceCan"], 7, rs.HORIZON,
+                    rs.make_can_demos)
+
+
+_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "lift": _lift, "can": _can}
 
 
 def task_names() -> list[str]:
