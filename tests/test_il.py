@@ -14,6 +14,7 @@ pytest.importorskip("safetensors")
 from cdp.data import DatasetError  # noqa: E402
 from cdp.data.robomimic import read_robomimic, write_robomimic  # noqa: E402
 from cdp.il.bcgmm import BCGMM, BCGMMConfig  # noqa: E402
+from cdp.il.dbc import DBC, DBCConfig  # noqa: E402
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig, load_policy  # noqa: E402
 from cdp.il.tasks import get_task  # noqa: E402
 from cdp.il.reach import GOALS, MultiReach, demonstrate, make_demos  # noqa: E402
@@ -94,11 +95,13 @@ def test_bcgmm_queue_takes_the_current_step():
     assert [float(pol.select_action(np.array([float(i)]))[0]) for i in range(3)] == [0, 10, 20]
 
 
-@pytest.mark.parametrize("kind", ["unet", "dit", "gmm"])
+@pytest.mark.parametrize("kind", ["unet", "dit", "gmm", "dbc"])
 def test_save_and_load_pretrained_round_trip(tmp_path, kind):
     base = dict(obs_keys=["agent_pos", "goals_touched"], obs_dim=5, action_dim=2)
     if kind == "gmm":
         pol = BCGMM(BCGMMConfig(**base, hidden=16))
+    elif kind == "dbc":
+        pol = DBC(DBCConfig(**base, hidden=16, dit_width=16, dit_depth=1))
     else:
         pol = DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=kind, unet_dims=(8, 16), dit_width=16, dit_depth=1,
                                                     sample_steps=3))
@@ -131,11 +134,11 @@ def test_windows_pad_at_the_demo_ends(reach_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["bc-gmm", "dp-unet", "cdp-dit"])
+@pytest.mark.parametrize("policy", ["bc-gmm", "dp-unet", "cdp-dit", "dbc-dit"])
 def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):
     kw = dict(policy=policy, task="reach", dataset=reach_file, batch_size=32, eval_every=30, eval_episodes=3,
               checkpoint_every=30, log_every=10, unet_dims=(8, 16), dit_width=16, dit_depth=1, sample_steps=2,
-              lr=1e-3, contraction_subbatch=4)
+              lr=1e-3, contraction_subbatch=4, dbc_pretrain_steps=20)
     out = tmp_path / "run"
     s = train(ILTrainConfig(steps=30, **kw), out, progress=False)
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "eval.csv", "checkpoint.pt", "policy",
@@ -145,9 +148,13 @@ def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):
     assert [int(r["step"]) for r in csv.DictReader((out / "eval.csv").open())] == [30, 60]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(10, 61, 10))
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    if policy != "dbc-dit":  # (dbc switches losses at step 20)
+        assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     if policy.startswith("cdp"):
         assert all(np.isfinite(float(r["contraction"])) for r in rows)
+    if policy == "dbc-dit":  # stage 1 trains the diffusion model only, stage 2 the policy only
+        assert float(rows[0]["bc"]) == 0 and float(rows[0]["dm"]) > 0
+        assert float(rows[-1]["dm"]) == 0 and float(rows[-1]["bc"]) > 0
     assert json.loads((out / "config.json").read_text())["policy"] == policy
     res = evaluate(load_policy(out / "policy"), get_task("reach"), 2)
     assert 0 <= res["success_rate"] <= 1
@@ -167,3 +174,16 @@ def test_bad_input_fails_before_training(reach_file, tmp_path):
     assert not (tmp_path / "r").exists()
     with pytest.raises(FileNotFoundError):
         train(ILTrainConfig(policy="dp-unet", task="reach", dataset=str(tmp_path / "none.hdf5"), steps=1), tmp_path / "r")
+
+
+def test_resume_accepts_a_config_field_added_since_the_run_started(reach_file, tmp_path):
+    kw = dict(policy="bc-gmm", task="reach", dataset=reach_file, batch_size=16, eval_every=5, eval_episodes=1,
+              checkpoint_every=5, log_every=5)
+    out = tmp_path / "run"
+    train(ILTrainConfig(steps=5, **kw), out, progress=False)
+    stored = json.loads((out / "config.json").read_text())
+    del stored["dbc_pretrain_steps"]  # as written by an older version
+    (out / "config.json").write_text(json.dumps(stored))
+    train(ILTrainConfig(steps=10, **kw), out, progress=False)  # default value: same run
+    with pytest.raises(ValueError, match="dbc_pretrain_steps"):
+        train(ILTrainConfig(steps=15, dbc_pretrain_steps=7, **kw), out, progress=False)

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     imd.add_argument("--seed", type=int, default=0)
     imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
     itr = ils.add_parser("train", help="train a policy on demonstrations (resumable)")
-    itr.add_argument("policy", help="bc-gmm | dp-unet | dp-dit | dp-mlp | cdp-unet | cdp-dit | cdp-mlp")
+    itr.add_argument("policy", help="bc-gmm | dbc-dit | dp-unet | dp-dit | dp-mlp | cdp-unet | cdp-dit | cdp-mlp")
     itr.add_argument("--task", required=True)
     itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
     itr.add_argument("--fraction", type=float, default=1.0, help="share of demonstrations kept (seeded)")

@@ -23,15 +23,32 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
-def save_or_check_config(folder: str | Path, config: dict, budget_key: str) -> None:
+def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defaults: dict | None = None) -> None:
     """Write ``folder/config.json``; if one is there (a run being resumed), it must match
-    ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget)."""
+    ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget).
+    A key the stored config lacks (a field added since the run started) matches when ``config``
+    holds its default from ``defaults``."""
     path = Path(folder) / "config.json"
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     if path.is_file():
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k != budget_key}
+        stored = json.loads(path.read_text())
+        filled = {**json.loads(json.dumps({k: v for k, v in (defaults or {}).items() if k not in stored})), **stored}
+        old = {k: v for k, v in filled.items() if k != budget_key}
         new = {k: v for k, v in config.items() if k != budget_key}
         if old != new:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             raise ValueError(f"{folder} holds a run with another config (differs in {diff}); use a new folder")
     atomic_write(path, json.dumps(config, indent=2).encode())
+
+
+def dataclass_defaults(cls: type) -> dict:
+    """``{field: default}`` for the fields of dataclass ``cls`` that have one."""
+    from dataclasses import MISSING, fields
+
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out

@@ -249,12 +249,13 @@ class DiffusionPolicy(ChunkPolicy):
 def load_policy(directory: str | Path) -> ChunkPolicy:
     """Any saved policy, by the ``policy_type`` in its ``config.json``."""
     from .bcgmm import BCGMM
+    from .dbc import DBC
 
     d = Path(directory)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d} holds no saved policy (no config.json)")
     kind = json.loads((d / "config.json").read_text()).get("policy_type")
-    classes = {c.policy_type: c for c in (DiffusionPolicy, BCGMM)}
+    classes = {c.policy_type: c for c in (DiffusionPolicy, BCGMM, DBC)}
     if kind not in classes:
         raise ValueError(f"{d}: unknown policy_type {kind!r}; known: {sorted(classes)}")
     return classes[kind].from_pretrained(d)

@@ -5,7 +5,9 @@ Policy names as in the paper's table (what each means here, docs/imitation.md):
 - ``dp-unet`` / ``dp-dit`` / ``dp-mlp``: Diffusion Policy (eps-prediction, DDPM training on a
   T = 100 cosine schedule, DDIM sampling) with that backbone;
 - ``cdp-unet`` / ``cdp-dit`` / ``cdp-mlp``: the same + ``gamma * L_c`` at every diffusion time;
-- ``bc-gmm``: robomimic-style BC with a 5-mode Gaussian-mixture head.
+- ``bc-gmm``: robomimic-style BC with a 5-mode Gaussian-mixture head;
+- ``dbc-dit``: DBC in its original form, a deterministic chunk policy regularised by a frozen DiT
+  diffusion model of the demonstrations (trained in the run's first ``dbc_pretrain_steps``).
 
 A run folder holds ``config.json``, ``metrics.csv``, ``eval.csv``, ``tb/``, ``checkpoint.pt``,
 ``policy/`` (the EMA policy at the last evaluation, ``save_pretrained`` format), ``best/`` (at the
@@ -27,14 +29,15 @@ from tqdm.auto import tqdm
 
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
-from ..io import atomic_write, save_or_check_config
+from ..io import atomic_write, dataclass_defaults, save_or_check_config
 from ..runlog import append_csv, drop_rows_after, plot_eval_curve
 from .bcgmm import BCGMM, BCGMMConfig
+from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
 from .tasks import TaskSpec, get_task
 from .windows import ChunkWindows
 
-POLICIES = ("bc-gmm", "dp-unet", "dp-dit", "dp-mlp", "cdp-unet", "cdp-dit", "cdp-mlp")
+POLICIES = ("bc-gmm", "dbc-dit", "dp-unet", "dp-dit", "dp-mlp", "cdp-unet", "cdp-dit", "cdp-mlp")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ILTrainConfig:
     unet_dims: tuple[int, ...] = (64, 128, 256)
     dit_width: int = 128
     dit_depth: int = 4
+    dbc_pretrain_steps: int = 2000  # dbc-dit: diffusion-model stage before the policy's
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +89,9 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
     base = dict(obs_keys=task.obs_keys, obs_dim=task.obs_dim, action_dim=task.action_dim)
     if cfg.policy == "bc-gmm":
         return BCGMM(BCGMMConfig(**base))
+    if cfg.policy == "dbc-dit":
+        return DBC(DBCConfig(**base, pretrain_steps=cfg.dbc_pretrain_steps, dit_width=cfg.dit_width,
+                             dit_depth=cfg.dit_depth))
     backbone = cfg.policy.split("-")[1]
     contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, subbatch=cfg.contraction_subbatch)
                    if cfg.policy.startswith("cdp") else None)
@@ -137,7 +144,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
     out = Path(out_dir)
     task = get_task(cfg.task)
     demos = load_demos(cfg, task)  # bad data fails here, before anything is written
-    save_or_check_config(out, asdict(cfg), budget_key="steps")
+    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(ILTrainConfig))
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

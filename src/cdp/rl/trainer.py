@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
-from ..io import atomic_write, save_or_check_config
+from ..io import atomic_write, dataclass_defaults, save_or_check_config
 from ..runlog import append_csv, drop_rows_after, plot_eval_curve
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     check_spaces(data, env_id)
     data = data.fraction(cfg.fraction, seed=cfg.seed)
 
-    save_or_check_config(out, asdict(cfg), budget_key="steps")
+    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
