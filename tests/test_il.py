@@ -156,6 +156,10 @@ def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):
         assert float(rows[0]["bc"]) == 0 and float(rows[0]["dm"]) > 0
         assert float(rows[-1]["dm"]) == 0 and float(rows[-1]["bc"]) > 0
     assert json.loads((out / "config.json").read_text())["policy"] == policy
+    if policy == "dbc-dit":  # deterministic: the same chunk whatever the sampler seed
+        assert s["action_spread_final"] == 0
+    elif policy in ("dp-unet", "cdp-dit"):
+        assert s["action_spread_final"] > 0
     res = evaluate(load_policy(out / "policy"), get_task("reach"), 2)
     assert 0 <= res["success_rate"] <= 1
 

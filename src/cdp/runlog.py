@@ -13,13 +13,27 @@ from .io import atomic_write
 
 
 def append_csv(path: Path, row: dict) -> None:
-    """Append ``row`` to ``path`` (header on first write)."""
-    new = not path.is_file()
-    with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
+    """Append ``row`` to ``path`` under the file's header: keys the row lacks stay empty; keys the
+    header lacks (a column added since the run started) extend it, the file rewritten atomically."""
+    if not path.is_file():
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
             w.writeheader()
-        w.writerow(row)
+            w.writerow(row)
+        return
+    with path.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    extra = [k for k in row if k not in header]
+    if extra:
+        rows = list(csv.DictReader(path.open(newline="")))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=header + extra, restval="")
+        w.writeheader()
+        w.writerows(rows + [row])
+        atomic_write(path, buf.getvalue().encode())
+        return
+    with path.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=header, restval="").writerow(row)
 
 
 def drop_rows_after(path: Path, step: int) -> None:

@@ -129,10 +129,27 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0) 
         if not alive.any():
             break
     out = {"success_rate": float(success.mean()), "success_se": float(success.std() / np.sqrt(episodes))}
-    orders = [tuple(env.order) for env, s in zip(envs, success) if s and hasattr(env, "order")]
-    if orders:
-        out["modes"] = len(set(orders))
+    if hasattr(envs[0], "order"):  # the task records which goal order each rollout took
+        out["modes"] = len({tuple(env.order) for env, s in zip(envs, success) if s})
     return out
+
+
+@torch.no_grad()
+def action_spread(policy: ChunkPolicy, obs: torch.Tensor, samples: int = 16, seed: int = 0) -> float:
+    """Mean over states of the per-state standard deviation of the executed actions across
+    ``samples`` sampler seeds (environment units, averaged over action dims and executed steps).
+    obs: ``[S, To, obs_dim]`` states from the dataset. 0 for a deterministic policy."""
+    c = policy.config
+    rep = obs.repeat_interleave(samples, 0)
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        chunk = policy.predict_chunk(rep)
+    finally:
+        torch.set_rng_state(state)
+    s = policy.action_start
+    acts = chunk[:, s:s + c.n_action_steps].reshape(obs.shape[0], samples, -1)
+    return float(acts.std(1).mean())
 
 
 def _ema_decay(step: int, power: float, cap: float) -> float:
@@ -152,6 +169,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
     windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
     policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
     ema = copy.deepcopy(policy).requires_grad_(False)
+    spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0]
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     ckpt = out / "checkpoint.pt"
@@ -202,6 +220,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
         if step % cfg.eval_every == 0 or step == cfg.steps:
             te = time.perf_counter()
             res = evaluate(ema, task, cfg.eval_episodes)
+            res["action_spread"] = action_spread(ema, spread_obs)
             eval_seconds += time.perf_counter() - te
             prev = [float(r["success_rate"]) for r in _rows(out / "eval.csv")]
             append_csv(out / "eval.csv", {"step": step, **res})
@@ -236,8 +255,10 @@ def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int =
     s = [float(r["success_rate"]) for r in rows]
     summary = {"step": int(rows[-1]["step"]), "final": s[-1], "best": max(s), f"mean_last{last}": float(np.mean(s[-last:])),
                "evals": len(rows), "seconds_per_1k_steps": sec_per_1k, "train_seconds_per_1k_steps": train_sec_per_1k}
-    if "modes" in rows[-1] and rows[-1]["modes"] != "":
+    if rows[-1].get("modes"):
         summary["modes_final"] = int(float(rows[-1]["modes"]))
+    if rows[-1].get("action_spread"):
+        summary["action_spread_final"] = float(rows[-1]["action_spread"])
     return summary
 
 
