@@ -1,4 +1,4 @@
-"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp il ...``, ``cdp sweep``."""
+"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp il ...``, ``cdp sweep``, ``cdp report``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     iev.add_argument("--episodes", type=_positive_int, default=50)
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
 
+    rp = sub.add_parser("report", help="markdown tables and learning curves from per-run records")
+    rp.add_argument("results", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
+    rp.add_argument("--out", default=None, help="where report.md and the plots go (default: the results folder)")
+
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
@@ -160,6 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         from .il.trainer import evaluate_run as il_evaluate_run
 
         print(json.dumps(il_evaluate_run(args.run, args.episodes, which=args.which), indent=2))
+    elif args.command == "report":
+        from .report import write_report
+
+        print(f"report: {write_report(args.results, args.out)}")
     elif args.command == "sweep":
         from .sweep import is_finished, load_sweep, run_sweep
 

@@ -1,0 +1,52 @@
+"""`cdp report`: the table's numbers against a hand computation on fixture records."""
+
+import json
+import math
+
+import pytest
+
+from cdp.report import _method, load_runs, mean_se, table, write_report
+
+
+def write_record(root, algo, fraction, seed, final, best, curve):
+    cfg = {"algo": algo, "dataset": "cdp/hopper/medium-replay-v0", "fraction": fraction, "seed": seed, "steps": 300}
+    if algo == "cdp":
+        cfg["gamma"] = 1.0 if seed == 9 else 0.1
+    rec = {"config": cfg, "summary": {"step": 300, "final": final, "best": best, "metric": "d4rl_score_mean",
+                                      "train_seconds_per_1k_steps": 10.0},
+           "eval": [{"step": str(100 * (i + 1)), "d4rl_score_mean": str(v)} for i, v in enumerate(curve)]}
+    p = root / "cdp_hopper_medium-replay-v0" / f"{algo}-{fraction}-{seed}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rec))
+
+
+def test_method_labels():
+    assert _method("cdp-f0.1-g1-s2") == "cdp-g1" and _method("edp-f1-s0") == "edp"
+    assert _method("edp-f1-iql-s3") == "edp-iql" and _method("dp-unet-f0.1-s1") == "dp-unet"
+
+
+def test_table_equals_hand_computation(tmp_path):
+    finals = {("edp", 1.0): [10.0, 12.0, 17.0], ("cdp", 1.0): [11.0, 13.0, 18.0], ("edp", 0.1): [5.0, 7.0, 6.0],
+              ("cdp", 0.1): [4.0, 5.0, 6.0]}
+    for (algo, f), vals in finals.items():
+        for seed, v in enumerate(vals):
+            write_record(tmp_path, algo, f, seed, v, v + 1, [v - 1, v])
+    write_record(tmp_path, "cdp", 1.0, 9, 99.0, 99.0, [1, 99.0])  # gamma 1: a method of its own
+    runs = load_runs(tmp_path)
+    assert len(runs) == 13
+    md = table([r for r in runs if r.method != "cdp-g1"], "final")
+    mu, se = 14.0, math.sqrt(((11 - 14) ** 2 + (13 - 14) ** 2 + (18 - 14) ** 2) / 2) / math.sqrt(3)
+    assert mean_se([11.0, 13.0, 18.0]) == pytest.approx((mu, se))
+    lines = md.splitlines()
+    assert lines[0] == "| method | 100% data | 10% data |"
+    assert lines[2] == f"| cdp | **{mu:.1f} ± {se:.1f} (3)** | 5.0 ± 0.6 (3) |"
+    assert lines[3] == "| edp | 13.0 ± 2.1 (3) | **6.0 ± 0.6 (3)** |"
+    path = write_report(tmp_path)
+    text = path.read_text()
+    assert "| cdp-g1 | **99.0 ± 0.0 (1)** |  |" in text and "D4RL-normalised score" in text
+    assert (tmp_path / "cdp_hopper_medium-replay-v0.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="no results folder"):
+        load_runs(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no run records"):
+        load_runs(tmp_path / "empty")
