@@ -107,11 +107,12 @@ def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
 
 
 @torch.no_grad()
-def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0) -> dict:
+def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, envs: list | None = None) -> dict:
     """Success rate over ``episodes`` rollouts from ``reset(seed=seed + i)``, all envs stepped in
     lockstep with one batched ``select_action`` per step. Also the goal orders of successful
-    rollouts where the task records them (mode coverage)."""
-    envs = [task.make_env() for _ in range(episodes)]
+    rollouts where the task records them (mode coverage). ``envs``: environments to reuse
+    (simulators are slow to build), at least ``episodes`` of them."""
+    envs = [task.make_env() for _ in range(episodes)] if envs is None else envs[:episodes]
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     policy.eval()
     policy.reset()
@@ -194,6 +195,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
 
     tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
     t0, start, eval_seconds = time.perf_counter(), step, 0.0
+    eval_envs: list = []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
     policy.train()
     while step < cfg.steps:
@@ -219,7 +221,8 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
                 tb.add_scalar(f"train/{k}", float(v.detach()), step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             te = time.perf_counter()
-            res = evaluate(ema, task, cfg.eval_episodes)
+            eval_envs = eval_envs or [task.make_env() for _ in range(cfg.eval_episodes)]
+            res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
             res["action_spread"] = action_spread(ema, spread_obs)
             eval_seconds += time.perf_counter() - te
             prev = [float(r["success_rate"]) for r in _rows(out / "eval.csv")]
