@@ -109,3 +109,21 @@ def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, t
     assert steps == list(range(150, 3001, 150))  # every logged step once, in order
     evals = [int(r["step"]) for r in csv.DictReader(open(os.path.join(job.out, "eval.csv")))]
     assert evals == [1500, 3000]
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance, as on a cluster head
+    try:
+        sweep = load_sweep(config(tmp_path, tiny_dataset))
+        done = []
+        ran = run_sweep(sweep, progress=False, backend="ray", on_done=done.append)
+        assert len(ran) == 2 and sorted(j.out for j in done) == sorted(j.out for j in sweep.jobs())
+        assert all(is_finished(j) for j in sweep.jobs())
+        assert sorted(p.name for p in (tmp_path / "results").rglob("*.json")) == ["bc-f1-s0.json", "bc-f1-s1.json"]
+        assert run_sweep(sweep, progress=False, backend="ray") == []  # finished runs are skipped here too
+    finally:
+        ray.shutdown()
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_sweep(sweep, backend="dask")

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
     sw.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is done; run nothing")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local process pool (default) or Ray tasks")
+    sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
     return p
 
 
@@ -178,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
             for job in sweep.jobs():
                 print(f"{'done' if is_finished(job) else 'todo'}  {job.out}")
             return 0
-        ran = run_sweep(sweep)
+        ran = run_sweep(sweep, backend=args.backend, address=args.address)
         print(f"{len(ran)} runs trained; run folders under {sweep.out}")
     return 0
 

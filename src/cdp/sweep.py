@@ -19,7 +19,8 @@ A sweep config (TOML, or JSON with the same keys)::
 
 Every job's config is validated before any job starts. A job whose run folder already holds a
 finished summary is skipped; an interrupted one resumes from its checkpoint (the trainer's own
-resume), so re-running a killed sweep neither repeats nor loses work.
+resume), so re-running a killed sweep neither repeats nor loses work. Jobs run in a local process
+pool or, with ``backend="ray"`` (``cdp sweep CONFIG --backend ray --address auto``), as Ray tasks.
 """
 
 from __future__ import annotations
@@ -190,34 +191,80 @@ def _init_worker(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def run_sweep(sweep: SweepConfig, progress: bool = True,
-              on_done: Callable[[Job], None] | None = None) -> list[Job]:
-    """Run every unfinished job, ``sweep.workers`` at a time, each in a fresh process; returns the
-    jobs that ran. A failing job does not stop the others; the first error is raised at the end."""
+BACKENDS = ("local", "ray")
+
+
+def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job], None] | None = None,
+              backend: str = "local", address: str | None = None) -> list[Job]:
+    """Run every unfinished job and return the jobs that ran. A failing job does not stop the
+    others; the first error is raised at the end.
+
+    ``local``: a process pool of ``sweep.workers`` fresh interpreters. ``ray``: one Ray task per
+    job (``num_cpus = sweep.threads``) on the cluster at ``address`` (``"auto"``, ``"ray://..."``),
+    on the Ray instance this process already joined, or on a local one sized to ``sweep.workers``;
+    a task whose worker dies is retried and resumes from its run's checkpoint. The run folders must
+    be on storage every node sees."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     jobs = sweep.jobs()
     todo = [j for j in jobs if not is_finished(j)]
-    workers = sweep.workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
     errors: list[tuple[Job, BaseException]] = []
+
+    def finished(job: Job, error: BaseException | None) -> None:
+        if error is not None:
+            errors.append((job, error))
+            bar.write(f"failed: {job.out}: {error}")
+        elif on_done is not None:
+            on_done(job)
+        bar.update(1)
+
+    if todo and backend == "ray":
+        _run_ray(todo, sweep, address, finished)
+    elif todo:
+        _run_local(todo, sweep, finished)
+    bar.close()
+    if errors:
+        job, e = errors[0]
+        raise RuntimeError(f"{len(errors)} of {len(todo)} jobs failed; first: {job.out}: {e}") from e
+    return todo
+
+
+def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, BaseException | None], None]) -> None:
+    workers = sweep.workers or os.cpu_count() or 1
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
-    with ProcessPoolExecutor(max_workers=min(workers, max(len(todo), 1)), mp_context=ctx,
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                              initializer=_init_worker, initargs=(sweep.threads,)) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 job = pending.pop(fut)
-                try:
-                    fut.result()
-                except Exception as e:  # noqa: BLE001 - reported below, other jobs go on
-                    errors.append((job, e))
-                    bar.write(f"failed: {job.out}: {e}")
-                else:
-                    if on_done is not None:
-                        on_done(job)
-                bar.update(1)
-    bar.close()
-    if errors:
-        job, e = errors[0]
-        raise RuntimeError(f"{len(errors)} of {len(todo)} jobs failed; first: {job.out}: {e}") from e
-    return todo
+                err = fut.exception()
+                finished(job, err)
+
+
+def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
+             finished: Callable[[Job, BaseException | None], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'cdp[ray]'") from None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=(sweep.workers or os.cpu_count() or 1) * sweep.threads, include_dashboard=False,
+                     log_to_driver=False)
+    task = ray.remote(num_cpus=sweep.threads, max_retries=2, retry_exceptions=False)(run_job)
+    refs = {task.remote(j): j for j in todo}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        for ref in done:
+            job = refs.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - reported by finished(), other jobs go on
+                finished(job, e)
+            else:
+                finished(job, None)
