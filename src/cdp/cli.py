@@ -1,4 +1,4 @@
-"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp il ...``, ``cdp sweep``, ``cdp report``."""
+"""Command line: ``cdp demo``, ``cdp rl ...``, ``cdp il ...``, ``cdp sweep``, ``cdp report``, ``cdp diagnose``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
     rp.add_argument("--out", default=None, help="where report.md and the plots go (default: the results folder)")
 
+    dg = sub.add_parser("diagnose", help="contraction diagnostics of trained diffusion policies, side by side")
+    dg.add_argument("runs", nargs="+", help="run folders (offline-RL diffusion agents or imitation diffusion policies)")
+    dg.add_argument("--out", default="runs/diagnostics", help="where diagnostics.json / .png go")
+    dg.add_argument("--states", type=_positive_int, default=16, help="dataset states to probe")
+    dg.add_argument("--steps", type=_positive_int, default=400, help="RK4 steps of the probability-flow ODE (log-SNR grid)")
+
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
@@ -171,6 +177,10 @@ def _run(args: argparse.Namespace) -> int:
         from .report import write_report
 
         print(f"report: {write_report(args.results, args.out)}")
+    elif args.command == "diagnose":
+        from .diagnose import run_diagnostics
+
+        print(f"diagnostics: {run_diagnostics(args.runs, args.out, args.states, args.steps)}")
     elif args.command == "sweep":
         from .sweep import is_finished, load_sweep, run_sweep
 
