@@ -19,6 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
+from .demos import collect_demos
 
 GOALS = 0.6 * np.stack([np.cos(np.deg2rad([90.0, 210.0, 330.0])), np.sin(np.deg2rad([90.0, 210.0, 330.0]))], 1)
 RADIUS = 0.1
@@ -121,30 +122,9 @@ def _via(p: np.ndarray, goal: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return p + 0.5 * d + rng.uniform(-0.35, 0.35) * np.array([-d[1], d[0]])
 
 
-def make_demos(n: int = 200, quality: str = "ph", seed: int = 0) -> DemoDataset:
-    """``n`` successful demonstrations. ``ph``: one proficient operator; ``mh``: a third each of
-    the better / okay / worse operators (robomimic's MH masks name them), with a 90/10
-    train/valid split in ``mask/``."""
-    if quality not in ("ph", "mh"):
-        raise ValueError(f"quality must be 'ph' or 'mh', got {quality!r}")
-    rng = np.random.default_rng(seed)
+def make_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = False) -> DemoDataset:
+    """``n`` successful demonstrations (``ph``: the better operator; ``mh``: a third each of the
+    better / okay / worse operators), see :func:`cdp.il.demos.collect_demos`."""
     env = MultiReach()
-    ops = ["better"] * n if quality == "ph" else [list(OPERATORS)[i * 3 // n] for i in range(n)]
-    demos: dict[str, Demo] = {}
-    masks: dict[str, list[str]] = {}
-    reset_seed = 10_000 + 1000 * seed  # initial states apart from the evaluation seeds (0..)
-    for op in ops:
-        demo = None
-        while demo is None:
-            demo = demonstrate(env, rng, op, seed=reset_seed)
-            reset_seed += 1
-        name = f"demo_{len(demos)}"
-        demos[name] = demo
-        if quality == "mh":
-            masks.setdefault(op, []).append(name)
-    names = list(demos)
-    valid = sorted(rng.choice(len(names), max(1, n // 10), replace=False))
-    masks["valid"] = [names[i] for i in valid]
-    masks["train"] = [nm for i, nm in enumerate(names) if i not in set(valid)]
     env_args = {"env_name": "MultiReach", "type": "cdp", "env_kwargs": {"horizon": env.horizon}}
-    return DemoDataset(demos, env_args, masks)
+    return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env_args, progress, "MultiReach demos")

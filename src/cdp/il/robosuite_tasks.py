@@ -21,6 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
+from .demos import collect_demos
 
 OBS_SHAPES = {"Lift": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,), "object": (10,)},
               "PickPlaceCan": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,),
@@ -194,29 +195,9 @@ def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: b
 
 
 def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
-    """``n`` successful scripted demonstrations (``ph``: proficient; ``mh``: a third each of
-    better / okay / worse operators, named in ``mask/``), with a 90/10 train/valid split."""
-    from tqdm.auto import tqdm
-
-    if quality not in ("ph", "mh"):
-        raise ValueError(f"quality must be 'ph' or 'mh', got {quality!r}")
-    rng, env = np.random.default_rng(seed), RobosuiteEnv(env_name)
+    """``n`` successful scripted demonstrations of ``env_name``, see
+    :func:`cdp.il.demos.collect_demos`."""
+    env = RobosuiteEnv(env_name)
     demonstrate = {"Lift": demonstrate_lift, "PickPlaceCan": demonstrate_can}[env_name]
-    ops = ["better"] * n if quality == "ph" else [list(OPERATORS)[i * 3 // n] for i in range(n)]
-    demos: dict[str, Demo] = {}
-    masks: dict[str, list[str]] = {}
-    reset_seed = 10_000 + 1000 * seed
-    for op in tqdm(ops, disable=not progress, desc=f"{env_name} {quality} demos"):
-        demo = None
-        while demo is None:
-            demo = demonstrate(env, rng, op, seed=reset_seed)
-            reset_seed += 1
-        name = f"demo_{len(demos)}"
-        demos[name] = demo
-        if quality == "mh":
-            masks.setdefault(op, []).append(name)
-    names = list(demos)
-    valid = set(rng.choice(len(names), max(1, n // 10), replace=False).tolist())
-    masks["valid"] = [names[i] for i in sorted(valid)]
-    masks["train"] = [nm for i, nm in enumerate(names) if i not in valid]
-    return DemoDataset(demos, env.env_args(), masks)
+    return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env.env_args(), progress,
+                         f"{env_name} {quality} demos")
