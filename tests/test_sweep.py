@@ -69,6 +69,10 @@ def test_grid_order_names_and_cli_errors(tmp_path, capsys):
     assert [j.out for j in jobs[:4]] == ["o/a_b-v0/cdp-f1-s0", "o/a_b-v0/cdp-f1-g1-s0", "o/a_b-v0/cdp-f0.1-s0",
                                          "o/a_b-v0/cdp-f0.1-g1-s0"]
     assert [j.config["seed"] for j in jobs] == [0] * 4 + [1] * 4  # first key slowest
+    nomargin = write(tmp_path, 'kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\nalgo = "cdp"\n'
+                               '[grid]\nmargin = [0.1, "none"]\n', "m.toml")
+    assert [(j.config["margin"], j.out) for j in load_sweep(nomargin).jobs()] == [(0.1, "o/a_b-v0/cdp-f1-s0"),
+                                                                                  (None, "o/a_b-v0/cdp-f1-mNone-s0")]
     same = write(tmp_path, 'kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\nalgo = "edp"\n'
                            '[grid]\ngamma = [0.1, 1.0]\n', "same.toml")  # gamma does not change an EDP run
     with pytest.raises(ValueError, match="share the run folder"):

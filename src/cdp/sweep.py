@@ -11,7 +11,7 @@ A sweep config (TOML, or JSON with the same keys)::
     [fixed]                          # TrainConfig fields shared by every job
     steps = 50000
 
-    [grid]                           # TrainConfig fields to cross; the first key varies slowest
+    [grid]                           # TrainConfig fields to cross; the first key varies slowest ("none" = None)
     seed = [0, 1, 2]
     dataset = ["cdp/hopper/medium-replay-v0"]
     fraction = [1.0, 0.1]
@@ -147,6 +147,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ValueError(f"{path}: workers must be a positive integer, got {workers!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"{path}: threads must be a positive integer, got {threads!r}")
+    none = lambda v: None if isinstance(v, str) and v.lower() == "none" else v  # noqa: E731 - TOML has no null
+    grid = {k: [none(x) for x in v] for k, v in grid.items()}
+    fixed = {k: none(v) for k, v in fixed.items()}
     sweep = SweepConfig(kind=kind, out=raw["out"], grid=grid, fixed=fixed, results=raw.get("results"),
                         workers=workers, threads=threads, name=raw.get("name"))
     sweep.jobs()  # every job's config is checked before any starts

@@ -59,6 +59,7 @@ class ILTrainConfig:
     log_every: int = 100
     gamma: float = 0.1  # cdp-* only
     t_max: float | None = None  # cdp-*: imitation applies the term at every t
+    margin: float | None = 0.1  # cdp-*: the hinge floor beta (None: no hinge)
     contraction_subbatch: int | None = None
     sample_steps: int = 10
     unet_dims: tuple[int, ...] = (64, 128, 256)
@@ -82,6 +83,8 @@ class ILTrainConfig:
         name = f"{self.policy}-f{self.fraction:g}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
+        if self.policy.startswith("cdp") and self.margin != 0.1:
+            name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         return f"{name}-s{self.seed}"
 
 
@@ -93,7 +96,7 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
         return DBC(DBCConfig(**base, pretrain_steps=cfg.dbc_pretrain_steps, dit_width=cfg.dit_width,
                              dit_depth=cfg.dit_depth))
     backbone = cfg.policy.split("-")[1]
-    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, subbatch=cfg.contraction_subbatch)
+    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, subbatch=cfg.contraction_subbatch)
                    if cfg.policy.startswith("cdp") else None)
     return DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=backbone, sample_steps=cfg.sample_steps,
                                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,

@@ -45,6 +45,7 @@ class TrainConfig:
     critic: str = "td3"  # edp / cdp: "td3" or "iql"
     gamma: float = 0.1  # cdp only
     t_max: float | None = 0.1  # cdp only: the official offline-RL window
+    margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge)
     seed: int = 0
 
     def run_name(self) -> str:
@@ -57,6 +58,8 @@ class TrainConfig:
             name += f"-g{self.gamma:g}"
         if self.algo == "cdp" and self.t_max != 0.1:
             name += f"-tmax{self.t_max if self.t_max is None else format(self.t_max, 'g')}"
+        if self.algo == "cdp" and self.margin != 0.1:
+            name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         return f"{name}-s{self.seed}"
 
     def __post_init__(self) -> None:
@@ -91,7 +94,7 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP | IDQL:
         return EDP(obs_dim, act_dim, EDPConfig.dql())
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig())
-    contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max) if cfg.algo == "cdp" else None
+    contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin) if cfg.algo == "cdp" else None
     return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction))
 
 
