@@ -79,7 +79,7 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
         raise ValueError(f"{run}: {tcfg.algo} has no diffusion actor with a sampling flow to diagnose")
     agent.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["agent"])
     idx = rng.integers(0, len(data), states)
-    return Flow(f"{Path(tcfg.dataset).name}/{tcfg.run_name()}", agent.actor_ema, agent.cfg.schedule,
+    return Flow(f"{tcfg.dataset}/{tcfg.run_name()}", agent.actor_ema, agent.cfg.schedule,
                 agent.cfg.prediction, torch.as_tensor(data.observations[idx]), torch.as_tensor(data.actions[idx]),
                 agent.cfg.sampler, agent.cfg.sample_steps)
 
