@@ -14,6 +14,10 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _margin(s: str) -> float | None:
+    return None if s.lower() == "none" else float(s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--fraction", type=float, default=1.0, help="share of trajectories kept (seeded)")
     tr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp)")
+    tr.add_argument("--margin", type=_margin, default=0.1, help="hinge floor beta (cdp); 'none' for no hinge")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
     tr.add_argument("--steps", type=_positive_int, default=100_000)
     tr.add_argument("--eval-every", type=_positive_int, default=5_000)
@@ -70,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--fraction", type=float, default=1.0, help="share of demonstrations kept (seeded)")
     itr.add_argument("--filter-key", default=None, help="robomimic mask to train on, e.g. train")
     itr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp-*)")
+    itr.add_argument("--margin", type=_margin, default=0.1, help="hinge floor beta (cdp-*); 'none' for no hinge")
+    itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim")
+    itr.add_argument("--sample-steps", type=_positive_int, default=10)
     itr.add_argument("--steps", type=_positive_int, default=20_000)
     itr.add_argument("--batch-size", type=_positive_int, default=256)
     itr.add_argument("--eval-every", type=_positive_int, default=5_000)
@@ -136,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import TrainConfig, train
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
-                          gamma=args.gamma, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
+                          gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed)
         out = args.out or f"runs/rl/{args.dataset.replace('/', '_')}/{cfg.run_name()}"
         summary = train(cfg, out)
@@ -162,7 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         from .il.trainer import ILTrainConfig, record, train as il_train
 
         icfg = ILTrainConfig(policy=args.policy, task=args.task, dataset=args.dataset, fraction=args.fraction,
-                             filter_key=args.filter_key, gamma=args.gamma, steps=args.steps, batch_size=args.batch_size,
+                             filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
+                             sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))

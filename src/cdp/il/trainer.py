@@ -61,6 +61,7 @@ class ILTrainConfig:
     t_max: float | None = None  # cdp-*: imitation applies the term at every t
     margin: float | None = 0.1  # cdp-*: the hinge floor beta (None: no hinge)
     contraction_subbatch: int | None = None
+    sampler: str = "ddim"  # or "dpm_solver++", "ddpm"
     sample_steps: int = 10
     unet_dims: tuple[int, ...] = (64, 128, 256)
     dit_width: int = 128
@@ -72,6 +73,8 @@ class ILTrainConfig:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {POLICIES}")
         get_task(self.task)  # unknown task: one clear error now
+        if self.sampler not in ("ddim", "ddpm", "dpm_solver++"):
+            raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm_solver++', got {self.sampler!r}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
@@ -98,7 +101,7 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
     backbone = cfg.policy.split("-")[1]
     contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, subbatch=cfg.contraction_subbatch)
                    if cfg.policy.startswith("cdp") else None)
-    return DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=backbone, sample_steps=cfg.sample_steps,
+    return DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
                                                  dit_depth=cfg.dit_depth, contraction=contraction))
 
