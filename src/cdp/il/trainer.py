@@ -114,30 +114,36 @@ def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
 
 @torch.no_grad()
 def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, envs: list | None = None) -> dict:
-    """Success rate over ``episodes`` rollouts from ``reset(seed=seed + i)``, all envs stepped in
-    lockstep with one batched ``select_action`` per step. Also the goal orders of successful
-    rollouts where the task records them (mode coverage). ``envs``: environments to reuse
-    (simulators are slow to build), at least ``episodes`` of them."""
-    envs = [task.make_env() for _ in range(episodes)] if envs is None else envs[:episodes]
-    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    """Success rate over ``episodes`` rollouts from ``reset(seed=seed + i)``. Rollouts run in
+    groups of ``len(envs)`` (default ``task.eval_batch``) environments stepped in lockstep with one
+    batched ``select_action`` per step: a robosuite environment holds ~240 MB, so they are reused
+    group after group. Also the goal orders of successful rollouts where the task records them
+    (mode coverage)."""
+    if envs is None:
+        envs = [task.make_env() for _ in range(min(episodes, task.eval_batch))]
     policy.eval()
-    policy.reset()
-    alive = np.ones(episodes, bool)
     success = np.zeros(episodes, bool)
-    for _ in range(task.horizon):
-        batch = {k: np.stack([o[k] for o in obs]) for k in task.obs_keys}
-        actions = policy.select_action(batch)
-        for i in np.flatnonzero(alive):
-            obs[i], _, term, trunc, info = envs[i].step(actions[i])
-            if info.get("success", False):
-                success[i] = True
-            if term or trunc:
-                alive[i] = False
-        if not alive.any():
-            break
+    orders: list[tuple] = []
+    for start in range(0, episodes, len(envs)):
+        group = envs[:min(len(envs), episodes - start)]
+        obs = [env.reset(seed=seed + start + i)[0] for i, env in enumerate(group)]
+        policy.reset()
+        alive = np.ones(len(group), bool)
+        for _ in range(task.horizon):
+            batch = {k: np.stack([o[k] for o in obs]) for k in task.obs_keys}
+            actions = policy.select_action(batch)
+            for i in np.flatnonzero(alive):
+                obs[i], _, term, trunc, info = group[i].step(actions[i])
+                if info.get("success", False):
+                    success[start + i] = True
+                if term or trunc:
+                    alive[i] = False
+            if not alive.any():
+                break
+        orders += [tuple(env.order) for i, env in enumerate(group) if success[start + i] and hasattr(env, "order")]
     out = {"success_rate": float(success.mean()), "success_se": float(success.std() / np.sqrt(episodes))}
     if hasattr(envs[0], "order"):  # the task records which goal order each rollout took
-        out["modes"] = len({tuple(env.order) for env, s in zip(envs, success) if s})
+        out["modes"] = len(set(orders))
     return out
 
 
@@ -227,7 +233,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
                 tb.add_scalar(f"train/{k}", float(v.detach()), step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             te = time.perf_counter()
-            eval_envs = eval_envs or [task.make_env() for _ in range(cfg.eval_episodes)]
+            eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
             res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
             res["action_spread"] = action_spread(ema, spread_obs)
             eval_seconds += time.perf_counter() - te
