@@ -62,6 +62,18 @@ def _coeffs(schedule: VPSchedule, grid: list[float]) -> list[tuple[float, float]
     return list(zip(schedule.alpha(tt).tolist(), schedule.sigma(tt).tolist()))
 
 
+def _grid_and_coeffs(schedule: VPSchedule, steps: int, spacing: Spacing) -> tuple[list[float], list[tuple[float, float]]]:
+    """The time grid from 1 to 0 and its (alpha, sigma) table, computed once per schedule and
+    setting: a control loop samples thousands of times with the same ones."""
+    key = (steps, spacing, schedule.kind, schedule.beta_min, schedule.beta_max, schedule.cosine_s,
+           schedule.cosine_t_scale, schedule.log_alpha_knots)
+    hit = schedule._grid_cache.get(key)
+    if hit is None:
+        grid = time_grid(steps, spacing=spacing, schedule=schedule)
+        hit = schedule._grid_cache[key] = (grid, _coeffs(schedule, grid))
+    return hit
+
+
 def _x0(model_fn: NetFn, x: Tensor, t: float, schedule: VPSchedule, prediction: Prediction,
         clip_x0: float | None) -> Tensor:
     # one time for the whole batch, as a stride-0 view: networks may embed it once
@@ -104,9 +116,8 @@ def ddim_sample(
     _check(x_T, prediction)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    grid = time_grid(steps, spacing=spacing, schedule=schedule)
+    grid, coeffs = _grid_and_coeffs(schedule, steps, spacing)
     x, traj = x_T, [x_T]
-    coeffs = _coeffs(schedule, grid)
     for (t, (a_t, s_t)), (a_s, s_s) in zip(zip(grid[:-1], coeffs[:-1]), coeffs[1:]):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)
         e = (x - a_t * x0) / s_t
@@ -160,11 +171,10 @@ def dpm_solver_sample(
     _check(x_T, prediction)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
-    grid = time_grid(steps, spacing=spacing, schedule=schedule)
+    grid, coeffs = _grid_and_coeffs(schedule, steps, spacing)
     x, traj = x_T, [x_T]
     x0_prev: Tensor | None = None
     h_prev = 0.0
-    coeffs = _coeffs(schedule, grid)
     for i, (t, (a_t, s_t), (a_s, s_s)) in enumerate(zip(grid[:-1], coeffs[:-1], coeffs[1:])):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)
         exp_neg_h = (s_s * a_t) / (a_s * s_t)

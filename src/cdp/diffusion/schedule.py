@@ -65,6 +65,8 @@ class VPSchedule:
     cosine_t_scale: float = 0.9946
     log_alpha_knots: tuple[float, ...] | None = None  # discrete only: log alpha(i/T), i = 0..T
     _knots: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    # samplers memoise their time grids and (alpha, sigma) tables here, keyed by every parameter
+    _grid_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
