@@ -44,6 +44,8 @@ def test_table_equals_hand_computation(tmp_path):
     path = write_report(tmp_path)
     text = path.read_text()
     assert "| cdp-g1 | **99.0 ± 0.0 (1)** |  |" in text and "D4RL-normalised score" in text
+    last3 = table([r for r in runs if r.method == "edp"], "mean_last3").splitlines()[2]  # curves [v - 1, v]
+    assert last3 == "| edp | 12.5 ± 2.1 (3) | 5.5 ± 0.6 (3) |"
     assert (tmp_path / "cdp_hopper_medium-replay-v0.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no results folder"):
         load_runs(tmp_path / "nothing")

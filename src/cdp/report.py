@@ -63,6 +63,8 @@ def load_runs(root: str | Path) -> list[Run]:
         if kind == "il":
             summary = {k: v * scale if k in ("final", "best") or k.startswith("mean_last") else v for k, v in summary.items()}
         curve = [(int(r["step"]), float(r[key]) * scale) for r in rec.get("eval", []) if r.get(key) not in (None, "")]
+        if curve and "mean_last3" not in summary:  # one evaluation is noisy: also the mean of the last three
+            summary = {**summary, "mean_last3": float(np.mean([v for _, v in curve[-3:]]))}
         runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve))
     if not runs:
         raise FileNotFoundError(f"no run records under {root}")
@@ -149,9 +151,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         png = re.sub(r"[^A-Za-z0-9_.-]+", "_", g) + ".png"
         atomic_write(out / png, _plot_curves(rs, g, unit))
         md += [f"## {g}", "", f"{unit}; steps: {sorted({r.summary.get('step') for r in rs})}", ""]
-        metrics = [("final", "at the last evaluation"), ("best", "best evaluation (max over checkpoints)")]
-        if kind == "il":
-            metrics.append(("mean_last3", "mean of the last three evaluations"))
+        metrics = [("final", "at the last evaluation"), ("mean_last3", "mean of the last three evaluations"),
+                   ("best", "best evaluation (max over checkpoints)")]
         for key, what in metrics:
             md += [f"**{key}** — {what}", "", table(rs, key), ""]
         secs = [(r.method, r.summary["train_seconds_per_1k_steps"]) for r in rs if "train_seconds_per_1k_steps" in r.summary]
