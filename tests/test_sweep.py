@@ -131,3 +131,30 @@ def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path):
         ray.shutdown()
     with pytest.raises(ValueError, match="unknown backend"):
         run_sweep(sweep, backend="dask")
+
+
+@pytest.mark.slow
+def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
+    """Killing only the sweep process (SIGTERM, as a scheduler does) leaves no worker training."""
+    p = config(tmp_path, tiny_dataset, steps=100000, seeds="[0]")
+    job = load_sweep(p).jobs()[0]
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sweep", str(p)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    ckpt = os.path.join(job.out, "checkpoint.pt")
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and time.time() < deadline:
+        time.sleep(0.05)
+    children = [int(x) for x in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert children, "the sweep should have a worker"
+    proc.terminate()
+    proc.wait()
+    def running(pid):
+        try:
+            return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 30
+    while any(running(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(running(c) for c in children)

@@ -192,6 +192,13 @@ def _init_worker(threads: int) -> None:
     # before torch is imported in the worker: BLAS pools sized to one job's share
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 BACKENDS = ("local", "ray")

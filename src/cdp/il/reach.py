@@ -21,10 +21,20 @@ from gymnasium import spaces
 from ..data.robomimic import Demo, DemoDataset
 from .demos import collect_demos
 
-GOALS = 0.6 * np.stack([np.cos(np.deg2rad([90.0, 210.0, 330.0])), np.sin(np.deg2rad([90.0, 210.0, 330.0]))], 1)
+def goal_positions(n: int) -> np.ndarray:
+    """``n`` goals evenly spaced on the circle of radius 0.6, the first at 90°: ``[n, 2]``."""
+    ang = np.deg2rad(90.0 + 360.0 * np.arange(n) / n)
+    return 0.6 * np.stack([np.cos(ang), np.sin(ang)], 1)
+
+
+def obs_shapes(n_goals: int = 3) -> dict[str, tuple[int, ...]]:
+    return {"agent_pos": (2,), "agent_vel": (2,), "goals_touched": (n_goals,)}
+
+
+GOALS = goal_positions(3)
 RADIUS = 0.1
 HORIZON = 120
-OBS_SHAPES = {"agent_pos": (2,), "agent_vel": (2,), "goals_touched": (3,)}
+OBS_SHAPES = obs_shapes(3)
 
 # demonstrator profiles: (PD gains kp, kd; action noise std; share of steps paused)
 OPERATORS = {"better": (10.0, 20.0, 0.05, 0.0), "okay": (6.0, 15.0, 0.3, 0.0), "worse": (4.0, 12.0, 0.5, 0.1)}
@@ -35,17 +45,21 @@ class MultiReach(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, horizon: int = HORIZON) -> None:
-        self.horizon = horizon
+    def __init__(self, horizon: int = HORIZON, n_goals: int = 3, radius: float = RADIUS, noise: float = 0.0) -> None:
+        if n_goals < 1 or radius <= 0 or noise < 0 or horizon < 1:
+            raise ValueError("need n_goals >= 1, radius > 0, noise >= 0 and horizon >= 1")
+        self.horizon, self.radius, self.noise = horizon, radius, noise
+        self.goals = goal_positions(n_goals)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES.items()})
-        self.state = np.zeros(7)
+        self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32)
+                                              for k, s in obs_shapes(n_goals).items()})
+        self.state = np.zeros(4 + n_goals)
         self.order: list[int] = []  # goals in the order touched (for mode statistics)
         self.t = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
         super().reset(seed=seed)
-        self.state = np.zeros(7)
+        self.state = np.zeros_like(self.state)
         self.state[:2] = self.np_random.uniform(-0.15, 0.15, 2)
         self.order, self.t = [], 0
         return self._obs(), {}
@@ -60,10 +74,12 @@ class MultiReach(gym.Env):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
         if not np.isfinite(a).all():
             raise ValueError(f"non-finite action {action}")
-        p, v, touched = self.state[:2], self.state[2:4], self.state[4:]
+        p, v, touched = self.state[:2], self.state[2:4], self.state[4:].copy()
         v = 0.8 * v + 0.01 * a
+        if self.noise:  # a push each step: the policy has to correct, open-loop replay drifts
+            v = v + self.noise * self.np_random.normal(size=2)
         p = np.clip(p + v, -1.0, 1.0)
-        for k in np.flatnonzero((np.linalg.norm(GOALS - p, axis=1) < RADIUS) & (touched < 0.5)):
+        for k in np.flatnonzero((np.linalg.norm(self.goals - p, axis=1) < self.radius) & (touched < 0.5)):
             touched[k] = 1.0
             self.order.append(int(k))
         self.state = np.concatenate([p, v, touched])
@@ -80,18 +96,19 @@ def demonstrate(env: MultiReach, rng: np.random.Generator, operator: str = "bett
     """One scripted demonstration from ``env.reset(seed=seed)``; None if it does not succeed."""
     kp, kd, noise, pause = OPERATORS[operator]
     obs, _ = env.reset(seed=seed)
-    order = rng.permutation(3)
-    keys = {k: [] for k in OBS_SHAPES}
+    n = len(env.goals)
+    order = rng.permutation(n)
+    keys = {k: [] for k in env.observation_space.spaces}
     actions, states, rewards, dones = [], [], [], []
-    leg, via = 0, _via(env.state[:2], GOALS[order[0]], rng)  # via point of the current leg; None once passed
+    leg, via = 0, _via(env.state[:2], env.goals[order[0]], rng)  # via point of the current leg; None once passed
     for _ in range(env.horizon):
         p, v, touched = env.state[:2], env.state[2:4], env.state[4:]
         advanced = False
-        while leg < 3 and touched[order[leg]] > 0.5:
+        while leg < n and touched[order[leg]] > 0.5:
             leg, advanced = leg + 1, True
-        if leg == 3:
+        if leg == n:
             break
-        goal = GOALS[order[leg]]
+        goal = env.goals[order[leg]]
         if advanced:
             via = _via(p, goal, rng)
         if via is not None and np.linalg.norm(via - p) < 0.1:
@@ -122,9 +139,10 @@ def _via(p: np.ndarray, goal: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return p + 0.5 * d + rng.uniform(-0.35, 0.35) * np.array([-d[1], d[0]])
 
 
-def make_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = False) -> DemoDataset:
+def make_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = False, **env_kwargs) -> DemoDataset:
     """``n`` successful demonstrations (``ph``: the better operator; ``mh``: a third each of the
-    better / okay / worse operators), see :func:`cdp.il.demos.collect_demos`."""
-    env = MultiReach()
-    env_args = {"env_name": "MultiReach", "type": "cdp", "env_kwargs": {"horizon": env.horizon}}
+    better / okay / worse operators), see :func:`cdp.il.demos.collect_demos`. ``env_kwargs``:
+    :class:`MultiReach`'s (goals, radius, horizon, noise)."""
+    env = MultiReach(**env_kwargs)
+    env_args = {"env_name": "MultiReach", "type": "cdp", "env_kwargs": {"horizon": env.horizon, **env_kwargs}}
     return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env_args, progress, "MultiReach demos")

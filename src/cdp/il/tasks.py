@@ -37,6 +37,20 @@ def _reach() -> TaskSpec:
     return TaskSpec("reach", reach.MultiReach, reach.OBS_SHAPES, 2, reach.HORIZON, reach.make_demos)
 
 
+# MultiReach made harder: four goals (24 orders), a smaller radius, a push on the velocity every
+# step (the policy must correct), a horizon 1.75x the demonstrations' mean length
+REACH_HARD = {"n_goals": 4, "radius": 0.06, "noise": 0.003, "horizon": 160}
+
+
+def _reach_hard() -> TaskSpec:
+    from functools import partial
+
+    from . import reach
+
+    return TaskSpec("reach-hard", partial(reach.MultiReach, **REACH_HARD), reach.obs_shapes(4), 2,
+                    REACH_HARD["horizon"], partial(reach.make_demos, **REACH_HARD))
+
+
 def _lift() -> TaskSpec:
     from . import robosuite_tasks as rs
 
@@ -51,7 +65,7 @@ def _can() -> TaskSpec:
                     rs.make_can_demos, eval_batch=10)
 
 
-_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "lift": _lift, "can": _can}
+_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "reach-hard": _reach_hard, "lift": _lift, "can": _can}
 
 
 def task_names() -> list[str]:
