@@ -208,3 +208,16 @@ def test_evaluation_in_groups_equals_all_at_once():
     grouped = evaluate(pol, task, 7, seed=5, envs=[task.make_env() for _ in range(3)])
     whole = evaluate(pol, task, 7, seed=5, envs=[task.make_env() for _ in range(7)])
     assert grouped == whole and grouped["success_rate"] == 1.0 and grouped["modes"] >= 2
+
+
+def test_reach_hard_variant():
+    task = get_task("reach-hard")
+    env = task.make_env()
+    assert task.obs_dim == 8 and env.goals.shape == (4, 2) and task.horizon == 160
+    a = [env.reset(seed=2)[0]["agent_pos"]] + [env.step(np.zeros(2))[0]["agent_pos"] for _ in range(5)]
+    b = [env.reset(seed=2)[0]["agent_pos"]] + [env.step(np.zeros(2))[0]["agent_pos"] for _ in range(5)]
+    assert np.array_equal(np.stack(a), np.stack(b))  # the pushes are part of the seeded episode
+    assert not np.allclose(a[0], a[-1])  # and they move the mass even with zero action
+    ds = task.make_demos(6, "ph", seed=0)
+    assert len(ds.demos) == 6 and ds.env_args["env_kwargs"]["n_goals"] == 4
+    assert all(d.obs["goals_touched"].shape[1] == 4 and d.dones[-1] for d in ds.demos.values())
