@@ -52,3 +52,18 @@ def test_table_equals_hand_computation(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run records"):
         load_runs(tmp_path / "empty")
+
+
+def test_imitation_records_report_success_in_percent(tmp_path):
+    for seed, (final, best) in enumerate([(0.5, 0.75), (0.25, 0.5)]):
+        cfg = {"policy": "cdp-dit", "task": "reach-hard", "dataset": "data/il/reach-hard_ph.hdf5", "fraction": 0.1,
+               "seed": seed, "steps": 3000}
+        rec = {"config": cfg, "summary": {"step": 3000, "final": final, "best": best, "mean_last3": final},
+               "eval": [{"step": "1500", "success_rate": str(best)}, {"step": "3000", "success_rate": str(final)}]}
+        (tmp_path / f"r{seed}.json").write_text(json.dumps(rec))
+    runs = load_runs(tmp_path)
+    assert {r.group for r in runs} == {"reach-hard/reach-hard_ph"} and {r.method for r in runs} == {"cdp-dit"}
+    assert table(runs, "final").splitlines()[2] == "| cdp-dit | 37.5 ± 12.5 (2) |"
+    assert table(runs, "best").splitlines()[2] == "| cdp-dit | 62.5 ± 12.5 (2) |"
+    assert runs[0].curve == [(1500, 75.0), (3000, 50.0)]
+    assert "success rate (%)" in write_report(tmp_path).read_text()
