@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,17 @@ def plot_eval_curve(out: Path, key: str, ylabel: str) -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write(out / "curve.png", buf.getvalue())
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A run log's rows (``[]`` when the file is not there yet)."""
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+def write_record(run_dir: Path, path: Path) -> Path:
+    """A small per-run record (config, summary, evaluation curve) at ``path``, to commit under
+    ``results/``; checkpoints stay in the run folder."""
+    rec = {"config": json.loads((run_dir / "config.json").read_text()),
+           "summary": json.loads((run_dir / "summary.json").read_text()), "eval": read_rows(run_dir / "eval.csv")}
+    atomic_write(path, json.dumps(rec, indent=1).encode())
+    return path

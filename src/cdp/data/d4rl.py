@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transitions import DatasetError, Transitions
+from .transitions import DatasetError, Transitions, open_hdf5
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 
@@ -20,16 +20,8 @@ def load_d4rl_hdf5(path: str | Path) -> Transitions:
     same episode is dropped (what D4RL's ``qlearning_dataset`` does at timeouts); a terminal
     row keeps the following row as its (unused, never bootstrapped) next observation.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"D4RL file not found: {path}")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"not a readable HDF5 file: {path} ({e})") from None
-    with fh:
+    with open_hdf5(path, f"D4RL file not found: {path}") as fh:
         missing = [k for k in REQUIRED if k not in fh]
         if missing:
             raise DatasetError(f"{path}: missing D4RL key(s) {missing}; found {sorted(fh.keys())}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transitions import DatasetError
+from .transitions import DatasetError, open_hdf5
 
 
 @dataclass
@@ -101,16 +101,8 @@ def _demo_index(name: str) -> int:
 def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_key: str | None = None) -> DemoDataset:
     """Read ``path`` (robomimic layout). ``obs_keys``: streams to load (default all);
     ``filter_key``: only the demos listed in ``mask/<filter_key>``."""
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no robomimic dataset at {path}")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path} is not a readable HDF5 file ({e})") from None
-    with fh:
+    with open_hdf5(path, f"no robomimic dataset at {path}") as fh:
         if "data" not in fh:
             raise DatasetError(f"{path} has no 'data' group: not a robomimic dataset")
         data = fh["data"]

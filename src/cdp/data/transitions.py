@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as given (missing keys, wrong shapes, non-finite values)."""
+
+
+class DatasetNotFound(DatasetError, FileNotFoundError):
+    """No dataset file at the path given."""
+
+
+def open_hdf5(path: Path, missing: str):
+    """``h5py.File(path, "r")``, or one clear error: :class:`DatasetNotFound` with ``missing`` when
+    there is no file, :class:`DatasetError` when it is not HDF5."""
+    import h5py
+
+    if not path.is_file():
+        raise DatasetNotFound(missing)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path} is not a readable HDF5 file ({e})") from None
 
 
 @dataclass

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import append_csv, drop_rows_after, plot_eval_curve
+from ..runlog import append_csv, drop_rows_after, plot_eval_curve, read_rows, write_record
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
@@ -237,7 +237,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
             res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
             res["action_spread"] = action_spread(ema, spread_obs)
             eval_seconds += time.perf_counter() - te
-            prev = [float(r["success_rate"]) for r in _rows(out / "eval.csv")]
+            prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
             append_csv(out / "eval.csv", {"step": step, **res})
             for k, v in res.items():
                 tb.add_scalar(f"eval/{k}", v, step)
@@ -257,16 +257,10 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
     return summary
 
 
-def _rows(path: Path) -> list[dict]:
-    import csv
-
-    return list(csv.DictReader(path.open())) if path.is_file() else []
-
-
 def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int = 3) -> dict:
     """Success at the last evaluation, the max over evaluations (robomimic's report), and the mean
     of the last ``last`` evaluations."""
-    rows = _rows(out / "eval.csv")
+    rows = read_rows(out / "eval.csv")
     s = [float(r["success_rate"]) for r in rows]
     summary = {"step": int(rows[-1]["step"]), "final": s[-1], "best": max(s), f"mean_last{last}": float(np.mean(s[-last:])),
                "evals": len(rows), "seconds_per_1k_steps": sec_per_1k, "train_seconds_per_1k_steps": train_sec_per_1k}
@@ -278,13 +272,10 @@ def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int =
 
 
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
-    """A small per-run record (config, summary, evaluation curve) to commit under ``results/``."""
+    """The run's record at ``<results_dir>/<task>/<run name>.json`` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    cfg = json.loads((run / "config.json").read_text())
-    rec = {"config": cfg, "summary": json.loads((run / "summary.json").read_text()), "eval": _rows(run / "eval.csv")}
-    path = Path(results_dir) / cfg["task"] / (ILTrainConfig(**cfg).run_name() + ".json")
-    atomic_write(path, json.dumps(rec, indent=1).encode())
-    return path
+    cfg = ILTrainConfig(**json.loads((run / "config.json").read_text()))
+    return write_record(run, Path(results_dir) / cfg.task / f"{cfg.run_name()}.json")
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy") -> dict:

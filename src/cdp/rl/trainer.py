@@ -8,7 +8,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import append_csv, drop_rows_after, plot_eval_curve
+from ..runlog import append_csv, drop_rows_after, plot_eval_curve, read_rows, write_record
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
@@ -238,22 +237,16 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000)
 
 
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
-    """A small per-run record (config, summary, evaluation curve) to commit under ``results/``;
-    checkpoints stay in the run folder."""
+    """The run's record at ``<results_dir>/<dataset>/<run name>.json`` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    cfg = json.loads((run / "config.json").read_text())
-    rec = {"config": cfg, "summary": json.loads((run / "summary.json").read_text()),
-           "eval": list(csv.DictReader((run / "eval.csv").open()))}
-    name = TrainConfig(**cfg).run_name() + ".json"
-    path = Path(results_dir) / cfg["dataset"].replace("/", "_") / name
-    atomic_write(path, json.dumps(rec, indent=1).encode())
-    return path
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    return write_record(run, Path(results_dir) / cfg.dataset.replace("/", "_") / f"{cfg.run_name()}.json")
 
 
 def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_per_step: float) -> dict:
     """Final and best evaluation score, and wall time per 1k steps with and without evaluations
     (measured over the steps this process ran, so a resumed run reports its last leg)."""
-    rows = list(csv.DictReader((out / "eval.csv").open()))
+    rows = read_rows(out / "eval.csv")
     key = "d4rl_score_mean" if ref_source else "return_mean"
     vals = [float(r[key]) for r in rows]
     return {"step": int(rows[-1]["step"]), "final": vals[-1], "best": max(vals), "metric": key,
@@ -262,6 +255,6 @@ def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_
 
 
 def plot_curve(out: Path) -> None:
-    rows = list(csv.DictReader((out / "eval.csv").open()))
+    rows = read_rows(out / "eval.csv")
     key = "d4rl_score_mean" if "d4rl_score_mean" in rows[0] else "return_mean"
     plot_eval_curve(out, key, "D4RL-normalised score" if key.startswith("d4rl") else "return")
