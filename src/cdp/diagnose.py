@@ -67,7 +67,7 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
                          pol.action_start)
         obs, act = w.batch(torch.as_tensor(rng.integers(0, len(w), states)))
         c = pol.config
-        return Flow(f"{icfg.task}/{icfg.run_name()}", pol.net, pol.schedule, c.prediction, pol._cond(obs),
+        return Flow(f"{icfg.task}/{icfg.run_name()}", pol.net, pol.schedule, c.prediction, pol.cond(obs),
                     pol.act_norm(act), c.sampler, c.sample_steps)
     from .rl.edp import EDP
     from .rl.trainer import TrainConfig, load_dataset, make_agent

@@ -53,7 +53,7 @@ class BCGMM(ChunkPolicy):
     def distribution(self, obs: Tensor, std: float | None = None) -> MixtureSameFamily:
         """The mixture over normalised actions for ``obs [B, To, obs_dim]``."""
         c = self.config
-        out = self.head(self.trunk(self.obs_norm(obs).reshape(obs.shape[0], -1)))
+        out = self.head(self.trunk(self.cond(obs)))
         K, d = c.modes, c.action_dim
         mean, raw_std, logits = out[:, :K * d], out[:, K * d:2 * K * d], out[:, 2 * K * d:]
         mean = torch.tanh(mean).view(-1, K, d)

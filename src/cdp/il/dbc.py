@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..diffusion import VPSchedule, denoising_loss
 from ..nets import DiT
+from ..nets.mlp import mlp
 from .policy import ChunkPolicy, PolicyConfig
 
 
@@ -46,26 +47,17 @@ class DBC(ChunkPolicy):
         super().__init__(config)
         c = config
         cond = c.n_obs_steps * c.obs_dim
-        layers: list[nn.Module] = []
-        width = cond
-        for _ in range(c.depth):
-            layers += [nn.Linear(width, c.hidden), nn.Mish()]
-            width = c.hidden
-        layers += [nn.Linear(width, c.horizon * c.action_dim), nn.Tanh()]
-        self.pi = nn.Sequential(*layers)
+        self.pi = nn.Sequential(*mlp(cond, c.horizon * c.action_dim, c.hidden, c.depth), nn.Tanh())
         self.dm = DiT(c.action_dim, cond, width=c.dit_width, depth=c.dit_depth, heads=c.dit_heads, max_horizon=c.horizon)
         self.schedule = VPSchedule.discrete_cosine(c.train_steps)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # stage clock, saved with the weights
-
-    def _cond(self, obs: Tensor) -> Tensor:
-        return self.obs_norm(obs).reshape(obs.shape[0], -1)
 
     def _pi(self, cond: Tensor) -> Tensor:
         c = self.config
         return self.pi(cond).view(-1, c.horizon, c.action_dim)
 
     def compute_loss(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        c, cond, a = self.config, self._cond(obs), self.act_norm(actions)
+        c, cond, a = self.config, self.cond(obs), self.act_norm(actions)
         stage1 = int(self.updates) < c.pretrain_steps
         if self.training:
             self.updates += 1
@@ -85,4 +77,4 @@ class DBC(ChunkPolicy):
 
     @torch.no_grad()
     def predict_chunk(self, obs: Tensor) -> Tensor:
-        return self.act_norm.inverse(self._pi(self._cond(obs)).clamp(-1, 1))
+        return self.act_norm.inverse(self._pi(self.cond(obs)).clamp(-1, 1))

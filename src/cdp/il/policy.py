@@ -75,6 +75,10 @@ class ChunkPolicy(nn.Module):
         """Index of the current step within a predicted chunk."""
         return self.config.n_obs_steps - 1
 
+    def cond(self, obs: Tensor) -> Tensor:
+        """Normalised, flattened observation history: ``[B, To, obs_dim] -> [B, To * obs_dim]``."""
+        return self.obs_norm(obs).reshape(obs.shape[0], -1)
+
     def set_stats(self, obs: np.ndarray, actions: np.ndarray) -> None:
         """Fit the min-max normalisers on the training data (``[N, obs_dim]``, ``[N, d]``)."""
         self.obs_norm.load_state_dict(MinMax.fit(obs).state_dict())
@@ -221,12 +225,9 @@ class DiffusionPolicy(ChunkPolicy):
         self.reg = (ContractionRegularizer(self.schedule, c.prediction, c.contraction)  # type: ignore[arg-type]
                     if c.contraction is not None and c.contraction.gamma > 0 else None)
 
-    def _cond(self, obs: Tensor) -> Tensor:
-        return self.obs_norm(obs).reshape(obs.shape[0], -1)
-
     def compute_loss(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
         """obs ``[B, To, obs_dim]``, actions ``[B, Tp, d]`` (environment units)."""
-        c, x0, cond = self.config, self.act_norm(actions), self._cond(obs)
+        c, x0, cond = self.config, self.act_norm(actions), self.cond(obs)
         if self.reg is not None:
             out = self.reg.loss(self.net, x0, cond, num_steps=c.train_steps)
             denoise, contraction = out.denoising.loss.mean(), out.contraction
@@ -239,7 +240,7 @@ class DiffusionPolicy(ChunkPolicy):
     @torch.no_grad()
     def predict_chunk(self, obs: Tensor, noise: Tensor | None = None) -> Tensor:
         """``[B, Tp, d]`` actions (environment units) for ``obs [B, To, obs_dim]``."""
-        c, cond = self.config, self._cond(obs)
+        c, cond = self.config, self.cond(obs)
         x_T = noise if noise is not None else torch.randn(obs.shape[0], c.horizon, c.action_dim)
         x = sample(lambda a, t: self.net(a, t, cond), x_T, self.schedule, c.sampler, c.sample_steps,  # type: ignore[arg-type]
                    c.prediction, clip_x0=1.0)  # type: ignore[arg-type]

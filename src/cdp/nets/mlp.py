@@ -33,6 +33,16 @@ class Mish(nn.Module):
         return n.div_(n + 2).mul_(x)
 
 
+def mlp(inp: int, out: int, hidden: int = 256, depth: int = 3) -> nn.Sequential:
+    """``depth`` Linear + Mish layers of width ``hidden``, then a Linear to ``out`` (DQL/EDP's 3 x 256)."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(inp, hidden), Mish()]
+        inp = hidden
+    layers.append(nn.Linear(inp, out))
+    return nn.Sequential(*layers)
+
+
 class _MishJvp(torch.autograd.Function):
     """``(z, z') -> (mish(z), mish'(z) z')`` with a hand-written backward.
 

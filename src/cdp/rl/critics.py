@@ -5,16 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..nets.mlp import Mish
-
-
-def mlp(inp: int, out: int, hidden: int = 256, depth: int = 3) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for _ in range(depth):
-        layers += [nn.Linear(inp, hidden), Mish()]
-        inp = hidden
-    layers.append(nn.Linear(inp, out))
-    return nn.Sequential(*layers)
+from ..nets.mlp import mlp
 
 
 class TwinQ(nn.Module):
