@@ -67,3 +67,24 @@ def test_imitation_records_report_success_in_percent(tmp_path):
     assert table(runs, "best").splitlines()[2] == "| cdp-dit | 62.5 ± 12.5 (2) |"
     assert runs[0].curve == [(1500, 75.0), (3000, 50.0)]
     assert "success rate (%)" in write_report(tmp_path).read_text()
+
+
+def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
+    """CDP - EDP per fraction from the same fixture as a hand computation; the paper's +8.4 sits
+    beside the hopper medium-replay row; gamma variants compare with the same base."""
+    from cdp.report import base_of, cdp_vs_base
+
+    for seed, (e, c) in enumerate([(10.0, 13.0), (20.0, 21.0)]):
+        write_record(tmp_path, "edp", 1.0, seed, e, e, [e, e])
+        write_record(tmp_path, "cdp", 1.0, seed, c, c, [c, c])
+    write_record(tmp_path, "cdp", 1.0, 9, 40.0, 40.0, [40.0])  # gamma 1
+    runs = load_runs(tmp_path)
+    assert {r.gamma for r in runs} == {0.0, 0.1, 1.0}
+    assert base_of("cdp-g1") == "edp" and base_of("cdp-unet-g1-mNone") == "dp-unet" and base_of("dp-dit") is None
+    lines = cdp_vs_base(runs).splitlines()
+    # CDP mean 17, EDP mean 15; s.e. of (13, 21) = 4, of (10, 20) = 5
+    assert lines[2].startswith("| cdp vs edp | +2.0 (±4.0 / ±5.0; n 2/2) | +8.4 | 1.00x | 1.14x |")
+    assert lines[3].startswith("| cdp-g1 vs edp | +25.0 (±0.0 / ±5.0; n 1/2) |  |")
+    text = write_report(tmp_path).read_text()
+    assert "CDP vs its base" in text and (tmp_path / "cdp_hopper_medium-replay-v0_bars.png").stat().st_size > 1000
+    assert (tmp_path / "cdp_hopper_medium-replay-v0_edp_gamma.png").stat().st_size > 1000  # gammas 0, 0.1, 1

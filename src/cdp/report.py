@@ -32,6 +32,8 @@ class Run:
     kind: str  # "rl" or "il"
     summary: dict
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, score) per evaluation
+    gamma: float = 0.0  # contraction weight (0 for a base method)
+    margin: float | None = None
 
 
 def _method(name: str) -> str:
@@ -65,7 +67,9 @@ def load_runs(root: str | Path) -> list[Run]:
         curve = [(int(r["step"]), float(r[key]) * scale) for r in rec.get("eval", []) if r.get(key) not in (None, "")]
         if curve and "mean_last3" not in summary:  # one evaluation is noisy: also the mean of the last three
             summary = {**summary, "mean_last3": float(np.mean([v for _, v in curve[-3:]]))}
-        runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve))
+        cdp = c.policy.startswith("cdp") if kind == "il" else c.algo == "cdp"
+        runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve,
+                        float(c.gamma) if cdp else 0.0, c.margin if cdp else None))
     if not runs:
         raise FileNotFoundError(f"no run records under {root}")
     return runs
@@ -103,6 +107,124 @@ def table(runs: list[Run], metric: str = "final") -> str:
     return "\n".join(lines)
 
 
+def base_of(method: str) -> str | None:
+    """The method a contraction variant adds its term to: ``cdp`` -> ``edp``, ``cdp-unet`` ->
+    ``dp-unet``, ``cdp-iql-g1-mNone`` -> ``edp-iql`` (the contraction's own gamma / window / margin
+    parts dropped); None for a base method."""
+    if not method.startswith("cdp"):
+        return None
+    method = re.sub(r"-(g|tmax|m)(None|[0-9.e+-]+?)(?=-|$)", "", method)
+    if method == "cdp" or method.startswith("cdp-") and method.split("-")[1] not in ("unet", "dit", "mlp"):
+        return "edp" + method[3:]
+    if method.startswith("cdp-"):
+        return "dp-" + method[4:]
+    return None
+
+
+def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
+    """Markdown: for every contraction method with its base in ``runs``, the difference of means
+    (CDP - base) per data fraction with both standard errors, the paper's full-data gain where it
+    has one, and the training-time ratio (evaluations excluded) beside the paper's GPU ratio."""
+    from . import paper
+
+    methods = sorted({r.method for r in runs})
+    pairs = [(m, base_of(m)) for m in methods if base_of(m) in methods]
+    if not pairs:
+        return ""
+    fracs = sorted({r.fraction for r in runs}, reverse=True)
+    vals = lambda m, f: [r.summary[metric] for r in runs if r.method == m and r.fraction == f and metric in r.summary]  # noqa: E731
+    secs = lambda m: [r.summary["train_seconds_per_1k_steps"] for r in runs  # noqa: E731
+                      if r.method == m and "train_seconds_per_1k_steps" in r.summary]
+    key, kind = paper.task_key(runs[0].group), runs[0].kind
+    lines = ["| CDP - base | " + " | ".join(f"{f:.0%} data" for f in fracs) + " | paper (100%) | time ratio | paper ratio |",
+             "|---|" + "---:|" * (len(fracs) + 3)]
+    for m, b in pairs:
+        row = []
+        for f in fracs:
+            x, y = vals(m, f), vals(b, f)
+            if not x or not y:
+                row.append("")
+                continue
+            (mx, sx), (my, sy) = mean_se(x), mean_se(y)
+            row.append(f"{mx - my:+.1f} (±{sx:.1f} / ±{sy:.1f}; n {len(x)}/{len(y)})")
+        gain = f"{paper.GAIN_OVER_EDP[key]:+.1f}" if key and b.startswith("edp") and m == "cdp" else ""
+        tm, tb = secs(m), secs(b)
+        ratio = f"{np.mean(tm) / np.mean(tb):.2f}x" if tm and tb else ""
+        lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" | {gain} | {ratio} | {paper.cost_ratio(kind):.2f}x |")
+    return "\n".join(lines)
+
+
+def _bars(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes:
+    """Grouped bars: one group per method, one bar per data fraction (mean ± s.e. over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fracs = sorted({r.fraction for r in runs}, reverse=True)
+    methods = sorted({r.method for r in runs})
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(methods) + 1), 3.4))
+    w = 0.8 / len(fracs)
+    for i, f in enumerate(fracs):
+        stats = [mean_se(v) if (v := [r.summary[metric] for r in runs if r.method == m and r.fraction == f
+                                      and metric in r.summary]) else (np.nan, 0.0) for m in methods]
+        x = np.arange(len(methods)) + (i - (len(fracs) - 1) / 2) * w
+        ax.bar(x, [s[0] for s in stats], w, yerr=[s[1] for s in stats], capsize=3, label=f"{f:.0%} data")
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} ({metric})", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes | None:
+    """Score (and, for imitation, the number of demonstrated goal orders reproduced) against gamma,
+    one line per margin and data fraction; the base method is gamma 0. None with fewer than
+    three gamma values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gammas = sorted({r.gamma for r in runs})
+    if len(gammas) < 3:
+        return None
+    modes = any("modes_final" in r.summary for r in runs)
+    fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
+    lines = sorted({(r.fraction, r.margin) for r in runs if r.gamma > 0}, key=lambda k: (-k[0], str(k[1])))
+    for ax, key, lab in zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")):
+        for f, mg in lines:
+            pts = []
+            for g in gammas:
+                v = [r.summary[key] for r in runs if r.fraction == f and key in r.summary
+                     and (r.gamma == g == 0 or r.gamma == g and r.margin == mg)]
+                if v:
+                    pts.append((g, *mean_se(v)))
+            if pts:
+                xs, mu, se = (np.array(c) for c in zip(*pts))
+                ax.errorbar(np.maximum(xs, min(g for g in gammas if g > 0) / 10), mu, yerr=se, marker="o", ms=3,
+                            capsize=3, label=f"{f:.0%} data, margin {mg}")
+        ax.set_xscale("log")
+        ax.set_xlabel("gamma (base method drawn at gamma_min / 10)")
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(f"{title}: gamma sensitivity", fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
     import matplotlib
 
@@ -128,10 +250,7 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
@@ -150,6 +269,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
             "D4RL-normalised score" if rs[0].summary.get("metric") == "d4rl_score_mean" else "return")
         png = re.sub(r"[^A-Za-z0-9_.-]+", "_", g) + ".png"
         atomic_write(out / png, _plot_curves(rs, g, unit))
+        bars = png.replace(".png", "_bars.png")
+        atomic_write(out / bars, _bars(rs, g, unit))
         md += [f"## {g}", "", f"{unit}; steps: {sorted({r.summary.get('step') for r in rs})}", ""]
         metrics = [("final", "at the last evaluation"), ("mean_last3", "mean of the last three evaluations"),
                    ("best", "best evaluation (max over checkpoints)")]
@@ -162,7 +283,18 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                 per[m].append(s)
             md += ["Training time (s per 1k steps, evaluations excluded): "
                    + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in sorted(per.items())), ""]
-        md += [f"![{g}]({png})", ""]
+        versus = cdp_vs_base(rs)
+        if versus:
+            md += ["**CDP vs its base** — difference of mean_last3 (standard errors of CDP / base; seed counts); "
+                   "the paper's full-data gain where it reports one (on D4RL's data, not these); training-time "
+                   "ratio CDP / base here and on the paper's GPU", "", versus, ""]
+        md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
+        for b in sorted({base_of(r.method) for r in rs} - {None}):
+            sens = _sensitivity([r for r in rs if b in (r.method, base_of(r.method))], f"{g} {b}", unit)
+            if sens is not None:
+                name = png.replace(".png", f"_{b}_gamma.png")
+                atomic_write(out / name, sens)
+                md += [f"![{g}, gamma sensitivity of the contraction on {b}]({name})", ""]
     path = out / "report.md"
     atomic_write(path, "\n".join(md).encode())
     return path

@@ -67,6 +67,8 @@ class ILTrainConfig:
     dit_width: int = 128
     dit_depth: int = 4
     dbc_pretrain_steps: int = 2000  # dbc-dit: diffusion-model stage before the policy's
+    horizon: int = 16  # Tp, diffusion policies (BC-GMM predicts one action)
+    n_action_steps: int = 8  # Ta, diffusion policies
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +103,8 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
     backbone = cfg.policy.split("-")[1]
     contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, subbatch=cfg.contraction_subbatch)
                    if cfg.policy.startswith("cdp") else None)
-    return DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
+    return DiffusionPolicy(DiffusionPolicyConfig(**base, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
+                                                 backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
                                                  dit_depth=cfg.dit_depth, contraction=contraction))
 

@@ -26,8 +26,8 @@ class Mish(nn.Module):
     fused backward kernels beat any hand-written backward here."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return x * torch.tanh(F.softplus(x))
+        if torch.is_grad_enabled():  # not x.requires_grad: under torch.func transforms it can say False
+            return x * torch.tanh(F.softplus(x))  # while the parameters still need this graph
         e = x.clamp(max=20.0).exp_()
         n = (e + 2).mul_(e)
         return n.div_(n + 2).mul_(x)
