@@ -7,15 +7,28 @@ from cdp.cli import main
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "60", "--n-data", "64", "--no-progress"]) == 0
+    args = ["demo", "--out", str(tmp_path), "--steps", "30", "--eval-episodes", "4", "--toy-steps", "60",
+            "--n-data", "64", "--no-progress"]
+    assert main(args) == 0
     out = capsys.readouterr().out
+    # part 1: both policies trained, evaluated and tabulated; part 2: the toy
+    assert "| cdp-dit vs dp-dit |" in out and "| dp-dit | " in out and "cdp sweep experiments/imitation_reach_hard.toml" in out
+    recs = sorted(p.name for p in (tmp_path / "results").rglob("*.json"))
+    assert len(recs) == 2 and (tmp_path / "data" / "reach_ph.hdf5").is_file()
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "reach_reach_ph_bars.png").is_file()
+    cfg = json.loads(next((tmp_path / "results").rglob("cdp-dit*.json")).read_text())["config"]
+    assert cfg["fraction"] == 0.1 and cfg["contraction_subbatch"] == 16 and cfg["steps"] == 30
     assert "CDP (gamma=0.1, margin=0.1)" in out and "wrote" in out
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    toy = tmp_path / "toy"
+    summary = json.loads((toy / "summary.json").read_text())
     assert len(summary["runs"]) == 3
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((toy / "config.json").read_text())
     assert config["CDP (gamma=0.1, margin=0.1)"]["contraction"]["gamma"] == 0.1
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert (toy / "demo.png").stat().st_size > 10_000
+    assert not [p for p in toy.iterdir() if p.name.startswith(".")]  # no temp files left
+    # a second run finds every job finished and only reports
+    assert main(args) == 0
+    assert "| cdp-dit vs dp-dit |" in capsys.readouterr().out
 
 
 def test_bad_cli_arguments(capsys):

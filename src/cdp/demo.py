@@ -1,9 +1,15 @@
-"""``cdp demo``: the contraction regulariser on scarce two-mode data, with and without it.
+"""``cdp demo``: a diffusion policy with and without the contraction term, on scarce data.
 
-Trains three small diffusion models on the same 2-D two-mode action data (70/30): plain, CDP at
-the defaults (gamma 0.1, margin 0.1), and CDP with a huge weight and no margin (the failure
-mode the margin exists to prevent). Prints what each one samples and how contracting its
-sampling flow is, and writes a figure, the configs and a JSON summary to the output folder.
+Part 1 (the main one): the multi-goal reaching task (no simulator), 200 scripted demonstrations
+made on the spot, of which 10% (20) are kept; Diffusion Policy with a DiT backbone (DP-DiT) and
+the same with the contraction term (CDP-DiT, gamma 0.1, margin 0.1, every t, 16-sample
+sub-batch), trained side by side in two processes (a :mod:`cdp.sweep` grid, so a re-run resumes)
+and evaluated on 50 rollouts; prints success rate, goal orders reproduced, action spread and the
+CDP-vs-base table, and writes :func:`cdp.report.write_report`'s plots.
+
+Part 2: three small diffusion models on 2-D two-mode action data (70/30): plain, CDP at the
+defaults, and CDP with a huge weight and no margin (the failure mode the margin exists to
+prevent): what each samples and how contracting its sampling flow is, with a figure.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch
 
 from .contraction import ContractionConfig, contraction_loss
 from .io import atomic_write
+from .report import cdp_vs_base, load_runs, table, write_report
+from .sweep import SweepConfig, run_sweep
 from .toy import two_mode_2d
 from .toy_train import ToyResult, ToyTrainConfig, train_toy
 
@@ -89,9 +97,67 @@ def plot(path: Path, data: torch.Tensor, results: list[tuple[str, ToyResult]], t
         plt.close(fig)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, n_data: int = 200, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Train the three models, print a table, write ``demo.png``, ``config.json``, ``summary.json``."""
+#: Part 1's runs: CPU-sized as the reach-hard study (experiments/imitation_reach_hard.toml).
+POLICY_RUN = dict(task="reach", fraction=0.1, batch_size=64, lr=3e-4, dit_width=64, dit_depth=4,
+                  contraction_subbatch=16)
+FULL_STUDY = "cdp sweep experiments/imitation_reach_hard.toml  (then: cdp report results/il)"
+
+
+def policy_sweep(out: Path, steps: int, eval_episodes: int, seeds: int) -> SweepConfig:
+    """DP-DiT and CDP-DiT on 10% of the reach demonstrations, ``seeds`` seeds, two workers."""
+    fixed = {**POLICY_RUN, "dataset": str(out / "data" / "reach_ph.hdf5"), "steps": steps,
+             "eval_every": max(1, steps // 3), "eval_episodes": eval_episodes, "checkpoint_every": max(1, steps // 6),
+             "log_every": max(1, min(100, steps // 10))}
+    return SweepConfig(kind="il", out=str(out / "runs"), results=str(out / "results"), workers=2, threads=1,
+                       grid={"seed": list(range(seeds)), "policy": ["dp-dit", "cdp-dit"]}, fixed=fixed)
+
+
+def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
+                    progress: bool = True) -> str:
+    """Part 1: make the data if missing, train/evaluate (or resume) the grid, print and return
+    the tables (markdown)."""
+    from .data.robomimic import write_robomimic
+    from .il.tasks import get_task
+
+    out = Path(out_dir)
+    data = out / "data" / "reach_ph.hdf5"
+    if not data.is_file():
+        write_robomimic(data, get_task("reach").make_demos(200, "ph", 0))
+    sweep = policy_sweep(out, steps, eval_episodes, seeds)
+    print(f"part 1: DP-DiT vs CDP-DiT on reach, 20 of 200 demonstrations, {steps} steps, {seeds} seed(s), "
+          f"{eval_episodes} evaluation rollouts; two processes", flush=True)
+    run_sweep(sweep, progress=progress)
+    runs = load_runs(sweep.results)  # type: ignore[arg-type]
+    write_report(sweep.results, out / "report")  # type: ignore[arg-type]
+    md = "\n\n".join([
+        "success rate (%), last evaluation:\n" + table(runs, "final"),
+        "success rate (%), best evaluation:\n" + table(runs, "best"),
+        "goal orders reproduced by successful rollouts (of 6), last evaluation:\n" + table(runs, "modes_final", bold=False),
+        "action spread (std of sampled actions per state over sampler seeds, normalised units):\n"
+        + table(runs, "action_spread_final", digits=3, bold=False),
+        "CDP vs its base (difference of mean_last3, success %):\n" + cdp_vs_base(runs)])
+    print("\n" + md)
+    print(f"\nplots and report: {out / 'report'}")
+    return md
+
+
+def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
+             toy_steps: int = 3000, n_data: int = 200, seed: int = 0, progress: bool = True) -> dict:
+    """Both parts; returns part 2's summary plus part 1's tables and the wall time."""
+    t0 = time.perf_counter()
+    tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress)
+    print("\npart 2: the contraction term on two-mode 2-D action data", flush=True)
+    summary = run_toy(Path(out_dir) / "toy", toy_steps, n_data, seed, progress)
+    summary["policy_tables"] = tables
+    wall = time.perf_counter() - t0
+    print(f"\ndemo done in {wall / 60:.1f} min. The full imitation study (6 policies, 100% and 10% data, 3 seeds): "
+          f"\n  {FULL_STUDY}\nand everything at this machine's scale: cdp reproduce")
+    return summary
+
+
+def run_toy(out_dir: str | Path = "runs/demo/toy", steps: int = 3000, n_data: int = 200, seed: int = 0,
+            progress: bool = True) -> dict:
+    """Part 2: train the three models, print a table, write ``demo.png``, ``config.json``, ``summary.json``."""
     out = Path(out_dir)
     mix = two_mode_2d(weight=0.7)
     base = ToyTrainConfig(steps=steps, n_data=n_data, seed=seed)

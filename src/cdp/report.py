@@ -81,8 +81,8 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return float(x.mean()), (float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0)
 
 
-def table(runs: list[Run], metric: str = "final") -> str:
-    """Markdown: rows = methods, columns = data fractions; ``mean ± s.e. (n)``, best mean bold."""
+def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = True) -> str:
+    """Markdown: rows = methods, columns = data fractions; ``mean ± s.e. (n)``, best (largest) mean bold."""
     fracs = sorted({r.fraction for r in runs}, reverse=True)
     methods = sorted({r.method for r in runs})
     cells: dict[tuple[str, float], tuple[float, float, int]] = {}
@@ -101,8 +101,8 @@ def table(runs: list[Run], metric: str = "final") -> str:
                 row.append("")
                 continue
             mu, se, n = cells[m, f]
-            txt = f"{mu:.1f} ± {se:.1f} ({n})"
-            row.append(f"**{txt}**" if best[f] is not None and mu == best[f] and len(methods) > 1 else txt)
+            txt = f"{mu:.{digits}f} ± {se:.{digits}f} ({n})"
+            row.append(f"**{txt}**" if bold and best[f] is not None and mu == best[f] and len(methods) > 1 else txt)
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,150 @@
+"""``cdp reproduce [--quick]``: the paper's two tables and its 10%-data ablation at this machine's scale.
+
+Runs the bundled study grids (``cdp/studies/*.toml``, linked as ``experiments/``) one after the
+other — offline RL (EDP, CDP; then BC, DQL, IDQL) on the generated hopper / walker2d
+medium-replay datasets, and imitation (BC-GMM, DBC-DiT, DP / CDP with UNet and DiT backbones) on
+MultiReach-hard and robosuite Lift, each at 100% and 10% of the data — making any dataset that is
+missing first, then writes one markdown file with every study's tables, the CDP-vs-base
+differences beside the paper's, the steps, seeds and wall time. Every study is a resumable sweep:
+an interrupted ``cdp reproduce`` picks up where it stopped, finished runs are never repeated.
+
+``--quick`` shrinks every study (:class:`Quick`: a fraction of the steps, one seed, fewer
+evaluation rollouts) into separate run and result folders, so it never mixes with the full runs;
+its numbers are a pipeline check, not a result, and the output says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, replace
+from importlib.resources import files
+from pathlib import Path
+
+from .io import atomic_write
+from .report import write_report
+from .sweep import SweepConfig, load_sweep, run_sweep
+
+#: Study name -> (title, datasets it needs as ("rl", task, quality) / ("il", task, quality)).
+STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "offline_rl": ("Offline RL: EDP vs CDP (the paper's first table, two of its rows)",
+                   [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
+    "offline_rl_baselines": ("Offline RL baselines: BC, DQL, IDQL",
+                             [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
+    "imitation_reach_hard": ("Imitation on MultiReach-hard (the paper's second table, procedural task)",
+                             [("il", "reach-hard", "ph")]),
+    "imitation_lift": ("Imitation on robosuite Lift (the paper's second table)", [("il", "lift", "ph")]),
+}
+
+
+@dataclass(frozen=True)
+class Quick:
+    """How ``--quick`` shrinks a study."""
+
+    steps_divisor: int = 25
+    min_steps: int = 200
+    seeds: int = 1
+    evals: int = 2
+    max_eval_episodes: int = 10
+
+
+def study_path(name: str) -> Path:
+    """The bundled grid ``cdp/studies/<name>.toml``."""
+    p = Path(str(files("cdp") / "studies" / f"{name}.toml"))
+    if not p.is_file():
+        known = sorted(q.stem for q in p.parent.glob("*.toml"))
+        raise FileNotFoundError(f"no bundled study {name!r}; known: {known}")
+    return p
+
+
+def shrink(sweep: SweepConfig, quick: Quick) -> SweepConfig:
+    """The same grid, smaller: steps / divisor (at least ``min_steps``), the first ``seeds``
+    seeds, ``evals`` evaluations of at most ``max_eval_episodes`` rollouts; run folders and
+    records under ``<out>-quick`` / ``<results>-quick``."""
+    fixed = dict(sweep.fixed)
+    steps = max(quick.min_steps, int(fixed.get("steps", 20_000)) // quick.steps_divisor)
+    fixed.update(steps=steps, eval_every=max(1, steps // quick.evals),
+                 eval_episodes=min(int(fixed.get("eval_episodes", 50)), quick.max_eval_episodes))
+    if "checkpoint_every" in fixed:
+        fixed["checkpoint_every"] = max(1, steps // 4)
+    grid = dict(sweep.grid)
+    if "seed" in grid:
+        grid["seed"] = grid["seed"][: quick.seeds]
+    else:
+        fixed["seed"] = fixed.get("seed", 0)
+    return replace(sweep, fixed=fixed, grid=grid, out=sweep.out.rstrip("/") + "-quick",
+                   results=(sweep.results.rstrip("/") + "-quick") if sweep.results else None)
+
+
+def ensure_data(needs: list[tuple[str, str, str]]) -> None:
+    """Make each missing dataset (Minari's local store for RL, ``data/il/`` for imitation)."""
+    for kind, task, quality in needs:
+        if kind == "rl":
+            from .data.generate import make_dataset
+
+            make_dataset(task, quality, f"data/agents/{task.lower()}-sac-s0")
+        else:
+            path = Path(f"data/il/{task}_{quality}.hdf5")
+            if not path.is_file():
+                from .data.robomimic import write_robomimic
+                from .il.tasks import get_task
+
+                print(f"making {path} ...", flush=True)
+                write_robomimic(path, get_task(task).make_demos(200, quality, 0, progress=True))
+
+
+def _scale_line(sweep: SweepConfig) -> str:
+    f, g = sweep.fixed, sweep.grid
+    seeds = g.get("seed", [f.get("seed", 0)])
+    return (f"{f.get('steps')} steps, seeds {seeds}, evaluation every {f.get('eval_every')} steps on "
+            f"{f.get('eval_episodes')} episodes; grid {', '.join(f'{k} {v}' for k, v in g.items() if k != 'seed')}")
+
+
+def reproduce(quick: bool = False, only: list[str] | None = None, workers: int | None = None,
+              out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick()) -> Path:
+    """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path."""
+    names = list(STUDIES) if not only else only
+    unknown = [n for n in names if n not in STUDIES]
+    if unknown:
+        raise ValueError(f"unknown study {unknown}; choose from {list(STUDIES)}")
+    out = Path(out) if out is not None else Path("results") / ("reproduce-quick.md" if quick else "reproduce.md")
+    import torch
+
+    md = [f"# cdp reproduce{' --quick' if quick else ''}", "",
+          f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
+          "Datasets generated here (not D4RL's or robomimic's: docs/offline_rl.md, docs/imitation.md).", ""]
+    if quick:
+        md += [f"**Quick mode** ({quick_scale}): a pipeline check at a tiny budget, not a result.", ""]
+    # studies sharing a results folder (RL: EDP/CDP and the baselines; imitation: both tasks)
+    # share one report, shown once, as it stands after the last of them
+    runs_md: list[str] = []
+    reports: dict[str, str] = {}
+    t_all = time.perf_counter()
+    for name in names:
+        title, needs = STUDIES[name]
+        sweep = load_sweep(study_path(name))
+        if quick:
+            sweep = shrink(sweep, quick_scale)
+        if workers is not None:
+            sweep.workers = workers
+        print(f"\n== {name}: {title}\n   {_scale_line(sweep)}", flush=True)
+        ensure_data(needs)
+        t0 = time.perf_counter()
+        ran = run_sweep(sweep, progress=progress)
+        wall = time.perf_counter() - t0
+        runs_md += [f"- **{title}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
+                    f"{_scale_line(sweep)}; {sweep.workers or os.cpu_count()} worker(s); {len(ran)} runs trained "
+                    f"in this call, {wall / 60:.1f} min; records in `{sweep.results}`."]
+        report = write_report(sweep.results)  # type: ignore[arg-type]
+        rel = os.path.relpath(report.parent, out.parent)
+        body = report.read_text().split("\n", 3)[-1]  # without the report's own title lines
+        reports[str(sweep.results)] = body.replace("](", f"]({rel}/").replace("## ", "### ")
+        page = md + ["## Studies", ""] + runs_md + [""]
+        for res, body in reports.items():
+            page += [f"## Results in `{res}`", "", body, ""]
+        atomic_write(out, "\n".join(page).encode())  # each finished study is on disk at once
+    page += [f"Total wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min.", ""]
+    atomic_write(out, "\n".join(page).encode())
+    print(f"\nwrote {out}")
+    return out

@@ -1,0 +1,39 @@
+"""`cdp reproduce`: the bundled studies load, shrink as stated, and one runs end to end at a tiny
+budget into its own folders, leaving a markdown page with its tables."""
+
+import pytest
+
+from cdp.reproduce import STUDIES, Quick, reproduce, shrink, study_path
+from cdp.sweep import load_sweep
+
+
+def test_every_bundled_study_loads_and_shrinks_as_stated():
+    for name in STUDIES:
+        full = load_sweep(study_path(name))
+        quick = shrink(full, Quick())
+        assert quick.fixed["steps"] == max(200, full.fixed["steps"] // 25)
+        assert quick.fixed["eval_every"] == quick.fixed["steps"] // 2 and quick.fixed["eval_episodes"] <= 10
+        assert quick.grid["seed"] == [0] and len(full.grid["seed"]) >= 3  # the full studies have 3 seeds
+        assert quick.out == full.out + "-quick" and quick.results == full.results + "-quick"
+        assert {k: v for k, v in quick.grid.items() if k != "seed"} == {k: v for k, v in full.grid.items() if k != "seed"}
+        assert len(quick.jobs()) * len(full.grid["seed"]) == len(full.jobs())
+    with pytest.raises(FileNotFoundError, match="no bundled study 'nope'"):
+        study_path("nope")
+    with pytest.raises(ValueError, match="unknown study"):
+        reproduce(quick=True, only=["nope"])
+
+
+@pytest.mark.slow
+def test_reproduce_quick_runs_a_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = Quick(steps_divisor=1000, min_steps=20, evals=1, max_eval_episodes=2)
+    page = reproduce(quick=True, only=["imitation_reach_hard"], workers=2, progress=False, quick_scale=tiny)
+    assert page.resolve() == tmp_path / "results" / "reproduce-quick.md"
+    text = page.read_text()
+    assert "Quick mode" in text and "20 steps, seeds [0]" in text and "12 runs trained in this call" in text
+    assert "| cdp-unet vs dp-unet |" in text and "| bc-gmm |" in text and "reach-hard/reach-hard_ph" in text
+    assert (tmp_path / "data" / "il" / "reach-hard_ph.hdf5").is_file()
+    assert len(list((tmp_path / "results" / "il-quick").rglob("*.json"))) == 12
+    # resumable: a second call trains nothing
+    reproduce(quick=True, only=["imitation_reach_hard"], workers=2, progress=False, quick_scale=tiny)
+    assert "0 runs trained in this call" in page.read_text()
