@@ -37,3 +37,14 @@ def test_reproduce_quick_runs_a_study_end_to_end(tmp_path, monkeypatch):
     # resumable: a second call trains nothing
     reproduce(quick=True, only=["imitation_reach_hard"], workers=2, progress=False, quick_scale=tiny)
     assert "0 runs trained in this call" in page.read_text()
+
+
+def test_cli_sweep_takes_a_bundled_study_by_name(capsys, tmp_path, monkeypatch):
+    from cdp.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no experiments/ here: the name resolves inside the package
+    assert main(["sweep", "offline_rl", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("todo") == 24 and "cdp_walker2d_medium-replay-v0/cdp-f0.1-s2" in out
+    assert main(["sweep", "nope"]) == 2
+    assert "no bundled study 'nope'" in capsys.readouterr().err
