@@ -75,6 +75,11 @@ def load_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def values(runs: list[Run], method: str, fraction: float, metric: str) -> list[float]:
+    """``metric`` of every run (one per seed) of ``method`` at ``fraction`` that records it."""
+    return [r.summary[metric] for r in runs if r.method == method and r.fraction == fraction and metric in r.summary]
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt(n); 0 for one value)."""
     x = np.asarray(values, dtype=float)
@@ -88,7 +93,7 @@ def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = 
     cells: dict[tuple[str, float], tuple[float, float, int]] = {}
     for m in methods:
         for f in fracs:
-            vals = [r.summary[metric] for r in runs if r.method == m and r.fraction == f and metric in r.summary]
+            vals = values(runs, m, f, metric)
             if vals:
                 cells[m, f] = (*mean_se(vals), len(vals))
     best = {f: max((cells[m, f][0] for m in methods if (m, f) in cells), default=None) for f in fracs}
@@ -132,7 +137,6 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     if not pairs:
         return ""
     fracs = sorted({r.fraction for r in runs}, reverse=True)
-    vals = lambda m, f: [r.summary[metric] for r in runs if r.method == m and r.fraction == f and metric in r.summary]  # noqa: E731
     secs = lambda m: [r.summary["train_seconds_per_1k_steps"] for r in runs  # noqa: E731
                       if r.method == m and "train_seconds_per_1k_steps" in r.summary]
     key, kind = paper.task_key(runs[0].group), runs[0].kind
@@ -141,7 +145,7 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     for m, b in pairs:
         row = []
         for f in fracs:
-            x, y = vals(m, f), vals(b, f)
+            x, y = values(runs, m, f, metric), values(runs, b, f, metric)
             if not x or not y:
                 row.append("")
                 continue
@@ -156,18 +160,14 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
 
 def _bars(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes:
     """Grouped bars: one group per method, one bar per data fraction (mean ± s.e. over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fracs = sorted({r.fraction for r in runs}, reverse=True)
     methods = sorted({r.method for r in runs})
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(methods) + 1), 3.4))
     w = 0.8 / len(fracs)
     for i, f in enumerate(fracs):
-        stats = [mean_se(v) if (v := [r.summary[metric] for r in runs if r.method == m and r.fraction == f
-                                      and metric in r.summary]) else (np.nan, 0.0) for m in methods]
+        stats = [mean_se(v) if (v := values(runs, m, f, metric)) else (np.nan, 0.0) for m in methods]
         x = np.arange(len(methods)) + (i - (len(fracs) - 1) / 2) * w
         ax.bar(x, [s[0] for s in stats], w, yerr=[s[1] for s in stats], capsize=3, label=f"{f:.0%} data")
     ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=8)
@@ -179,9 +179,18 @@ def _bars(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") 
     return _png(fig)
 
 
-def _png(fig) -> bytes:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -192,10 +201,7 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
     """Score (and, for imitation, the number of demonstrated goal orders reproduced) against gamma,
     one line per margin and data fraction; the base method is gamma 0. None with fewer than
     three gamma values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     gammas = sorted({r.gamma for r in runs})
     if len(gammas) < 3:
@@ -226,10 +232,7 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
 
 
 def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fracs = sorted({r.fraction for r in runs}, reverse=True)
     fig, axes = plt.subplots(1, len(fracs), figsize=(5 * len(fracs), 3.6), squeeze=False, sharey=True)
