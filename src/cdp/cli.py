@@ -122,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _agent_dir(task: str, seed: int) -> str:
-    return f"data/agents/{task.lower()}-sac-s{seed}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,14 +141,15 @@ def _run(args: argparse.Namespace) -> int:
                  n_data=args.n_data, seed=args.seed, progress=not args.no_progress)
     elif args.command == "rl" and args.rl_command == "train-behaviour":
         from .data.behaviour import BehaviourConfig, train_behaviour
+        from .data.generate import default_agent_dir
 
         cfg = BehaviourConfig(env_id=args.task, total_steps=args.steps, snapshot_every=args.snapshot_every, seed=args.seed)
-        snaps = train_behaviour(cfg, args.out or _agent_dir(args.task, args.seed))
+        snaps = train_behaviour(cfg, args.out or default_agent_dir(args.task, args.seed))
         print(f"{len(snaps)} snapshots; best mean return {max(s.mean_return for s in snaps):.1f}" if snaps else "no snapshots")
     elif args.command == "rl" and args.rl_command == "make-data":
-        from .data.generate import make_dataset
+        from .data.generate import default_agent_dir, make_dataset
 
-        did = make_dataset(args.task, args.quality, args.agent or _agent_dir(args.task, 0), args.steps, args.seed,
+        did = make_dataset(args.task, args.quality, args.agent or default_agent_dir(args.task, 0), args.steps, args.seed,
                            overwrite=args.overwrite)
         print(f"Minari dataset {did} is in the local store")
     elif args.command == "rl" and args.rl_command == "train":
@@ -172,12 +171,9 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(evaluate_run(args.run, args.episodes), indent=2))
     elif args.command == "il" and args.il_command == "make-data":
-        from .data.robomimic import write_robomimic
-        from .il.tasks import get_task
+        from .il.tasks import write_demos
 
-        task = get_task(args.task)
-        path = write_robomimic(args.out or f"data/il/{args.task}_{args.quality}.hdf5",
-                               task.make_demos(args.demos, args.quality, args.seed))
+        path = write_demos(args.task, args.quality, args.out, args.demos, args.seed, progress=True)
         print(f"{args.demos} demonstrations of {args.task} ({args.quality}) written to {path}")
     elif args.command == "il" and args.il_command == "train":
         from .il.trainer import ILTrainConfig, record, train as il_train

@@ -116,13 +116,12 @@ def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_e
                     progress: bool = True) -> str:
     """Part 1: make the data if missing, train/evaluate (or resume) the grid, print and return
     the tables (markdown)."""
-    from .data.robomimic import write_robomimic
-    from .il.tasks import get_task
+    from .il.tasks import write_demos
 
     out = Path(out_dir)
     data = out / "data" / "reach_ph.hdf5"
     if not data.is_file():
-        write_robomimic(data, get_task("reach").make_demos(200, "ph", 0))
+        write_demos("reach", "ph", data)
     sweep = policy_sweep(out, steps, eval_episodes, seeds)
     print(f"part 1: DP-DiT vs CDP-DiT on reach, 20 of 200 demonstrations, {steps} steps, {seeds} seed(s), "
           f"{eval_episodes} evaluation rollouts; two processes", flush=True)
@@ -148,8 +147,8 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes
     tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress)
     print("\npart 2: the contraction term on two-mode 2-D action data", flush=True)
     summary = run_toy(Path(out_dir) / "toy", toy_steps, n_data, seed, progress)
-    summary["policy_tables"] = tables
     wall = time.perf_counter() - t0
+    summary.update(policy_tables=tables, demo_wall_seconds=wall)
     print(f"\ndemo done in {wall / 60:.1f} min. The full imitation study (6 policies, 100% and 10% data, 3 seeds): "
           f"\n  {FULL_STUDY}\nand everything at this machine's scale: cdp reproduce")
     return summary

@@ -81,17 +81,15 @@ def ensure_data(needs: list[tuple[str, str, str]]) -> None:
     """Make each missing dataset (Minari's local store for RL, ``data/il/`` for imitation)."""
     for kind, task, quality in needs:
         if kind == "rl":
-            from .data.generate import make_dataset
+            from .data.generate import default_agent_dir, make_dataset
 
-            make_dataset(task, quality, f"data/agents/{task.lower()}-sac-s0")
+            make_dataset(task, quality, default_agent_dir(task))
         else:
-            path = Path(f"data/il/{task}_{quality}.hdf5")
-            if not path.is_file():
-                from .data.robomimic import write_robomimic
-                from .il.tasks import get_task
+            from .il.tasks import default_data_path, write_demos
 
-                print(f"making {path} ...", flush=True)
-                write_robomimic(path, get_task(task).make_demos(200, quality, 0, progress=True))
+            if not default_data_path(task, quality).is_file():
+                print(f"making {default_data_path(task, quality)} ...", flush=True)
+                write_demos(task, quality, progress=True)
 
 
 def _scale_line(sweep: SweepConfig) -> str:

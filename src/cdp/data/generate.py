@@ -86,6 +86,11 @@ def generate_episodes(env_id: str, quality: str, agent_dir: str | Path, n_steps:
     return episodes
 
 
+def default_agent_dir(task: str, seed: int = 0) -> str:
+    """Where ``cdp rl train-behaviour TASK`` keeps its agent: ``data/agents/<task>-sac-s<seed>``."""
+    return f"data/agents/{task.lower()}-sac-s{seed}"
+
+
 def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int = 200_000, seed: int = 0,
                  overwrite: bool = False) -> str:
     """Roll the episodes and record them as a Minari dataset in the local store; returns its id."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 
@@ -76,3 +77,17 @@ def get_task(name: str) -> TaskSpec:
     if name not in _TASKS:
         raise ValueError(f"unknown imitation task {name!r}; choose from {task_names()}")
     return _TASKS[name]()
+
+
+def default_data_path(task: str, quality: str) -> Path:
+    """Where ``cdp il make-data TASK QUALITY`` writes: ``data/il/<task>_<quality>.hdf5``."""
+    return Path("data/il") / f"{task}_{quality}.hdf5"
+
+
+def write_demos(task: str, quality: str, path: str | Path | None = None, n: int = 200, seed: int = 0,
+                progress: bool = False) -> Path:
+    """Make ``n`` scripted demonstrations of ``task`` and write them in robomimic's layout
+    (atomically) at ``path`` (default :func:`default_data_path`); returns the path."""
+    from ..data.robomimic import write_robomimic
+
+    return write_robomimic(path or default_data_path(task, quality), get_task(task).make_demos(n, quality, seed, progress=progress))
