@@ -213,8 +213,9 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
         for f, mg in lines:
             pts = []
             for g in gammas:
-                v = [r.summary[key] for r in runs if r.fraction == f and key in r.summary
-                     and (r.gamma == g == 0 or r.gamma == g and r.margin == mg)]
+                # gamma 0 (no term, so no margin either) is one point per seed, shared by every line
+                v = list({r.seed: r.summary[key] for r in runs if r.fraction == f and key in r.summary
+                          and (r.gamma == g == 0 or r.gamma == g and r.margin == mg)}.values())
                 if v:
                     pts.append((g, *mean_se(v)))
             if pts:
