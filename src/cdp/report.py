@@ -226,7 +226,7 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
         ax.set_xlabel("gamma (base method drawn at gamma_min / 10)")
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
-    axes[0][0].set_title(f"{title}: gamma sensitivity", fontsize=9)
+    axes[0][0].set_title(f"{title}: gamma sensitivity ({metric})", fontsize=9)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
