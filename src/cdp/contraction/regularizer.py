@@ -138,9 +138,10 @@ class ContractionRegularizer:
         f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)
         sgn = torch.sign(h).to(x0.dtype)
         basis = unit_tangents(a_t[idx].reshape(n, D)).reshape(D, n, *x0.shape[1:])
+        index = None if n == B else idx  # every row regularised: the network's pass needs no gather
         if n * D <= self.single_pass_rows:
             # small: one pass with all D tangents; J keeps its graph, v comes from its values
-            pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=idx)
+            pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=index)
             J = jt.reshape(D, n, D).permute(1, 2, 0)
             v = top_eigvec_exact(J.detach(), sgn)[1]
             q = torch.einsum("bi,bij,bj->b", v, J, v)
@@ -149,7 +150,7 @@ class ContractionRegularizer:
             with torch.no_grad():
                 jt = net_fn.forward_jvp(a_t[idx], ts, *sub, tangent=basis)[1]
                 v = top_eigvec_exact(jt.reshape(D, n, D).permute(1, 2, 0), sgn)[1]
-            pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=idx)
+            pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=index)
             q = (v * jv.reshape(n, D)).sum(-1)
         lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
         lc = lam if c.margin is None else lam.clamp_min(-c.margin)
