@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .runtime import tune_allocator
+
 
 def _positive_int(s: str) -> int:
     v = int(s)
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()  # this process trains or samples: keep freed tensor memory (cdp.runtime)
     try:
         return _run(args)
     except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line, no traceback

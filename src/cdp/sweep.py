@@ -36,6 +36,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .runtime import tune_allocator
+
 KINDS = ("rl", "il")
 _TOP_KEYS = {"kind", "out", "results", "workers", "threads", "fixed", "grid", "name"}
 
@@ -169,6 +171,7 @@ def run_job(job: Job) -> str:
     import torch
 
     torch.set_num_threads(job.threads)
+    tune_allocator()  # a worker process (local pool or Ray) that trains: see cdp.runtime
     if job.kind == "rl":
         from .rl.trainer import TrainConfig, record, train
 

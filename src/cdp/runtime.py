@@ -1,0 +1,32 @@
+"""Process-level settings for the processes this project starts (the CLI, sweep workers,
+benchmarks). Nothing here runs on ``import cdp``: a library must not change its host's malloc.
+
+glibc hands every allocation above a threshold (128 KB at start, adapting up to 32 MB) to
+``mmap`` and gives freed heap memory back to the OS past a trim threshold. A CPU training or
+sampling step allocates many short-lived tensors of 0.25-2 MB (a 1000 x 256 activation is
+1 MB), so without tuning each one can cost fresh page faults (the kernel zeroes every page).
+Measured here: EDP action selection for 10 states x 100 candidates 81 -> 50 ms on one thread,
+71 -> 25 ms on two; the every-t contraction step's 1.5 MB tangent batches likewise. The maths
+is untouched; the price is that the process keeps its peak heap instead of returning it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Serve tensors below ``mmap_threshold`` bytes from the heap and keep up to
+    ``trim_threshold`` bytes of freed heap for reuse. Returns whether the settings took (glibc
+    on Linux); elsewhere it does nothing and returns False."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
