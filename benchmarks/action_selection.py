@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from _common import add_malloc_flag, setup_malloc
+from _common import parse
 
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -36,12 +36,9 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    add_malloc_flag(ap)
-    args = ap.parse_args()
-    malloc = setup_malloc(args)
+    args, header = parse(ap)
     reps = 5 if args.quick else 20
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {malloc}; median ms per call\n")
+    print(f"{header}; median ms per call\n")
     print("| policy | states | candidates / chunk | ms |\n|---|---:|---|---:|")
     torch.manual_seed(0)
     with torch.inference_mode():

@@ -12,13 +12,12 @@ interleaved, round-robin, so both see the same machine state; the figure is the 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
-from _common import add_malloc_flag, setup_malloc
+from _common import parse
 
 from cdp.contraction import ContractionConfig, ContractionRegularizer
 from cdp.diffusion import VPSchedule, denoising_loss
@@ -93,16 +92,12 @@ def time_round_robin(steps: dict[str, callable], repeats: int, inner: int) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--markdown", type=str, default=None, help="also write the table to this file")
-    add_malloc_flag(ap)
-    args = ap.parse_args()
-    malloc = setup_malloc(args)
+    args, header = parse(ap)
     repeats, inner = (5, 5) if args.quick else (15, 10)
     sch = VPSchedule()
     lines = [
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, {malloc}; batch {args.batch}; MLP 3 x 256; median ms/step over {repeats} rounds of {inner}",
+        f"machine: {header}; batch {args.batch}; MLP 3 x 256; median ms/step over {repeats} rounds of {inner}",
         "",
         "| action | variant | plain ms | with term ms | ratio |",
         "|---|---|---:|---:|---:|",

@@ -11,7 +11,7 @@ import statistics
 import time
 
 import torch
-from _common import add_malloc_flag, setup_malloc
+from _common import parse
 
 from cdp.contraction import ContractionConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -22,12 +22,9 @@ VARIANTS = {"EDP": None, "CDP t<0.1": ContractionConfig(t_max=0.1), "CDP every t
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    add_malloc_flag(ap)
-    args = ap.parse_args()
-    malloc = setup_malloc(args)
+    args, header = parse(ap)
     rounds, inner = (3, 5) if args.quick else (7, 10)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {malloc}, batch 256; median ms per update\n")
+    print(f"{header}; batch 256; median ms per update\n")
     print("| shape | variant | ms/update | ratio to EDP |\n|---|---|---:|---:|")
     for name, (o, a) in SHAPES.items():
         torch.manual_seed(0)

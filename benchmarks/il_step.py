@@ -12,7 +12,7 @@ import statistics
 import time
 
 import torch
-from _common import add_malloc_flag, setup_malloc
+from _common import parse
 
 from cdp.contraction import ContractionConfig
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -29,15 +29,12 @@ VARIANTS = {"DP": None, "CDP full batch": ContractionConfig(), "CDP sub-batch 16
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--action-dim", type=int, default=2)
-    add_malloc_flag(ap)
-    args = ap.parse_args()
-    malloc = setup_malloc(args)
+    args, header = parse(ap)
     rounds, inner = (3, 2) if args.quick else (5, 4)
     B, d, obs_dim = args.batch, args.action_dim, 7
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {malloc}, batch {B}, chunk 16 x {d}; "
+    print(f"{header}; batch {B}, chunk 16 x {d}; "
           f"median ms per training step; chunk latency for one state (DDIM 10 steps)\n")
     print("| backbone | variant | ms/step | ratio to DP | chunk latency (ms) |\n|---|---|---:|---:|---:|")
     obs, act = torch.randn(B, 2, obs_dim), torch.rand(B, 16, d) * 2 - 1
