@@ -24,6 +24,14 @@ def test_mish_matches_torch():
     assert torch.allclose(Mish()(x), nn.functional.mish(x), atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [100, 5000])  # below and above the size where sampling uses torch's kernel
+def test_mish_without_autograd_matches_the_formula(n):
+    x = torch.linspace(-30, 30, n)
+    with torch.no_grad():
+        y = Mish()(x.clone())
+    assert torch.allclose(y, x * torch.tanh(nn.functional.softplus(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_mish_jvp_function_gradcheck():
     z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     zd = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
