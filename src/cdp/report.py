@@ -112,6 +112,32 @@ def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = 
     return "\n".join(lines)
 
 
+#: overview columns: (summary key, header, digits); a column shows when any run records it
+OVERVIEW = (("final", "final", 1), ("mean_last3", "mean of last 3", 1), ("best", "best", 1),
+            ("modes_final", "goal orders", 1), ("action_spread_final", "spread", 2))
+
+
+def overview(runs: list[Run]) -> str:
+    """Markdown: one row per (data fraction, method), every recorded metric as ``mean ± s.e.``
+    over seeds, the seed count in its own column — the one table to quote for a group."""
+    fracs = sorted({r.fraction for r in runs}, reverse=True)
+    methods = sorted({r.method for r in runs})
+    cols = [c for c in OVERVIEW if any(c[0] in r.summary for r in runs)]
+    lines = ["| data | method | n | " + " | ".join(h for _, h, _ in cols) + " |",
+             "|---|---|---:|" + "---:|" * len(cols)]
+    for f in fracs:
+        for m in methods:
+            seeds = [r for r in runs if r.method == m and r.fraction == f]
+            if not seeds:
+                continue
+            cells = []
+            for key, _, digits in cols:
+                vals = values(runs, m, f, key)
+                cells.append("" if not vals else "{:.{d}f} ± {:.{d}f}".format(*mean_se(vals), d=digits))
+            lines.append(f"| {f:.0%} | {m} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def base_of(method: str) -> str | None:
     """The method a contraction variant adds its term to: ``cdp`` -> ``edp``, ``cdp-unet`` ->
     ``dp-unet``, ``cdp-iql-g1-mNone`` -> ``edp-iql`` (the contraction's own gamma / window / margin
@@ -276,6 +302,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         bars = png.replace(".png", "_bars.png")
         atomic_write(out / bars, _bars(rs, g, unit))
         md += [f"## {g}", "", f"{unit}; steps: {sorted({r.summary.get('step') for r in rs})}", ""]
+        md += ["**Overview** — mean ± s.e. over the n seeds", "", overview(rs), ""]
         metrics = [("final", "at the last evaluation"), ("mean_last3", "mean of the last three evaluations"),
                    ("best", "best evaluation (max over checkpoints)")]
         for key, what in metrics:
