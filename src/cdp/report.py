@@ -318,7 +318,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         if versus:
             md += ["**CDP vs its base** — difference of mean_last3 (standard errors of CDP / base; seed counts); "
                    "the paper's full-data gain where it reports one (on D4RL's data, not these); training-time "
-                   "ratio CDP / base here and on the paper's GPU", "", versus, ""]
+                   "ratio CDP / base here (the runs' own wall clock, so it carries whatever else shared the CPU; "
+                   "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
         md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
         for b in sorted({base_of(r.method) for r in rs} - {None}):
             sens = _sensitivity([r for r in rs if b in (r.method, base_of(r.method))], f"{g} {b}", unit)
