@@ -124,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # this process trains or samples: keep freed tensor memory (cdp.runtime)

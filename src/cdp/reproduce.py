@@ -87,9 +87,10 @@ def ensure_data(needs: list[tuple[str, str, str]]) -> None:
         else:
             from .il.tasks import default_data_path, write_demos
 
-            if not default_data_path(task, quality).is_file():
-                print(f"making {default_data_path(task, quality)} ...", flush=True)
-                write_demos(task, quality, progress=True)
+            path = default_data_path(task, quality)
+            if not path.is_file():
+                print(f"making {path} ...", flush=True)
+                write_demos(task, quality, path, progress=True)
 
 
 def _scale_line(sweep: SweepConfig) -> str:

@@ -134,7 +134,7 @@ class ContractionRegularizer:
             out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
             return RegularizedLoss(out, a_t.new_zeros(()))
         n, D = idx.numel(), x0[0].numel()
-        ts, sub = t[idx], tuple(x[idx] for x in conds)
+        ts = t[idx]
         f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)
         sgn = torch.sign(h).to(x0.dtype)
         basis = unit_tangents(a_t[idx].reshape(n, D)).reshape(D, n, *x0.shape[1:])
@@ -148,6 +148,7 @@ class ContractionRegularizer:
         else:
             # large: search without a graph, then one pass with the single tangent v
             with torch.no_grad():
+                sub = tuple(x[idx] for x in conds)  # only this graph-free search pass runs on the rows alone
                 jt = net_fn.forward_jvp(a_t[idx], ts, *sub, tangent=basis)[1]
                 v = top_eigvec_exact(jt.reshape(D, n, D).permute(1, 2, 0), sgn)[1]
             pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=index)
