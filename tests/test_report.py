@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cdp.report import _method, load_runs, mean_se, table, write_report
+from cdp.report import _method, compute_hours, load_runs, mean_se, table, write_report
 
 
 def write_record(root, algo, fraction, seed, final, best, curve):
@@ -13,7 +13,7 @@ def write_record(root, algo, fraction, seed, final, best, curve):
     if algo == "cdp":
         cfg["gamma"] = 1.0 if seed == 9 else 0.1
     rec = {"config": cfg, "summary": {"step": 300, "final": final, "best": best, "metric": "d4rl_score_mean",
-                                      "train_seconds_per_1k_steps": 10.0},
+                                      "train_seconds_per_1k_steps": 10.0, "seconds_per_1k_steps": 12.0 + seed},
            "eval": [{"step": str(100 * (i + 1)), "d4rl_score_mean": str(v)} for i, v in enumerate(curve)]}
     p = root / "cdp_hopper_medium-replay-v0" / f"{algo}-{fraction}-{seed}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +44,10 @@ def test_table_equals_hand_computation(tmp_path):
     path = write_report(tmp_path)
     text = path.read_text()
     assert "| cdp-g1 | **99.0 ± 0.0 (1)** |  |" in text and "D4RL-normalised score" in text
+    # 300 steps per run at 12 + seed s per 1k steps: 4 methods x (12 + 13 + 14) + the seed-9 run's 21
+    hours = 300 * (4 * (12 + 13 + 14) + 21) / 1000 / 3600
+    assert compute_hours(runs) == pytest.approx(hours)
+    assert f"13 runs, {hours:.1f} h of their own wall clock" in text
     last3 = table([r for r in runs if r.method == "edp"], "mean_last3").splitlines()[2]  # curves [v - 1, v]
     assert last3 == "| edp | 12.5 ± 2.1 (3) | 5.5 ± 0.6 (3) |"
     assert (tmp_path / "cdp_hopper_medium-replay-v0.png").stat().st_size > 1000

@@ -184,6 +184,13 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     return "\n".join(lines)
 
 
+def compute_hours(runs: list[Run]) -> float:
+    """Wall-clock hours the runs took, evaluations included: each run's ``step`` × its
+    ``seconds_per_1k_steps`` (a resumed run's rate is its last leg's, applied to all its steps)."""
+    return sum(r.summary["step"] * r.summary["seconds_per_1k_steps"] / 1000 for r in runs
+               if "seconds_per_1k_steps" in r.summary and "step" in r.summary) / 3600
+
+
 def _bars(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes:
     """Grouped bars: one group per method, one bar per data fraction (mean ± s.e. over seeds)."""
     plt = _pyplot()
@@ -307,6 +314,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    ("best", "best evaluation (max over checkpoints)")]
         for key, what in metrics:
             md += [f"**{key}** — {what}", "", table(rs, key), ""]
+        hours = compute_hours(rs)
+        if hours:
+            md += [f"Compute in these records: {len(rs)} run{'s' if len(rs) != 1 else ''}, {hours:.1f} h of their own wall clock, evaluations "
+                   "included (each run's steps × its seconds per 1k steps; one run per core)", ""]
         secs = [(r.method, r.summary["train_seconds_per_1k_steps"]) for r in rs if "train_seconds_per_1k_steps" in r.summary]
         if secs:
             per = defaultdict(list)

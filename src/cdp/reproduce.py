@@ -143,7 +143,9 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         for res, body in reports.items():
             page += [f"## Results in `{res}`", "", body, ""]
         atomic_write(out, "\n".join(page).encode())  # each finished study is on disk at once
-    page += [f"Total wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min.", ""]
+    page += [f"Wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min (finished runs are skipped, so a "
+             "call that resumes a study costs only what it trained; each results section says how much compute "
+             "its records took in all).", ""]
     atomic_write(out, "\n".join(page).encode())
     print(f"\nwrote {out}")
     return out
