@@ -180,6 +180,27 @@ def test_bad_input_fails_before_training(reach_file, tmp_path):
         train(ILTrainConfig(policy="dp-unet", task="reach", dataset=str(tmp_path / "none.hdf5"), steps=1), tmp_path / "r")
 
 
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reach_file, tmp_path, monkeypatch):
+    compute_loss, calls = BCGMM.compute_loss, []
+
+    def nan_on_7th(self, obs, act):
+        calls.append(1)
+        out = compute_loss(self, obs, act)
+        return {**out, "loss": out["loss"] * float("nan")} if len(calls) == 7 else out
+
+    monkeypatch.setattr(BCGMM, "compute_loss", nan_on_7th)
+    cfg = ILTrainConfig(policy="bc-gmm", task="reach", dataset=reach_file, steps=10, batch_size=16, eval_every=10,
+                        eval_episodes=1, checkpoint_every=5, log_every=1)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 7: .*last good checkpoint kept at"):
+        train(cfg, out, progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["policy"].values())
+    assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 7))
+    assert train(cfg, out, progress=False)["step"] == 10  # the 7th call is behind it: resumes from 5 and finishes
+    assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))
+
+
 def test_resume_accepts_a_config_field_added_since_the_run_started(reach_file, tmp_path):
     kw = dict(policy="bc-gmm", task="reach", dataset=reach_file, batch_size=16, eval_every=5, eval_episodes=1,
               checkpoint_every=5, log_every=5)

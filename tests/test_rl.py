@@ -81,6 +81,26 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
         T.evaluate_run(tmp_path)
 
 
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    update = BC.update
+
+    def update_nan_at_5(self, batch):
+        out = update(self, batch)
+        return {**out, "loss": float("nan")} if self.step == 5 else out
+
+    monkeypatch.setattr(BC, "update", update_nan_at_5)
+    out = tmp_path / "run"
+    cfg = TrainConfig(algo="bc", dataset=tiny_dataset, steps=9, batch_size=16, eval_every=9, eval_episodes=1,
+                      checkpoint_every=3, log_every=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 5: .*last good checkpoint kept at .*checkpoint.pt"):
+        train(cfg, out, progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["agent"]
+    assert state["step"] == 3 and not (out / "summary.json").exists()
+    monkeypatch.setattr(BC, "update", update)  # the fault gone, the run resumes from step 3
+    assert train(cfg, out, progress=False)["step"] == 9
+    assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 10))
+
+
 def test_trainer_bad_input(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="unknown algorithm"):
         TrainConfig(algo="cql", dataset=tiny_dataset)

@@ -1,5 +1,5 @@
-"""Run-folder logs shared by the trainers: CSV rows that survive a resume without duplicates,
-and the learning-curve plot."""
+"""Run-folder logs shared by the trainers: CSV rows (and their TensorBoard twin) that survive a
+resume without duplicates, atomic checkpoints, the non-finite-loss stop, and the learning-curve plot."""
 
 from __future__ import annotations
 
@@ -49,6 +49,48 @@ def drop_rows_after(path: Path, step: int) -> None:
         w.writeheader()
         w.writerows(kept)
         atomic_write(path, buf.getvalue().encode())
+
+
+class RunLogs:
+    """``metrics.csv`` (training rows), ``eval.csv`` (evaluation rows) and ``tb/`` (the same as
+    TensorBoard scalars) in a run folder, opened at ``step``: rows past it — logged after the
+    checkpoint a run resumes from — are dropped first, so a resumed run never duplicates one."""
+
+    FILES = {"train": "metrics.csv", "eval": "eval.csv"}
+
+    def __init__(self, out: Path, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out = out
+        for name in self.FILES.values():
+            drop_rows_after(out / name, step)
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+
+    def log(self, kind: str, step: int, row: dict, **csv_only: float) -> None:
+        """One row of ``kind`` ("train" or "eval") at ``step``: to the CSV and, as ``<kind>/<key>``
+        scalars, to TensorBoard; ``csv_only`` columns (e.g. wall-clock seconds) skip TensorBoard."""
+        append_csv(self.out / self.FILES[kind], {"step": step, **row, **csv_only})
+        for k, v in row.items():
+            self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` atomically: a crash mid-write leaves the previous checkpoint."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def check_finite(step: int, losses: dict[str, float], checkpoint: Path) -> None:
+    """Stop a run whose loss went NaN or infinite, saying where the last good checkpoint is (the
+    trainers raise before saving, so the checkpoint on disk predates the bad step)."""
+    if not all(np.isfinite(v) for v in losses.values()):
+        raise FloatingPointError(f"non-finite loss at step {step}: {losses}; last good checkpoint kept at {checkpoint}")
 
 
 def plot_eval_curve(out: Path, key: str, ylabel: str) -> None:

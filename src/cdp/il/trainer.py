@@ -17,7 +17,6 @@ best evaluation), ``summary.json`` and ``curve.png``.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import append_csv, drop_rows_after, plot_eval_curve, read_rows, write_record
+from ..runlog import RunLogs, check_finite, plot_eval_curve, read_rows, save_checkpoint, write_record
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
@@ -197,62 +196,48 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
         step = state["step"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-    for name in ("metrics.csv", "eval.csv"):
-        drop_rows_after(out / name, step)
 
-    def save() -> None:
-        buf = io.BytesIO()
-        torch.save({"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, buf)
-        atomic_write(ckpt, buf.getvalue())
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+    logs = RunLogs(out, step)
     t0, start, eval_seconds = time.perf_counter(), step, 0.0
     eval_envs: list = []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
     policy.train()
-    while step < cfg.steps:
-        obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
-        losses = policy.compute_loss(obs, act)
-        if not torch.isfinite(losses["loss"]):
-            bar.close()
-            raise FloatingPointError(f"non-finite loss at step {step}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }; last good checkpoint kept at {ckpt}")
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        step += 1
-        with torch.no_grad():
-            d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
-            for pe, p in zip(ema.parameters(), policy.parameters()):
-                pe.lerp_(p, 1 - d)
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            row = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}, "seconds": time.perf_counter() - t0}
-            append_csv(out / "metrics.csv", row)
-            for k, v in losses.items():
-                tb.add_scalar(f"train/{k}", float(v.detach()), step)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            te = time.perf_counter()
-            eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
-            res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
-            res["action_spread"] = action_spread(ema, spread_obs)
-            eval_seconds += time.perf_counter() - te
-            prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
-            append_csv(out / "eval.csv", {"step": step, **res})
-            for k, v in res.items():
-                tb.add_scalar(f"eval/{k}", v, step)
-            ema.save_pretrained(out / "policy")
-            if not prev or res["success_rate"] > max(prev):
-                ema.save_pretrained(out / "best")
-            bar.set_postfix(success=f"{res['success_rate']:.2f}")
-            policy.train()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save()
-    bar.close()
-    tb.close()
+    try:
+        while step < cfg.steps:
+            obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
+            losses = policy.compute_loss(obs, act)
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            check_finite(step + 1, values, ckpt)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
+                for pe, p in zip(ema.parameters(), policy.parameters()):
+                    pe.lerp_(p, 1 - d)
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                logs.log("train", step, values, seconds=time.perf_counter() - t0)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                te = time.perf_counter()
+                eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
+                res["action_spread"] = action_spread(ema, spread_obs)
+                eval_seconds += time.perf_counter() - te
+                prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
+                logs.log("eval", step, res)
+                ema.save_pretrained(out / "policy")
+                if not prev or res["success_rate"] > max(prev):
+                    ema.save_pretrained(out / "best")
+                bar.set_postfix(success=f"{res['success_rate']:.2f}")
+                policy.train()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                       "step": step, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+    finally:
+        bar.close()
+        logs.close()
     wall, ran = time.perf_counter() - t0, max(step - start, 1)
     summary = summarize(out, 1000 * wall / ran, 1000 * (wall - eval_seconds) / ran)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())

@@ -8,7 +8,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import append_csv, drop_rows_after, plot_eval_curve, read_rows, write_record
+from ..runlog import RunLogs, check_finite, plot_eval_curve, read_rows, save_checkpoint, write_record
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
@@ -147,8 +146,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         agent.load_state_dict(state["agent"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-    for name in ("metrics.csv", "eval.csv"):
-        drop_rows_after(out / name, agent.step)
 
     tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
                "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
@@ -158,49 +155,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     except KeyError:
         ref = None
 
-    def save() -> None:
-        buf = io.BytesIO()
-        torch.save({"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state()}, buf)
-        atomic_write(ckpt, buf.getvalue())
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(str(out / "tb"), purge_step=agent.step or None)
+    logs = RunLogs(out, agent.step)
     t0, start, eval_seconds = time.perf_counter(), agent.step, 0.0
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
-    while agent.step < cfg.steps:
-        idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size))
-        metrics = agent.update({k: v[idx] for k, v in tensors.items()})
-        if not all(np.isfinite(v) for v in metrics.values()):
-            bar.close()
-            raise FloatingPointError(f"non-finite loss at step {agent.step}: {metrics}; "
-                                     f"last good checkpoint kept at {ckpt}")
-        bar.update(1)
-        step = agent.step
-        if step % cfg.log_every == 0:
-            append_csv(out / "metrics.csv", {"step": step, **metrics,
-                                               "seconds": time.perf_counter() - t0})
-            for k, v in metrics.items():
-                tb.add_scalar(f"train/{k}", v, step)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            te = time.perf_counter()
-            rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
-            eval_seconds += time.perf_counter() - te
-            row = {"step": step, "return_mean": float(np.mean(rets)),
-                   "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
-            if ref is not None:
-                scores = [normalized_score(r, ref).value for r in rets]
-                row |= {"d4rl_score_mean": float(np.mean(scores)), "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
-            append_csv(out / "eval.csv", row)
-            for k, v in row.items():
-                if k != "step":
-                    tb.add_scalar(f"eval/{k}", v, step)
-            bar.set_postfix(ret=f"{row['return_mean']:.0f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save()
-    bar.close()
-    tb.close()
+    try:
+        while agent.step < cfg.steps:
+            idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size))
+            metrics = agent.update({k: v[idx] for k, v in tensors.items()})
+            check_finite(agent.step, metrics, ckpt)
+            bar.update(1)
+            step = agent.step
+            if step % cfg.log_every == 0:
+                logs.log("train", step, metrics, seconds=time.perf_counter() - t0)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                te = time.perf_counter()
+                rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+                eval_seconds += time.perf_counter() - te
+                row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
+                if ref is not None:
+                    scores = [normalized_score(r, ref).value for r in rets]
+                    row |= {"d4rl_score_mean": float(np.mean(scores)),
+                            "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
+                logs.log("eval", step, row)
+                bar.set_postfix(ret=f"{row['return_mean']:.0f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
+                                       "torch_rng": torch.get_rng_state()})
+    finally:
+        bar.close()
+        logs.close()
     wall, steps_here = time.perf_counter() - t0, max(agent.step - start, 1)
     summary = summarize(out, ref.source if ref else None, wall / steps_here, (wall - eval_seconds) / steps_here)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
