@@ -21,6 +21,20 @@ def _margin(s: str) -> float | None:
     return None if s.lower() == "none" else float(s)
 
 
+def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: int, episodes: int, out: str) -> None:
+    """The options every training command shares: data fraction, the term's gamma and margin,
+    budget, evaluation, seed and where the run and its record go."""
+    p.add_argument("--fraction", type=float, default=1.0, help=f"share of {units} kept (seeded)")
+    p.add_argument("--gamma", type=float, default=0.1, help=f"contraction weight ({cdp_names})")
+    p.add_argument("--margin", type=_margin, default=0.1, help=f"hinge floor beta ({cdp_names}); 'none' for no hinge")
+    p.add_argument("--steps", type=_positive_int, default=steps)
+    p.add_argument("--eval-every", type=_positive_int, default=5_000)
+    p.add_argument("--eval-episodes", type=_positive_int, default=episodes)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help=f"run folder (default {out})")
+    p.add_argument("--results", default=None, help="also write a small per-run record under this folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,16 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("algo", help="bc | dql | edp | idql | cdp")
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
-    tr.add_argument("--fraction", type=float, default=1.0, help="share of trajectories kept (seeded)")
-    tr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp)")
-    tr.add_argument("--margin", type=_margin, default=0.1, help="hinge floor beta (cdp); 'none' for no hinge")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
-    tr.add_argument("--steps", type=_positive_int, default=100_000)
-    tr.add_argument("--eval-every", type=_positive_int, default=5_000)
-    tr.add_argument("--eval-episodes", type=_positive_int, default=10)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="run folder (default runs/rl/<dataset>/<algo>-f<fraction>-s<seed>)")
-    tr.add_argument("--results", default=None, help="also write a small per-run record under this folder")
+    _run_options(tr, "trajectories", "cdp", steps=100_000, episodes=10,
+                 out="runs/rl/<dataset>/<algo>-f<fraction>-s<seed>")
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10)
@@ -79,19 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("policy", help="bc-gmm | dbc-dit | dp-unet | dp-dit | dp-mlp | cdp-unet | cdp-dit | cdp-mlp")
     itr.add_argument("--task", required=True)
     itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
-    itr.add_argument("--fraction", type=float, default=1.0, help="share of demonstrations kept (seeded)")
     itr.add_argument("--filter-key", default=None, help="robomimic mask to train on, e.g. train")
-    itr.add_argument("--gamma", type=float, default=0.1, help="contraction weight (cdp-*)")
-    itr.add_argument("--margin", type=_margin, default=0.1, help="hinge floor beta (cdp-*); 'none' for no hinge")
     itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim")
     itr.add_argument("--sample-steps", type=_positive_int, default=10)
-    itr.add_argument("--steps", type=_positive_int, default=20_000)
     itr.add_argument("--batch-size", type=_positive_int, default=256)
-    itr.add_argument("--eval-every", type=_positive_int, default=5_000)
-    itr.add_argument("--eval-episodes", type=_positive_int, default=50)
-    itr.add_argument("--seed", type=int, default=0)
-    itr.add_argument("--out", default=None, help="run folder (default runs/il/<task>/<run name>)")
-    itr.add_argument("--results", default=None, help="also write a small per-run record under this folder")
+    _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
     iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
     iev.add_argument("--episodes", type=_positive_int, default=50)
