@@ -1,6 +1,8 @@
 """`cdp reproduce`: the bundled studies load, shrink as stated, and one runs end to end at a tiny
 budget into its own folders, leaving a markdown page with its tables."""
 
+import json
+
 import pytest
 
 from cdp.reproduce import STUDIES, Quick, reproduce, shrink, study_path
@@ -48,3 +50,22 @@ def test_cli_sweep_takes_a_bundled_study_by_name(capsys, tmp_path, monkeypatch):
     assert out.count("todo") == 24 and "cdp_walker2d_medium-replay-v0/cdp-f0.1-s2" in out
     assert main(["sweep", "nope"]) == 2
     assert "no bundled study 'nope'" in capsys.readouterr().err
+
+
+def test_report_only_writes_the_page_from_the_records_and_trains_nothing(tmp_path, monkeypatch):
+    from cdp.rl.trainer import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(study_path("offline_rl"))
+    job = sweep.jobs()[0]
+    rec = job.record_path()
+    assert rec == TrainConfig(**job.config).record_path(sweep.results)
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"config": job.config, "summary": {"step": 50000, "final": 31.5, "best": 40.0,
+                                                                  "metric": "d4rl_score_mean"},
+                               "eval": [{"step": "50000", "d4rl_score_mean": "31.5"}]}))
+    page = reproduce(only=["offline_rl", "offline_rl_baselines"], progress=False, report_only=True)
+    text = page.read_text()
+    assert "report only: 1 of 24 runs recorded" in text and "report only: 0 of 36 runs recorded" in text
+    assert f"| 100% | {job.config['algo']} | 1 | 31.5 ± 0.0 |" in text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # nothing trained or made

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--only", nargs="+", default=None, help="study names (default: all)")
     rp.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: each study's)")
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
+    rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a "
                                    "bundled study (offline_rl, imitation_lift, ...)")
@@ -202,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "reproduce":
         from .reproduce import reproduce
 
-        reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out)
+        reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
     elif args.command == "sweep":
         from .sweep import is_finished, load_sweep, run_sweep
 

@@ -101,8 +101,11 @@ def _scale_line(sweep: SweepConfig) -> str:
 
 
 def reproduce(quick: bool = False, only: list[str] | None = None, workers: int | None = None,
-              out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick()) -> Path:
-    """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path."""
+              out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick(),
+              report_only: bool = False) -> Path:
+    """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path.
+    ``report_only``: train nothing and make no data, write the page from the records as they
+    stand (how many of each grid's runs are recorded is on the page)."""
     names = list(STUDIES) if not only else only
     unknown = [n for n in names if n not in STUDIES]
     if unknown:
@@ -128,17 +131,23 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         if workers is not None:
             sweep.workers = workers
         print(f"\n== {name}: {title}\n   {_scale_line(sweep)}", flush=True)
-        ensure_data(needs)
-        t0 = time.perf_counter()
-        ran = run_sweep(sweep, progress=progress)
-        wall = time.perf_counter() - t0
+        jobs = sweep.jobs()
+        if report_only:
+            done = sum(j.record_path().is_file() for j in jobs)  # type: ignore[union-attr]
+            what = f"report only: {done} of {len(jobs)} runs recorded"
+        else:
+            ensure_data(needs)
+            t0 = time.perf_counter()
+            ran = run_sweep(sweep, progress=progress)
+            what = (f"{sweep.workers or os.cpu_count()} worker(s); {len(ran)} runs trained in this call, "
+                    f"{(time.perf_counter() - t0) / 60:.1f} min")
         runs_md += [f"- **{title}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
-                    f"{_scale_line(sweep)}; {sweep.workers or os.cpu_count()} worker(s); {len(ran)} runs trained "
-                    f"in this call, {wall / 60:.1f} min; records in `{sweep.results}`."]
-        report = write_report(sweep.results)  # type: ignore[arg-type]
-        rel = os.path.relpath(report.parent, out.parent)
-        body = report.read_text().split("\n", 3)[-1]  # without the report's own title lines
-        reports[str(sweep.results)] = body.replace("](", f"]({rel}/").replace("## ", "### ")
+                    f"{_scale_line(sweep)}; {what}; records in `{sweep.results}`."]
+        if any(Path(str(sweep.results)).rglob("*.json")):  # (report-only: maybe nothing recorded yet)
+            report = write_report(sweep.results)  # type: ignore[arg-type]
+            rel = os.path.relpath(report.parent, out.parent)
+            body = report.read_text().split("\n", 3)[-1]  # without the report's own title lines
+            reports[str(sweep.results)] = body.replace("](", f"]({rel}/").replace("## ", "### ")
         page = md + ["## Studies", ""] + runs_md + [""]
         for res, body in reports.items():
             page += [f"## Results in `{res}`", "", body, ""]

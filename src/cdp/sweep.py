@@ -52,6 +52,10 @@ class Job:
     results: str | None = None
     threads: int = 1
 
+    def record_path(self) -> Path | None:
+        """Where the finished run's record goes (None when the sweep keeps no records)."""
+        return None if self.results is None else _config_class(self.kind)(**self.config).record_path(self.results)
+
 
 @dataclass
 class SweepConfig:

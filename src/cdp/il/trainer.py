@@ -91,6 +91,10 @@ class ILTrainConfig:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         return f"{name}-s{self.seed}"
 
+    def record_path(self, results_dir: str | Path) -> Path:
+        """Where this run's record goes: ``<results_dir>/<task>/<run name>.json``."""
+        return Path(results_dir) / self.task / f"{self.run_name()}.json"
+
 
 def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
     base = dict(obs_keys=task.obs_keys, obs_dim=task.obs_dim, action_dim=task.action_dim)
@@ -260,10 +264,9 @@ def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int =
 
 
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
-    """The run's record at ``<results_dir>/<task>/<run name>.json`` (see :func:`cdp.runlog.write_record`)."""
+    """The run's record at :meth:`ILTrainConfig.record_path` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    cfg = ILTrainConfig(**json.loads((run / "config.json").read_text()))
-    return write_record(run, Path(results_dir) / cfg.task / f"{cfg.run_name()}.json")
+    return write_record(run, ILTrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy") -> dict:

@@ -60,6 +60,10 @@ class TrainConfig:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         return f"{name}-s{self.seed}"
 
+    def record_path(self, results_dir: str | Path) -> Path:
+        """Where this run's record goes: ``<results_dir>/<dataset, / as _>/<run name>.json``."""
+        return Path(results_dir) / self.dataset.replace("/", "_") / f"{self.run_name()}.json"
+
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {ALGOS}")
@@ -220,10 +224,9 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000)
 
 
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
-    """The run's record at ``<results_dir>/<dataset>/<run name>.json`` (see :func:`cdp.runlog.write_record`)."""
+    """The run's record at :meth:`TrainConfig.record_path` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
-    return write_record(run, Path(results_dir) / cfg.dataset.replace("/", "_") / f"{cfg.run_name()}.json")
+    return write_record(run, TrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
 
 
 def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_per_step: float) -> dict:
