@@ -158,3 +158,22 @@ def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
     while any(running(c) for c in children) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(running(c) for c in children)
+
+
+def test_live_progress_shows_the_steps_of_running_jobs_only(tmp_path):
+    from cdp.sweep import Job, live_progress
+
+    def job(name, lines, age_s=0.0):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "metrics.csv").write_text("\n".join(lines) + "\n")
+        t = time.time() - age_s
+        os.utime(out / "metrics.csv", (t, t))
+        return Job("rl", {"steps": 100}, str(out))
+
+    running = job("edp-f1-s0", ["step,loss,seconds", "20,0.5,1.0", "40,0.4,2.0"])
+    stale = job("cdp-f1-s0", ["step,loss,seconds", "60,0.5,1.0"], age_s=3600)  # queued, resumes later
+    fresh = job("cdp-f0.1-s0", ["step,loss,seconds"])  # just started: no step logged yet
+    missing = Job("rl", {"steps": 100}, str(tmp_path / "not-started"))
+    assert live_progress([running, stale, fresh, missing]) == "edp-f1-s0 40/100"
+    assert live_progress([stale], recent_s=7200) == "cdp-f1-s0 60/100"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields
@@ -236,10 +237,13 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
             on_done(job)
         bar.update(1)
 
+    def live(running: list[Job]) -> None:
+        bar.set_postfix_str(live_progress(running), refresh=True)
+
     if todo and backend == "ray":
-        _run_ray(todo, sweep, address, finished)
+        _run_ray(todo, sweep, address, finished, live)
     elif todo:
-        _run_local(todo, sweep, finished)
+        _run_local(todo, sweep, finished, live)
     bar.close()
     if errors:
         job, e = errors[0]
@@ -247,14 +251,36 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
     return todo
 
 
-def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, BaseException | None], None]) -> None:
+def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
+    """``run-name step/steps`` for each job whose ``metrics.csv`` was written in the last
+    ``recent_s`` seconds (so a queued job's old, resumed log is not shown as running)."""
+    parts = []
+    for j in jobs:
+        log = Path(j.out) / "metrics.csv"
+        try:
+            if time.time() - log.stat().st_mtime > recent_s:
+                continue
+            last = log.read_bytes().rstrip().rsplit(b"\n", 1)[-1].split(b",", 1)[0]
+            parts.append(f"{Path(j.out).name} {int(last)}/{j.config['steps']}")
+        except (OSError, ValueError):  # not started, or mid-write / header only
+            continue
+    return ", ".join(parts)
+
+
+#: Seconds between refreshes of the running jobs' steps in the sweep's progress line.
+POLL_S = 15.0
+
+
+def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, BaseException | None], None],
+               live: Callable[[list[Job]], None]) -> None:
     workers = sweep.workers or os.cpu_count() or 1
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                              initializer=_init_worker, initargs=(sweep.threads,)) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            live([j for f, j in pending.items() if f.running()])
             for fut in done:
                 job = pending.pop(fut)
                 err = fut.exception()
@@ -262,7 +288,7 @@ def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, Bas
 
 
 def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
-             finished: Callable[[Job, BaseException | None], None]) -> None:
+             finished: Callable[[Job, BaseException | None], None], live: Callable[[list[Job]], None]) -> None:
     try:
         import ray
     except ImportError:
@@ -276,7 +302,8 @@ def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
     task = ray.remote(num_cpus=sweep.threads, max_retries=2, retry_exceptions=False)(run_job)
     refs = {task.remote(j): j for j in todo}
     while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
+        done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+        live(list(refs.values()))  # which tasks run is the cluster's business: the recent logs say
         for ref in done:
             job = refs.pop(ref)
             try:
