@@ -62,3 +62,20 @@ def test_bad_generation_input(tmp_path):
         BehaviourConfig(algo="PPO")
     with pytest.raises(ValueError, match="unknown Gymnasium task"):
         generate_episodes("Hoppper-v5", "random", tmp_path, 10)
+
+
+@pytest.mark.slow
+def test_halfcheetah_datasets_cut_never_ending_episodes_as_timeouts(tmp_path, monkeypatch):
+    """HalfCheetah never terminates: every episode ends by a time limit (1000 steps) or by the
+    generation budget, and both must read as timeouts, never as terminals (no bootstrapping cut)."""
+    from cdp.data import d4rl_reference, load_minari
+    from cdp.data.behaviour import BehaviourConfig, train_behaviour
+    from cdp.data.generate import make_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    train_behaviour(BehaviourConfig(env_id="HalfCheetah-v5", total_steps=200, snapshot_every=100, eval_episodes=1,
+                                    learning_starts=100), tmp_path / "agent", progress=False)
+    tr = load_minari(make_dataset("HalfCheetah-v5", "medium", tmp_path / "agent", n_steps=2500))
+    assert (len(tr), tr.obs_dim, tr.act_dim) == (2500, 17, 6)
+    assert tr.terminals.sum() == 0 and tr.timeouts.sum() == 3  # cut at 1000, 2000 and the budget's 2500
+    assert d4rl_reference("HalfCheetah-v5").source == "D4RL halfcheetah"
