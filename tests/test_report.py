@@ -96,5 +96,8 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     assert lines[2].startswith("| cdp vs edp | +2.0 (±4.0 / ±5.0; n 2/2) | +8.4 | 1.00x | 1.14x |")
     assert lines[3].startswith("| cdp-g1 vs edp | +25.0 (±0.0 / ±5.0; n 1/2) |  |")
     text = write_report(tmp_path).read_text()
+    # the summary across groups: the same differences; CDP beat EDP on both paired seeds (13 > 10, 21 > 20)
+    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +2.0 (ahead 2/2) |" in text
+    assert "| cdp/hopper/medium-replay-v0 | cdp-g1 − edp | +25.0 |" in text  # its seed 9 has no EDP twin
     assert "CDP vs its base" in text and (tmp_path / "cdp_hopper_medium-replay-v0_bars.png").stat().st_size > 1000
     assert (tmp_path / "cdp_hopper_medium-replay-v0_edp_gamma.png").stat().st_size > 1000  # gammas 0, 0.1, 1

@@ -184,6 +184,38 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     return "\n".join(lines)
 
 
+def seeds_ahead(runs: list[Run], method: str, base: str, fraction: float, metric: str) -> tuple[int, int]:
+    """``(k, n)``: of the n seeds both ``method`` and ``base`` ran at ``fraction``, on k the
+    method's ``metric`` was the larger (seed-paired: same data subset and initialisation seed)."""
+    def by_seed(m: str) -> dict[int, float]:
+        return {r.seed: r.summary[metric] for r in runs if r.method == m and r.fraction == fraction and metric in r.summary}
+
+    mine, theirs = by_seed(method), by_seed(base)
+    both = mine.keys() & theirs.keys()
+    return sum(mine[s] > theirs[s] for s in both), len(both)
+
+
+def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> str:
+    """Markdown: every contraction method minus its base, in every group, per data fraction — the
+    difference of the seeds' means of ``metric`` and on how many paired seeds CDP was ahead."""
+    fracs = sorted({r.fraction for rs in groups.values() for r in rs}, reverse=True)
+    lines = ["| group | CDP − base | " + " | ".join(f"{f:.0%} data" for f in fracs) + " |",
+             "|---|---|" + "---:|" * len(fracs)]
+    for g, rs in sorted(groups.items()):
+        methods = sorted({r.method for r in rs})
+        for m in methods:
+            b = base_of(m)
+            if b not in methods:
+                continue
+            cells = []
+            for f in fracs:
+                x, y = values(rs, m, f, metric), values(rs, b, f, metric)
+                k, n = seeds_ahead(rs, m, b, f, metric)
+                cells.append("" if not x or not y else f"{np.mean(x) - np.mean(y):+.1f}" + (f" (ahead {k}/{n})" if n else ""))
+            lines.append(f"| {g} | {m} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def compute_hours(runs: list[Run]) -> float:
     """Wall-clock hours the runs took, evaluations included: each run's ``step`` × its
     ``seconds_per_1k_steps`` (a resumed run's rate is its last leg's, applied to all its steps)."""
@@ -300,6 +332,11 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         groups[r.group].append(r)
     md = [f"# Results under {root}", "", "Mean ± standard error over seeds (seed count in brackets); best mean per "
           "column in bold.", ""]
+    summary = across_groups(groups)
+    if summary:
+        md += ["## Summary: CDP minus its base", "", "Difference of the seeds' means of the mean of the last three "
+               "evaluations; ahead k/n: on k of the n seeds both ran, CDP's run beat its base's with the same seed "
+               "(same data subset, same initialisation seed).", "", summary, ""]
     for g, rs in sorted(groups.items()):
         kind = rs[0].kind
         unit = "success rate (%)" if kind == "il" else (
