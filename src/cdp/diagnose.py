@@ -161,8 +161,12 @@ def plot(results: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def run_diagnostics(runs: list[str], out: str | Path, states: int = 16, steps: int = 400, seed: int = 0) -> Path:
-    results = [diagnose(flow_from_run(r, states, seed), steps=steps, seed=seed) for r in runs]
+def run_diagnostics(runs: list[str], out: str | Path, states: int = 16, steps: int = 400, seed: int = 0,
+                    progress: bool = True) -> Path:
+    from tqdm.auto import tqdm
+
+    results = [diagnose(flow_from_run(r, states, seed), steps=steps, seed=seed)
+               for r in tqdm(runs, desc="diagnose", unit="run", disable=not progress)]
     out = Path(out)
     atomic_write(out / "diagnostics.json", json.dumps(results, indent=1).encode())
     atomic_write(out / "diagnostics.png", plot(results))
