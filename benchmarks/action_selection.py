@@ -6,9 +6,11 @@
 - Diffusion Policy chunk prediction (DDIM 10 steps) with the UNet and DiT backbones for a 16 x 7
   chunk (Lift / Can) and a 16 x 2 chunk (MultiReach): one state and 50 states.
 
-Median over repeats, ms, ``torch.inference_mode``.
+Median over repeats, ms, ``torch.inference_mode``. With ``--bf16`` each row is also timed under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` in the same run (CPUs with AMX / AVX-512 BF16
+run bf16 matmuls several times faster; the sampled actions then carry bf16 rounding).
 
-    python benchmarks/action_selection.py [--quick]
+    python benchmarks/action_selection.py [--quick] [--bf16]
 """
 
 from __future__ import annotations
@@ -36,26 +38,38 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--bf16", action="store_true", help="also time each row under bf16 autocast")
     args, header = parse(ap)
     reps = 5 if args.quick else 20
     print(f"{header}; median ms per call\n")
-    print("| policy | states | candidates / chunk | ms |\n|---|---:|---|---:|")
+    if args.bf16:
+        print("| policy | states | candidates / chunk | ms | bf16 autocast ms | speed-up |\n|---|---:|---|---:|---:|---:|")
+    else:
+        print("| policy | states | candidates / chunk | ms |\n|---|---:|---|---:|")
+
+    def cells(fn) -> str:
+        fp32 = median_ms(fn, reps)
+        if not args.bf16:
+            return f"{fp32:.1f} |"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = median_ms(fn, reps)
+        return f"{fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |"
+
     torch.manual_seed(0)
     with torch.inference_mode():
         for n_cand in (100, 1):
             agent = EDP(11, 3, EDPConfig(n_candidates=n_cand))
             for states in (1, 10):
                 obs = torch.randn(states, 11)
-                print(f"| EDP/CDP MLP (hopper 11/3) | {states} | {n_cand} candidates | "
-                      f"{median_ms(lambda: agent.act(obs), reps):.1f} |", flush=True)
+                print(f"| EDP/CDP MLP (hopper 11/3) | {states} | {n_cand} candidates | {cells(lambda: agent.act(obs))}",
+                      flush=True)
         for d in (7, 2):
             for name, kw in (("UNet 32-64-128", dict(backbone="unet", unet_dims=(32, 64, 128))),
                              ("DiT 64 x 4", dict(backbone="dit", dit_width=64, dit_depth=4))):
                 pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=19, action_dim=d, **kw))
                 for states in (1, 50):
                     obs = torch.randn(states, 2, 19)
-                    print(f"| DP {name} | {states} | 16 x {d} chunk | {median_ms(lambda: pol.predict_chunk(obs), reps):.1f} |",
-                          flush=True)
+                    print(f"| DP {name} | {states} | 16 x {d} chunk | {cells(lambda: pol.predict_chunk(obs))}", flush=True)
 
 
 if __name__ == "__main__":
