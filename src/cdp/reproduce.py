@@ -131,8 +131,8 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         if workers is not None:
             sweep.workers = workers
         print(f"\n== {name}: {title}\n   {_scale_line(sweep)}", flush=True)
-        jobs = sweep.jobs()
         if report_only:
+            jobs = sweep.jobs()
             done = sum(j.record_path().is_file() for j in jobs)  # type: ignore[union-attr]
             what = f"report only: {done} of {len(jobs)} runs recorded"
         else:
