@@ -110,6 +110,18 @@ def test_trainer_bad_input(tiny_dataset, tmp_path):
         train(TrainConfig(algo="bc", dataset="cdp-test/none-v0", steps=1), tmp_path / "r2", progress=False)
 
 
+def test_cli_train_on_a_folder_another_process_trains_is_one_clear_line(tiny_dataset, tmp_path, capsys):
+    from cdp.cli import main
+    from cdp.runlog import claim_run
+
+    run = tmp_path / "busy"
+    with claim_run(run):
+        assert main(["rl", "train", "bc", "--dataset", tiny_dataset, "--steps", "3", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cdp: error: ") and "is being trained by pid" in err[0]
+    assert not (run / "config.json").exists()  # refused before anything was written
+
+
 def test_vectorised_evaluation_equals_episode_by_episode():
     import gymnasium as gym
 

@@ -94,6 +94,21 @@ def test_sweep_runs_records_and_skips_finished_runs(tiny_dataset, tmp_path):
     assert stamp == {j.out: os.path.getmtime(os.path.join(j.out, "checkpoint.pt")) for j in sweep.jobs()}
 
 
+def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tiny_dataset, tmp_path, capsys):
+    from pathlib import Path
+
+    from cdp.runlog import claim_run
+
+    sweep = load_sweep(config(tmp_path, tiny_dataset))
+    taken, free = sweep.jobs()
+    with claim_run(Path(taken.out)):  # as a second `cdp sweep` of the same grid would hold it
+        ran = run_sweep(sweep, progress=True)
+    assert ran == [free] and is_finished(free) and not is_finished(taken)
+    assert not (Path(taken.out) / "metrics.csv").exists()  # nothing written into the taken folder
+    assert f"skipped: {taken.out} is being trained by pid {os.getpid()}" in capsys.readouterr().out
+    assert run_sweep(sweep, progress=False) == [taken] and is_finished(taken)  # free again: it runs
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, tmp_path):
     p = config(tmp_path, tiny_dataset, steps=3000, seeds="[0]")

@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # this process trains or samples: keep freed tensor memory (cdp.runtime)
+    from .runlog import RunBusy
+
     try:
         return _run(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, KeyError, FileNotFoundError, RunBusy) as e:  # bad input: one clear line, no traceback
         print(f"cdp: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,16 +1,53 @@
-"""Run-folder logs shared by the trainers: CSV rows (and their TensorBoard twin) that survive a
-resume without duplicates, atomic checkpoints, the non-finite-loss stop, and the learning-curve plot."""
+"""Run-folder plumbing shared by the trainers: the claim on a folder while it trains, CSV rows (and
+their TensorBoard twin) that survive a resume without duplicates, atomic checkpoints, the
+non-finite-loss stop, and the learning-curve plot."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .io import atomic_write
+
+
+class RunBusy(RuntimeError):
+    """Another live process is training this run folder."""
+
+
+@contextmanager
+def claim_run(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``folder/.lock`` while a run trains, so two
+    processes never train one folder at once (a sweep started twice, two machines sharing the
+    runs, a sweep and a ``cdp rl train``). Raises :class:`RunBusy` at once, naming the holder, when
+    the folder is taken. The OS drops the lock when its holder exits, however it exits, so a killed
+    run never leaves a stale claim behind. Without ``fcntl`` (Windows) runs are not claimed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunBusy(f"{folder} is being trained by {holder}; wait for it, or stop it first") from None
+        os.ftruncate(fd, 0)  # who holds it, for the message above (the lock itself is the flock)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def append_csv(path: Path, row: dict) -> None:

@@ -19,7 +19,9 @@ A sweep config (TOML, or JSON with the same keys)::
 
 Every job's config is validated before any job starts. A job whose run folder already holds a
 finished summary is skipped; an interrupted one resumes from its checkpoint (the trainer's own
-resume), so re-running a killed sweep neither repeats nor loses work. Jobs run in a local process
+resume), so re-running a killed sweep neither repeats nor loses work. A job whose folder another
+live process is training (the same sweep started twice, or on two machines sharing the runs) is
+skipped with a message, never trained twice at once (``cdp.runlog.claim_run``). Jobs run in a local process
 pool or, with ``backend="ray"`` (``cdp sweep CONFIG --backend ray --address auto``), as Ray tasks.
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .runlog import RunBusy
 from .runtime import tune_allocator
 
 KINDS = ("rl", "il")
@@ -215,7 +218,8 @@ BACKENDS = ("local", "ray")
 def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job], None] | None = None,
               backend: str = "local", address: str | None = None) -> list[Job]:
     """Run every unfinished job and return the jobs that ran. A failing job does not stop the
-    others; the first error is raised at the end.
+    others; the first error is raised at the end. A job another process is training (``RunBusy``)
+    is skipped with a message and is not among those returned.
 
     ``local``: a process pool of ``sweep.workers`` fresh interpreters. ``ray``: one Ray task per
     job (``num_cpus = sweep.threads``) on the cluster at ``address`` (``"auto"``, ``"ray://..."``),
@@ -228,9 +232,13 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
     todo = [j for j in jobs if not is_finished(j)]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
     errors: list[tuple[Job, BaseException]] = []
+    busy: list[Job] = []
 
     def finished(job: Job, error: BaseException | None) -> None:
-        if error is not None:
+        if isinstance(error, RunBusy):
+            busy.append(job)
+            bar.write(f"skipped: {error}")
+        elif error is not None:
             errors.append((job, error))
             bar.write(f"failed: {job.out}: {error}")
         elif on_done is not None:
@@ -248,7 +256,7 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
     if errors:
         job, e = errors[0]
         raise RuntimeError(f"{len(errors)} of {len(todo)} jobs failed; first: {job.out}: {e}") from e
-    return todo
+    return [j for j in todo if j not in busy]
 
 
 def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
