@@ -101,3 +101,20 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     assert "| cdp/hopper/medium-replay-v0 | cdp-g1 − edp | +25.0 |" in text  # its seed 9 has no EDP twin
     assert "CDP vs its base" in text and (tmp_path / "cdp_hopper_medium-replay-v0_bars.png").stat().st_size > 1000
     assert (tmp_path / "cdp_hopper_medium-replay-v0_edp_gamma.png").stat().st_size > 1000  # gammas 0, 0.1, 1
+
+
+def test_learning_curves_keep_each_methods_colour_across_panels(tmp_path, monkeypatch):
+    import cdp.report as report
+
+    write_record(tmp_path, "bc", 1.0, 0, 1.0, 1.0, [0.0, 1.0])  # only at 100%: shifts the colour cycle there
+    for f in (1.0, 0.1):
+        for algo in ("cdp", "edp"):
+            write_record(tmp_path, algo, f, 0, 2.0, 2.0, [1.0, 2.0])
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    report._plot_curves(load_runs(tmp_path), "t", "score")
+    (fig,) = figs
+    panels = [{ln.get_label(): ln.get_color() for ln in ax.get_lines()} for ax in fig.axes]
+    assert set(panels[0]) == {"bc (1)", "cdp (1)", "edp (1)"} and set(panels[1]) == {"cdp (1)", "edp (1)"}
+    assert panels[0]["cdp (1)"] == panels[1]["cdp (1)"] and panels[0]["edp (1)"] == panels[1]["edp (1)"]
+    assert all(ax.get_legend() is not None for ax in fig.axes)  # each panel names its own lines

@@ -298,12 +298,16 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
 
 
 def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
+    """One panel per data fraction, mean ± s.e. over seeds per method; a method keeps its colour
+    in every panel, and each panel's legend gives its own seed counts."""
     plt = _pyplot()
 
     fracs = sorted({r.fraction for r in runs}, reverse=True)
+    methods = sorted({r.method for r in runs})
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(fracs), figsize=(5 * len(fracs), 3.6), squeeze=False, sharey=True)
     for ax, f in zip(axes[0], fracs):
-        for m in sorted({r.method for r in runs}):
+        for m in methods:
             curves = [dict(r.curve) for r in runs if r.method == m and r.fraction == f and r.curve]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if not steps:
@@ -311,13 +315,13 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
             vals = np.array([[c[s] for s in steps] for c in curves])
             mu = vals.mean(0)
             se = vals.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.zeros_like(mu)
-            ax.plot(steps, mu, marker="o", ms=3, label=f"{m} ({len(curves)})")
-            ax.fill_between(steps, mu - se, mu + se, alpha=0.2)
+            ax.plot(steps, mu, marker="o", ms=3, color=colour[m], label=f"{m} ({len(curves)})")
+            ax.fill_between(steps, mu - se, mu + se, color=colour[m], alpha=0.2)
         ax.set_title(f"{title}, {f:.0%} data", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="method (seeds)", title_fontsize=8)
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
