@@ -118,3 +118,24 @@ def test_learning_curves_keep_each_methods_colour_across_panels(tmp_path, monkey
     assert set(panels[0]) == {"bc (1)", "cdp (1)", "edp (1)"} and set(panels[1]) == {"cdp (1)", "edp (1)"}
     assert panels[0]["cdp (1)"] == panels[1]["cdp (1)"] and panels[0]["edp (1)"] == panels[1]["edp (1)"]
     assert all(ax.get_legend() is not None for ax in fig.axes)  # each panel names its own lines
+
+
+def test_paired_differences_and_summary_figure(tmp_path):
+    from collections import defaultdict
+
+    from cdp.report import paired_differences
+
+    # mean of the last three = the curve's mean; edp has seeds 0-2, cdp seeds 0 and 2 at 100%, seed 1 at 10%
+    for algo, f, seed, curve in [("edp", 1.0, 0, [1, 2, 3]), ("edp", 1.0, 1, [5, 5, 5]), ("edp", 1.0, 2, [0, 0, 3]),
+                                 ("cdp", 1.0, 0, [4, 4, 4]), ("cdp", 1.0, 2, [2, 2, 2]),
+                                 ("edp", 0.1, 1, [1, 1, 1]), ("cdp", 0.1, 1, [0, 0, 0]), ("bc", 1.0, 0, [9, 9, 9])]:
+        write_record(tmp_path, algo, f, seed, curve[-1], max(curve), curve)
+    groups = defaultdict(list)
+    for r in load_runs(tmp_path):
+        groups[r.group].append(r)
+    rows = paired_differences(groups)
+    label = "cdp/hopper/medium-replay-v0: cdp − edp"
+    assert rows == [(label, 1.0, [pytest.approx(2.0), pytest.approx(1.0)]), (label, 0.1, [pytest.approx(-1.0)])]
+    text = write_report(tmp_path).read_text()
+    assert "![CDP minus its base, seed-paired differences](summary.png)" in text
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

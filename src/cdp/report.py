@@ -216,6 +216,56 @@ def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> s
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def paired_differences(groups: dict[str, list[Run]], metric: str = "mean_last3") -> list[tuple[str, float, list[float]]]:
+    """``(label, fraction, [CDP - base per seed])`` for every contraction method with its base in
+    a group, over the seeds both ran at that fraction (same data subset, same initialisation seed);
+    the label is ``"<group>: <method> − <base>"``."""
+    rows = []
+    for g, rs in sorted(groups.items()):
+        methods = sorted({r.method for r in rs})
+        for m in methods:
+            b = base_of(m)
+            if b not in methods:
+                continue
+            for f in sorted({r.fraction for r in rs}, reverse=True):
+                mine = {r.seed: r.summary[metric] for r in rs if r.method == m and r.fraction == f and metric in r.summary}
+                base = {r.seed: r.summary[metric] for r in rs if r.method == b and r.fraction == f and metric in r.summary}
+                diffs = [mine[k] - base[k] for k in sorted(mine.keys() & base.keys())]
+                if diffs:
+                    rows.append((f"{g}: {m} − {b}", f, diffs))
+    return rows
+
+
+def _summary_plot(groups: dict[str, list[Run]], metric: str = "mean_last3") -> bytes | None:
+    """Forest plot of :func:`paired_differences`: one row per comparison, one marker per data
+    fraction (mean ± s.e. of the seed-paired differences), each seed's difference as a dot."""
+    rows = paired_differences(groups, metric)
+    if not rows:
+        return None
+    plt = _pyplot()
+    labels = list(dict.fromkeys(lab for lab, _, _ in rows))
+    fracs = sorted({f for _, f, _ in rows}, reverse=True)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * len(labels)))
+    for i, f in enumerate(fracs):
+        off = (i - (len(fracs) - 1) / 2) * 0.25
+        for lab, ff, diffs in rows:
+            if ff != f:
+                continue
+            y = labels.index(lab) + off
+            mu, se = mean_se(diffs)
+            ax.scatter(diffs, [y] * len(diffs), s=9, color=f"C{i}", alpha=0.45, linewidths=0)
+            ax.errorbar(mu, y, xerr=se, fmt="o", ms=5, capsize=3, color=f"C{i}",
+                        label=f"{f:.0%} data" if lab == next(lb for lb, f2, _ in rows if f2 == f) else None)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"CDP − base, {metric} (seed-paired; dots: seeds, marker: mean ± s.e.)", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def compute_hours(runs: list[Run]) -> float:
     """Wall-clock hours the runs took, evaluations included: each run's ``step`` × its
     ``seconds_per_1k_steps`` (a resumed run's rate is its last leg's, applied to all its steps)."""
@@ -341,6 +391,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         md += ["## Summary: CDP minus its base", "", "Difference of the seeds' means of the mean of the last three "
                "evaluations; ahead k/n: on k of the n seeds both ran, CDP's run beat its base's with the same seed "
                "(same data subset, same initialisation seed).", "", summary, ""]
+        forest = _summary_plot(groups)
+        if forest is not None:
+            atomic_write(out / "summary.png", forest)
+            md += ["![CDP minus its base, seed-paired differences](summary.png)", ""]
     for g, rs in sorted(groups.items()):
         kind = rs[0].kind
         unit = "success rate (%)" if kind == "il" else (
