@@ -165,8 +165,8 @@ def run_diagnostics(runs: list[str], out: str | Path, states: int = 16, steps: i
                     progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
-    results = [diagnose(flow_from_run(r, states, seed), steps=steps, seed=seed)
-               for r in tqdm(runs, desc="diagnose", unit="run", disable=not progress)]
+    flows = [flow_from_run(r, states, seed) for r in runs]  # every folder checked before the long part
+    results = [diagnose(f, steps=steps, seed=seed) for f in tqdm(flows, desc="diagnose", unit="run", disable=not progress)]
     out = Path(out)
     atomic_write(out / "diagnostics.json", json.dumps(results, indent=1).encode())
     atomic_write(out / "diagnostics.png", plot(results))
