@@ -47,7 +47,8 @@ def test_cli_sweep_takes_a_bundled_study_by_name(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no experiments/ here: the name resolves inside the package
     assert main(["sweep", "offline_rl", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("todo") == 24 and "cdp_walker2d_medium-replay-v0/cdp-f0.1-s2" in out
+    assert out.count("todo     ") == 24 and "cdp_walker2d_medium-replay-v0/cdp-f0.1-s2" in out
+    assert out.splitlines()[-1] == "0 done, 0 running, 0 stopped, 24 todo (of 24)"
     assert main(["sweep", "nope"]) == 2
     assert "no bundled study 'nope'" in capsys.readouterr().err
 

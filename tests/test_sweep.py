@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("minari")
 pytest.importorskip("mujoco")
 
-from cdp.sweep import is_finished, load_sweep, run_sweep  # noqa: E402
+from cdp.sweep import is_finished, job_state, load_sweep, run_sweep  # noqa: E402
 
 
 def write(tmp_path, text, name="sweep.toml"):
@@ -103,6 +103,9 @@ def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tiny_dat
     taken, free = sweep.jobs()
     with claim_run(Path(taken.out)):  # as a second `cdp sweep` of the same grid would hold it
         ran = run_sweep(sweep, progress=True)
+        state, detail = job_state(taken)
+        assert state == "running" and detail.startswith(f"0/6, pid {os.getpid()} on ")
+    assert job_state(taken) == ("todo", "") and job_state(free) == ("done", "")
     assert ran == [free] and is_finished(free) and not is_finished(taken)
     assert not (Path(taken.out) / "metrics.csv").exists()  # nothing written into the taken folder
     assert f"skipped: {taken.out} is being trained by pid {os.getpid()}" in capsys.readouterr().out
@@ -122,6 +125,8 @@ def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, t
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, mid-run
     proc.wait()
     assert os.path.exists(ckpt) and not is_finished(job), "the kill should land mid-run"
+    state, detail = job_state(job)  # the killed worker's claim went with it
+    assert state == "stopped" and detail.endswith("/3000; resumes from its last checkpoint"), (state, detail)
     run_sweep(load_sweep(p), progress=False)
     assert is_finished(job)
     steps = [int(r["step"]) for r in csv.DictReader(open(os.path.join(job.out, "metrics.csv")))]

@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a "
                                    "bundled study (offline_rl, imitation_lift, ...)")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
-    sw.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is done; run nothing")
+    sw.add_argument("--dry-run", "--status", action="store_true",
+                    help="list the jobs and the state of each (done / running, at which step and by whom / "
+                         "stopped part-way / todo); run nothing")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local process pool (default) or Ray tasks")
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
@@ -207,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
     elif args.command == "sweep":
-        from .sweep import is_finished, load_sweep, run_sweep
+        from .sweep import job_state, load_sweep, run_sweep
 
         config = args.config
         if not Path(config).exists() and "/" not in config and "." not in config:
@@ -218,8 +220,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.workers:
             sweep.workers = args.workers
         if args.dry_run:
-            for job in sweep.jobs():
-                print(f"{'done' if is_finished(job) else 'todo'}  {job.out}")
+            states = [(job, *job_state(job)) for job in sweep.jobs()]
+            for job, state, detail in states:
+                print(f"{state:8s} {job.out}" + (f"  ({detail})" if detail else ""))
+            counts = {s: sum(st == s for _, st, _ in states) for s in ("done", "running", "stopped", "todo")}
+            print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)})")
             return 0
         ran = run_sweep(sweep, backend=args.backend, address=args.address)
         print(f"{len(ran)} runs trained; run folders under {sweep.out}")

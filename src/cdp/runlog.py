@@ -27,8 +27,8 @@ class RunBusy(RuntimeError):
 def claim_run(folder: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on ``folder/.lock`` while a run trains, so two
     processes never train one folder at once (a sweep started twice, two machines sharing the
-    runs, a sweep and a ``cdp rl train``). Raises :class:`RunBusy` at once, naming the holder, when
-    the folder is taken. The OS drops the lock when its holder exits, however it exits, so a killed
+    runs, a sweep and a ``cdp rl train``). Raises :class:`RunBusy`, naming the holder, when the
+    folder is taken. The OS drops the lock when its holder exits, however it exits, so a killed
     run never leaves a stale claim behind. Without ``fcntl`` (Windows) runs are not claimed."""
     try:
         import fcntl
@@ -38,16 +38,40 @@ def claim_run(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise RunBusy(f"{folder} is being trained by {holder}; wait for it, or stop it first") from None
-        os.ftruncate(fd, 0)  # who holds it, for the message above (the lock itself is the flock)
+        for attempt in range(3):  # a status probe (run_holder) holds it for microseconds: try again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 2:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise RunBusy(f"{folder} is being trained by {holder}; wait for it, or stop it first") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)  # who holds it, for the messages (the lock itself is the flock)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def run_holder(folder: Path) -> str | None:
+    """Who is training ``folder`` right now (``"pid P on HOST since T"``), or None when no live
+    process holds its claim. Probes with a shared lock taken and dropped at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
 
 
 def append_csv(path: Path, row: dict) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .runlog import RunBusy
+from .runlog import RunBusy, run_holder
 from .runtime import tune_allocator
 
 KINDS = ("rl", "il")
@@ -174,6 +174,31 @@ def is_finished(job: Job) -> bool:
     return json.loads(p.read_text()).get("step", -1) >= job.config["steps"]
 
 
+def _logged_step(job: Job) -> int | None:
+    """The last step in the run's ``metrics.csv`` (None before the first row)."""
+    try:
+        last = (Path(job.out) / "metrics.csv").read_bytes().rstrip().rsplit(b"\n", 1)[-1].split(b",", 1)[0]
+        return int(last)
+    except (OSError, ValueError):
+        return None
+
+
+def job_state(job: Job) -> tuple[str, str]:
+    """``(state, detail)``: ``done``; ``running`` (another live process holds the run's claim:
+    its step and who); ``stopped`` (begun, not finished, nobody on it: it resumes from its last
+    checkpoint); ``todo``."""
+    if is_finished(job):
+        return "done", ""
+    step, steps = _logged_step(job), job.config["steps"]
+    at = f"{step}/{steps}" if step is not None else f"0/{steps}"
+    holder = run_holder(Path(job.out))
+    if holder is not None:
+        return "running", f"{at}, {holder}"
+    if (Path(job.out) / "checkpoint.pt").is_file():
+        return "stopped", f"logged to {at}; resumes from its last checkpoint"
+    return "todo", ""
+
+
 def run_job(job: Job) -> str:
     """Train one job (resuming if its folder holds a checkpoint); returns the run folder."""
     import torch
@@ -268,10 +293,11 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
         try:
             if time.time() - log.stat().st_mtime > recent_s:
                 continue
-            last = log.read_bytes().rstrip().rsplit(b"\n", 1)[-1].split(b",", 1)[0]
-            parts.append(f"{Path(j.out).name} {int(last)}/{j.config['steps']}")
-        except (OSError, ValueError):  # not started, or mid-write / header only
+        except OSError:  # not started
             continue
+        step = _logged_step(j)
+        if step is not None:  # None: header only, or mid-write
+            parts.append(f"{Path(j.out).name} {step}/{j.config['steps']}")
     return ", ".join(parts)
 
 
