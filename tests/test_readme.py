@@ -1,4 +1,4 @@
-"""The README's library example runs as written."""
+"""The README's library example runs as written, and the result tables it quotes are the records' own."""
 
 import re
 from pathlib import Path
@@ -20,3 +20,10 @@ def test_readme_names_the_two_commands():
     text = README.read_text()
     assert 'pip install -e . && cdp demo' in text
     assert 'pip install -e ".[dev]" && python -m pytest -q' in text
+
+
+def test_readme_tables_are_the_records_own():
+    from cdp.report import sync_blocks
+
+    stale = sync_blocks(README, check=True)
+    assert not stale, f"README tables differ from the records in results/: run `cdp report --sync README.md` ({stale})"

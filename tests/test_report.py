@@ -139,3 +139,28 @@ def test_paired_differences_and_summary_figure(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "![CDP minus its base, seed-paired differences](summary.png)" in text
     assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sync_rewrites_quoted_tables_from_the_records(tmp_path, capsys):
+    from cdp.cli import main
+    from cdp.report import render_block, sync_blocks
+
+    for algo, f, seed, v in [("edp", 1.0, 0, 10.0), ("edp", 1.0, 1, 12.0), ("cdp", 1.0, 0, 13.0), ("cdp", 1.0, 1, 11.0)]:
+        write_record(tmp_path / "res", algo, f, seed, v, v, [v, v, v])
+    doc = tmp_path / "README.md"
+    group = "cdp/hopper/medium-replay-v0"
+    doc.write_text(f"intro\n<!-- report: res overview {group} -->\n| old | table |\n<!-- /report -->\nmiddle\n"
+                   "<!-- report: res summary -->\n<!-- /report -->\nend\n")
+    assert sync_blocks(doc, check=True) == [f"res overview {group}", "res summary"]
+    assert "| old | table |" in doc.read_text()  # check changes nothing
+    assert main(["report", "--sync", str(doc), "--check"]) == 1
+    assert sync_blocks(doc) == [f"res overview {group}", "res summary"]
+    text = doc.read_text()
+    assert "| 100% | cdp | 2 | 12.0 ± 1.0 | 12.0 ± 1.0 | 12.0 ± 1.0 |" in text  # mean 12, s.e. 1 over seeds
+    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +1.0 (ahead 1/2) |" in text
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
+    assert sync_blocks(doc) == [] and main(["report", "--sync", str(doc), "--check"]) == 0  # now in step
+    with pytest.raises(ValueError, match="name one group"):
+        render_block("res overview nope", tmp_path)
+    with pytest.raises(ValueError, match="expected"):
+        render_block("res table", tmp_path)

@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
 
     rp = sub.add_parser("report", help="markdown tables and learning curves from per-run records")
-    rp.add_argument("results", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
+    rp.add_argument("results", nargs="?", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
     rp.add_argument("--out", default=None, help="where report.md and the plots go (default: the results folder)")
+    rp.add_argument("--sync", metavar="FILE", default=None,
+                    help="instead: rewrite the tables quoted in FILE (<!-- report: ... --> blocks) from the records")
+    rp.add_argument("--check", action="store_true", help="with --sync: change nothing, exit 1 if a table is stale")
 
     dg = sub.add_parser("diagnose", help="contraction diagnostics of trained diffusion policies, side by side")
     dg.add_argument("runs", nargs="+", help="run folders (offline-RL diffusion agents or imitation diffusion policies)")
@@ -197,8 +200,16 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(il_evaluate_run(args.run, args.episodes, which=args.which), indent=2))
     elif args.command == "report":
-        from .report import write_report
+        from .report import sync_blocks, write_report
 
+        if args.sync:
+            changed = sync_blocks(args.sync, check=args.check)
+            verb = "stale" if args.check else "rewritten"
+            print(f"{args.sync}: {len(changed)} table{'s' if len(changed) != 1 else ''} {verb}"
+                  + "".join(f"\n  {c}" for c in changed))
+            return 1 if args.check and changed else 0
+        if not args.results:
+            raise ValueError("cdp report needs a results folder (or --sync FILE)")
         print(f"report: {write_report(args.results, args.out)}")
     elif args.command == "diagnose":
         from .diagnose import run_diagnostics

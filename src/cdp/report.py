@@ -6,6 +6,10 @@ are grouped by dataset (offline RL) or task + demonstration file (imitation), th
 (the run name without fraction and seed, e.g. ``edp``, ``cdp``, ``cdp-g1``, ``dp-unet``) and data
 fraction; each cell is the mean ± standard error over seeds, with the seed count, and the best
 mean of each column in bold.
+
+Tables quoted in another markdown file (the README) stay the records' own: a block
+``<!-- report: RESULTS_DIR overview GROUP -->`` ... ``<!-- /report -->`` (or ``summary``, or
+``versus GROUP``) is rewritten from the records by ``cdp report --sync FILE`` (:func:`sync_blocks`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import io
 import json
 import math
 import re
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,3 +441,51 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     path = out / "report.md"
     atomic_write(path, "\n".join(md).encode())
     return path
+
+
+#: A quoted report block in a markdown file: its spec line, the body the sync rewrites, the end line.
+BLOCK = re.compile(r"(?P<head><!-- report: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(?P<tail><!-- /report -->)", re.S)
+BLOCK_KINDS = ("overview", "summary", "versus")
+
+
+def render_block(spec: str, base: str | Path = ".", _cache: dict | None = None) -> str:
+    """The table a block spec names: ``RESULTS_DIR overview GROUP``, ``RESULTS_DIR summary`` (CDP
+    minus its base across groups) or ``RESULTS_DIR versus GROUP`` (the CDP-vs-base table with the
+    paper's figures); ``RESULTS_DIR`` relative to ``base``, a ``GROUP`` with spaces quoted."""
+    parts = shlex.split(spec)
+    if len(parts) < 2 or parts[1] not in BLOCK_KINDS:
+        raise ValueError(f"report block {spec!r}: expected 'RESULTS_DIR {{{'|'.join(BLOCK_KINDS)}}} [GROUP]'")
+    root, kind, rest = parts[0], parts[1], parts[2:]
+    cache = {} if _cache is None else _cache
+    if root not in cache:
+        groups: dict[str, list[Run]] = defaultdict(list)
+        for r in load_runs(Path(base) / root):
+            groups[r.group].append(r)
+        cache[root] = groups
+    groups = cache[root]
+    if kind == "summary":
+        return across_groups(groups)
+    if len(rest) != 1 or rest[0] not in groups:
+        raise ValueError(f"report block {spec!r}: name one group of {root}: {sorted(groups)}")
+    return overview(groups[rest[0]]) if kind == "overview" else cdp_vs_base(groups[rest[0]])
+
+
+def sync_blocks(path: str | Path, check: bool = False) -> list[str]:
+    """Rewrite every report block in the markdown file ``path`` from its records (results folders
+    relative to the file's folder) and return the specs whose tables changed. With ``check`` the
+    file is left as it is (a test: are the quoted tables the records' own?)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no markdown file at {path}")
+    text, cache, changed = path.read_text(), {}, []
+
+    def fill(m: re.Match) -> str:
+        body = render_block(m["spec"], path.parent, cache) + "\n"
+        if body != m["body"]:
+            changed.append(m["spec"])
+        return m["head"] + body + m["tail"]
+
+    new = BLOCK.sub(fill, text)
+    if changed and not check:
+        atomic_write(path, new.encode())
+    return changed
