@@ -26,7 +26,7 @@ def test_diagnostics_on_trained_runs(tiny_dataset, tmp_path):
                            eval_episodes=1, sample_steps=2), il_run, progress=False)
     rl_run = tmp_path / "rl"
     orig = T.make_agent
-    T.make_agent = lambda c, o, a: EDP(o, a, EDPConfig(hidden=32, sample_steps=2, n_candidates=2))
+    T.make_agent = lambda c, o, a, device="cpu": EDP(o, a, EDPConfig(hidden=32, sample_steps=2, n_candidates=2), device)
     try:
         T.train(T.TrainConfig(algo="edp", dataset=tiny_dataset, steps=4, batch_size=16, eval_every=4, eval_episodes=1,
                               checkpoint_every=4), rl_run, progress=False)

@@ -242,3 +242,45 @@ def test_reach_hard_variant():
     ds = task.make_demos(6, "ph", seed=0)
     assert len(ds.demos) == 6 and ds.env_args["env_kwargs"]["n_goals"] == 4
     assert all(d.obs["goals_touched"].shape[1] == 4 and d.dones[-1] for d in ds.demos.values())
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit", "mlp", "cdp-unet", "cdp-dit", "gmm", "dbc"])
+def test_policies_make_every_tensor_on_their_inputs_device(kind):
+    """Inside ``with torch.device("meta")`` a tensor made without an explicit device lands on
+    meta and the first op mixing it with the CPU inputs fails, so passing means every tensor
+    the loss and the sampler make follows the data's device (what a CUDA run needs)."""
+    from cdp.contraction import ContractionConfig
+
+    base = dict(obs_keys=["agent_pos", "goals_touched"], obs_dim=5, action_dim=2)
+    if kind == "gmm":
+        pol = BCGMM(BCGMMConfig(**base, hidden=16))
+    elif kind == "dbc":
+        pol = DBC(DBCConfig(**base, hidden=16, dit_width=16, dit_depth=1, pretrain_steps=1))
+    else:
+        term = ContractionConfig(gamma=0.1, subbatch=2) if kind.startswith("cdp") else None
+        pol = DiffusionPolicy(DiffusionPolicyConfig(**base, backbone=kind.removeprefix("cdp-"), unet_dims=(8, 16),
+                                                    dit_width=16, dit_depth=1, sample_steps=3, contraction=term))
+    pol.set_stats(np.random.default_rng(0).normal(size=(50, 5)), np.random.default_rng(1).uniform(-1, 1, (50, 2)))
+    To, Tp = pol.config.n_obs_steps, getattr(pol.config, "horizon", 1)
+    obs, act = torch.randn(4, To, 5), torch.rand(4, Tp, 2) * 2 - 1
+    for _ in range(2):  # dbc: past its first stage
+        pol.compute_loss(obs, act)["loss"].backward()
+    with torch.device("meta"):
+        loss = pol.compute_loss(obs, act)
+        loss["loss"].backward()
+        chunk = pol.predict_chunk(obs)
+        pol.reset()
+        a = pol.select_action({"agent_pos": np.zeros((4, 2)), "goals_touched": np.zeros((4, 3))})
+    assert all(v.device.type == "cpu" for v in loss.values()) and chunk.device.type == "cpu" and a.shape == (4, 2)
+    assert pol.device == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_error_before_anything_is_written(reach_file, tmp_path):
+    kw = dict(policy="bc-gmm", task="reach", dataset=reach_file, batch_size=16, eval_every=5, eval_episodes=1,
+              checkpoint_every=5, log_every=5)
+    with pytest.raises(ValueError, match="device 'cuda' is not available here"):
+        train(ILTrainConfig(steps=5, device="cuda", **kw), tmp_path / "gpu", progress=False)
+    assert not (tmp_path / "gpu").exists()
+    train(ILTrainConfig(steps=5, **kw), tmp_path / "run", progress=False)
+    assert train(ILTrainConfig(steps=10, device="auto", **kw), tmp_path / "run", progress=False)["step"] == 10  # resumes elsewhere

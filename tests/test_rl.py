@@ -51,12 +51,49 @@ def test_losses_fall(tiny_dataset, algo):
     assert agent.act(b["obs"][:2]).shape == (2, 3)
 
 
+@pytest.mark.parametrize("algo", ["bc", "edp", "edp-iql", "cdp", "cdp-every-t", "dql", "idql"])
+def test_agents_make_every_tensor_on_their_inputs_device(algo):
+    """Inside ``with torch.device("meta")`` a tensor made without an explicit device lands on
+    meta and the first op mixing it with the CPU batch fails, so passing means every tensor an
+    update and an action selection make follows the data's device (what a CUDA run needs)."""
+    from cdp.contraction import ContractionConfig
+
+    small = dict(hidden=16, sample_steps=2, n_candidates=3)
+    agent = {"bc": lambda: BC(11, 3, BCConfig(hidden=16)),
+             "edp": lambda: EDP(11, 3, EDPConfig(**small)),
+             "edp-iql": lambda: EDP(11, 3, EDPConfig(critic="iql", **small)),
+             "cdp": lambda: EDP(11, 3, EDPConfig(contraction=ContractionConfig(gamma=0.1, t_max=0.5), **small)),
+             "cdp-every-t": lambda: EDP(11, 3, EDPConfig(contraction=ContractionConfig(gamma=0.1), **small)),
+             "dql": lambda: EDP(11, 3, EDPConfig.dql(hidden=16)),
+             "idql": lambda: IDQL(11, 3, IDQLConfig(hidden=16, sample_steps=2, n_candidates=3))}[algo]()
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": torch.randn(8, 11, generator=g), "act": torch.rand(8, 3, generator=g) * 2 - 1,
+             "rew": torch.randn(8, generator=g), "next_obs": torch.randn(8, 11, generator=g), "done": torch.zeros(8)}
+    agent.update(batch)  # the optimisers' state exists before the check
+    with torch.device("meta"):
+        metrics = agent.update(batch)
+        a = agent.act(batch["obs"][:2])
+    assert all(np.isfinite(v) for v in metrics.values()) and a.device.type == "cpu" and a.shape == (2, 3)
+    assert agent.device == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_clear_line(tiny_dataset, tmp_path, capsys):
+    from cdp.cli import main
+
+    run = tmp_path / "gpu"
+    assert main(["rl", "train", "bc", "--dataset", tiny_dataset, "--steps", "3", "--device", "cuda", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cdp: error: device 'cuda' is not available here (torch {torch.__version__}, 0 CUDA devices); use cpu or auto"]
+    assert not run.exists()
+
+
 @pytest.mark.slow
 def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     import cdp.rl.trainer as T
 
-    monkeypatch.setattr(T, "make_agent", lambda c, o, a: EDP(o, a, EDPConfig(  # a small CDP agent
-        hidden=32, sample_steps=2, n_candidates=4, contraction=T.ContractionConfig(gamma=c.gamma, t_max=c.t_max))))
+    monkeypatch.setattr(T, "make_agent", lambda c, o, a, device="cpu": EDP(o, a, EDPConfig(  # a small CDP agent
+        hidden=32, sample_steps=2, n_candidates=4, contraction=T.ContractionConfig(gamma=c.gamma, t_max=c.t_max)), device))
     out = tmp_path / "run"
     cfg = dict(algo="cdp", dataset=tiny_dataset, batch_size=32, eval_every=3, eval_episodes=1, checkpoint_every=3,
                log_every=2)

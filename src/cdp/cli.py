@@ -31,6 +31,7 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
     p.add_argument("--eval-every", type=_positive_int, default=5_000)
     p.add_argument("--eval-episodes", type=_positive_int, default=episodes)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (a GPU when there is one)")
     p.add_argument("--out", default=None, help=f"run folder (default {out})")
     p.add_argument("--results", default=None, help="also write a small per-run record under this folder")
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10)
+    ev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
     il = sub.add_parser("il", help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
     ils = il.add_subparsers(dest="il_command", required=True)
     imd = ils.add_parser("make-data", help="scripted demonstrations in robomimic's HDF5 layout")
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     iev.add_argument("run", help="run folder")
     iev.add_argument("--episodes", type=_positive_int, default=50)
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
+    iev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
 
     rp = sub.add_parser("report", help="markdown tables and learning curves from per-run records")
     rp.add_argument("results", nargs="?", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
@@ -165,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
-                          eval_episodes=args.eval_episodes, seed=args.seed)
+                          eval_episodes=args.eval_episodes, seed=args.seed, device=args.device)
         out = args.out or f"runs/rl/{args.dataset.replace('/', '_')}/{cfg.run_name()}"
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "rl" and args.rl_command == "eval":
         from .rl.trainer import evaluate_run
 
-        print(json.dumps(evaluate_run(args.run, args.episodes), indent=2))
+        print(json.dumps(evaluate_run(args.run, args.episodes, device=args.device), indent=2))
     elif args.command == "il" and args.il_command == "make-data":
         from .il.tasks import write_demos
 
@@ -189,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         icfg = ILTrainConfig(policy=args.policy, task=args.task, dataset=args.dataset, fraction=args.fraction,
                              filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
-                             eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed)
+                             eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
+                             device=args.device)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")
@@ -198,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "il" and args.il_command == "eval":
         from .il.trainer import evaluate_run as il_evaluate_run
 
-        print(json.dumps(il_evaluate_run(args.run, args.episodes, which=args.which), indent=2))
+        print(json.dumps(il_evaluate_run(args.run, args.episodes, which=args.which, device=args.device), indent=2))
     elif args.command == "report":
         from .report import sync_blocks, write_report
 

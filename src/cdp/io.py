@@ -23,18 +23,20 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
-def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defaults: dict | None = None) -> None:
+def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defaults: dict | None = None,
+                         free: tuple[str, ...] = ("device",)) -> None:
     """Write ``folder/config.json``; if one is there (a run being resumed), it must match
-    ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget).
-    A key the stored config lacks (a field added since the run started) matches when ``config``
-    holds its default from ``defaults``."""
+    ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget) and
+    the ``free`` keys (where it runs, not what it computes). A key the stored config lacks (a
+    field added since the run started) matches when ``config`` holds its default from ``defaults``."""
     path = Path(folder) / "config.json"
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     if path.is_file():
         stored = json.loads(path.read_text())
         filled = {**json.loads(json.dumps({k: v for k, v in (defaults or {}).items() if k not in stored})), **stored}
-        old = {k: v for k, v in filled.items() if k != budget_key}
-        new = {k: v for k, v in config.items() if k != budget_key}
+        skip = {budget_key, *free}
+        old = {k: v for k, v in filled.items() if k not in skip}
+        new = {k: v for k, v in config.items() if k not in skip}
         if old != new:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             raise ValueError(f"{folder} holds a run with another config (differs in {diff}); use a new folder")

@@ -147,6 +147,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def rng_states(device) -> dict:
+    """The random-number state a checkpoint keeps: torch's CPU generator (``torch_rng``) and, on a
+    CUDA device, that device's generator (``cuda_rng``), where its noise is drawn."""
+    import torch
+
+    out = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_rng_states(state: dict, device) -> None:
+    """Undo :func:`rng_states` (a CUDA state is skipped when the run resumes on another device)."""
+    import torch
+
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
 def check_finite(step: int, losses: dict[str, float], checkpoint: Path) -> None:
     """Stop a run whose loss went NaN or infinite, saying where the last good checkpoint is (the
     trainers raise before saving, so the checkpoint on disk predates the bad step)."""

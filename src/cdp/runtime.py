@@ -31,3 +31,37 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 
     except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device_name(name: str) -> None:
+    """A ``ValueError`` unless ``name`` is ``auto`` or a cpu / cuda[:N] / mps device (whether this
+    machine has it is :func:`resolve_device`'s business, at run time)."""
+    import torch
+
+    try:
+        ok = name == "auto" or torch.device(name).type in DEVICE_TYPES
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto")
+
+
+def resolve_device(name: str) -> "torch.device":
+    """The torch device a run config names: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or
+    ``"auto"`` (the first CUDA GPU when there is one, else the CPU). A device this machine lacks
+    is a ``ValueError`` naming it, before anything is built."""
+    import torch
+
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {name!r} is not available here (torch {torch.__version__}, "
+                         f"{torch.cuda.device_count()} CUDA devices); use cpu or auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} is not available here; use cpu or auto")
+    return dev

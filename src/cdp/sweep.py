@@ -7,6 +7,7 @@ A sweep config (TOML, or JSON with the same keys)::
     results = "results/rl"           # optional: a small per-run record for each finished run
     workers = 2                      # optional: parallel jobs (default: CPU count)
     threads = 1                      # optional: torch threads per job (default 1)
+    gpus = 0                         # optional, Ray: GPUs each job reserves (with device = "cuda" in [fixed])
 
     [fixed]                          # TrainConfig fields shared by every job
     steps = 50000
@@ -43,7 +44,7 @@ from .runlog import RunBusy, run_holder
 from .runtime import tune_allocator
 
 KINDS = ("rl", "il")
-_TOP_KEYS = {"kind", "out", "results", "workers", "threads", "fixed", "grid", "name"}
+_TOP_KEYS = {"kind", "out", "results", "workers", "threads", "gpus", "fixed", "grid", "name"}
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SweepConfig:
     results: str | None = None
     workers: int | None = None
     threads: int = 1
+    gpus: float = 0.0  # Ray backend: GPUs each job reserves (fractions share one)
     name: str | None = None
 
     def jobs(self) -> list[Job]:
@@ -157,11 +159,14 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ValueError(f"{path}: workers must be a positive integer, got {workers!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"{path}: threads must be a positive integer, got {threads!r}")
+    gpus = raw.get("gpus", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
+        raise ValueError(f"{path}: gpus must be a number >= 0, got {gpus!r}")
     none = lambda v: None if isinstance(v, str) and v.lower() == "none" else v  # noqa: E731 - TOML has no null
     grid = {k: [none(x) for x in v] for k, v in grid.items()}
     fixed = {k: none(v) for k, v in fixed.items()}
     sweep = SweepConfig(kind=kind, out=raw["out"], grid=grid, fixed=fixed, results=raw.get("results"),
-                        workers=workers, threads=threads, name=raw.get("name"))
+                        workers=workers, threads=threads, gpus=float(gpus), name=raw.get("name"))
     sweep.jobs()  # every job's config is checked before any starts
     return sweep
 
@@ -333,7 +338,7 @@ def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
         else:
             ray.init(num_cpus=(sweep.workers or os.cpu_count() or 1) * sweep.threads, include_dashboard=False,
                      log_to_driver=False)
-    task = ray.remote(num_cpus=sweep.threads, max_retries=2, retry_exceptions=False)(run_job)
+    task = ray.remote(num_cpus=sweep.threads, num_gpus=sweep.gpus, max_retries=2, retry_exceptions=False)(run_job)
     refs = {task.remote(j): j for j in todo}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)

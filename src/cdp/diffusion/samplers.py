@@ -48,8 +48,9 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, *, spacing: 
         n, tail = steps, []
     else:  # lambda-uniform to t_min, then one step to 0
         n, tail = steps - 1, [0.0]
-    lam = torch.linspace(float(schedule.log_snr(torch.tensor(t_start, dtype=torch.float64))),
-                         float(schedule.log_snr(torch.tensor(lo, dtype=torch.float64))), n + 1, dtype=torch.float64)
+    host = dict(dtype=torch.float64, device="cpu")  # a table of python floats: computed on the host
+    lam = torch.linspace(float(schedule.log_snr(torch.tensor(t_start, **host))),
+                         float(schedule.log_snr(torch.tensor(lo, **host))), n + 1, **host)
     ts = schedule.inverse_log_snr(lam).tolist()
     ts[0], ts[-1] = t_start, lo
     return ts + tail
@@ -58,7 +59,7 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, *, spacing: 
 def _coeffs(schedule: VPSchedule, grid: list[float]) -> list[tuple[float, float]]:
     """(alpha, sigma) at each grid time, in float64, from one vectorised schedule call (per-step
     scalar calls cost more than the network on small batches)."""
-    tt = torch.tensor(grid, dtype=torch.float64)
+    tt = torch.tensor(grid, dtype=torch.float64, device="cpu")
     return list(zip(schedule.alpha(tt).tolist(), schedule.sigma(tt).tolist()))
 
 

@@ -116,7 +116,7 @@ class VPSchedule:
 
     # ------------------------------------------------------------------ core functions
     def log_alpha(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = _tensor(t)
         if self.kind == "linear":
             return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
         if self.kind == "cosine":
@@ -130,7 +130,7 @@ class VPSchedule:
         return torch.lerp(knots[idx], knots[idx + 1], frac)
 
     def beta(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = _tensor(t)
         if self.kind == "linear":
             return self.beta_min + t * (self.beta_max - self.beta_min)
         if self.kind == "cosine":
@@ -154,7 +154,7 @@ class VPSchedule:
 
     def inverse_log_snr(self, lam: Tensor, iters: int = 80) -> Tensor:
         """t with ``log_snr(t) = lam``, by bisection on [0, 1] (float64)."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = _tensor(lam).to(torch.float64)
         lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
@@ -176,7 +176,7 @@ class VPSchedule:
         ====== ============================== ===============================
         """
         check_prediction(prediction)
-        t = torch.as_tensor(t)
+        t = _tensor(t)
         b = self.beta(t)
         if prediction == "eps":
             return 0.5 * b, -0.5 * b / self.sigma(t)
@@ -225,9 +225,15 @@ class VPSchedule:
         return self._knots.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float32)
 
 
+def _tensor(t: Tensor | float) -> Tensor:
+    """``t`` as a tensor, a tensor left where it is (``torch.as_tensor`` would move it to the
+    default device a ``with torch.device(...)`` block sets)."""
+    return t if isinstance(t, Tensor) else torch.as_tensor(t)
+
+
 def broadcast_to(c: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample coefficient ``[B]`` (or scalar) to broadcast against ``x: [B, ...]``."""
-    c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
+    c = c.to(dtype=x.dtype, device=x.device) if isinstance(c, Tensor) else torch.as_tensor(c, dtype=x.dtype, device=x.device)
     if c.ndim == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))

@@ -63,17 +63,18 @@ class DBC(ChunkPolicy):
             self.updates += 1
         if stage1:
             dm = denoising_loss(self.dm, a, self.schedule, "eps", cond=cond, num_steps=c.train_steps).loss.mean()
-            return {"loss": dm, "dm": dm, "bc": torch.zeros(()), "dm_gap": torch.zeros(())}
+            zero = torch.zeros((), device=dm.device)
+            return {"loss": dm, "dm": dm, "bc": zero, "dm_gap": zero}
         self.dm.requires_grad_(False)
         pred = self._pi(cond)
         bc = (pred - a).pow(2).mean()
-        t = self.schedule.sample_t(a.shape[0], num_steps=c.train_steps)
+        t = self.schedule.sample_t(a.shape[0], num_steps=c.train_steps, device=a.device)
         noise = torch.randn_like(a)
         l_pi = denoising_loss(self.dm, pred, self.schedule, "eps", t=t, noise=noise, cond=cond).loss
         with torch.no_grad():
             l_expert = denoising_loss(self.dm, a, self.schedule, "eps", t=t, noise=noise, cond=cond).loss
         gap = (l_pi - l_expert).clamp_min(0).mean()
-        return {"loss": bc + c.dm_weight * gap, "dm": torch.zeros(()), "bc": bc, "dm_gap": gap}
+        return {"loss": bc + c.dm_weight * gap, "dm": torch.zeros((), device=bc.device), "bc": bc, "dm_gap": gap}
 
     @torch.no_grad()
     def predict_chunk(self, obs: Tensor) -> Tensor:

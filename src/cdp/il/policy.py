@@ -75,6 +75,11 @@ class ChunkPolicy(nn.Module):
         """Index of the current step within a predicted chunk."""
         return self.config.n_obs_steps - 1
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy lives (``policy.to(device)`` moves it); observations are moved here."""
+        return self.obs_norm.lo.device
+
     def cond(self, obs: Tensor) -> Tensor:
         """Normalised, flattened observation history: ``[B, To, obs_dim] -> [B, To * obs_dim]``."""
         return self.obs_norm(obs).reshape(obs.shape[0], -1)
@@ -95,11 +100,11 @@ class ChunkPolicy(nn.Module):
             missing = [k for k in self.config.obs_keys if k not in obs]
             if missing:
                 raise KeyError(f"observation lacks {missing}; the policy reads {self.config.obs_keys}")
-            parts = [torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32) for k in self.config.obs_keys]
+            parts = [torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32, device=self.device) for k in self.config.obs_keys]
             parts = [p.reshape(1, -1) if p.ndim <= 1 else p.reshape(p.shape[0], -1) for p in parts]
             x = torch.cat(parts, -1)
         else:
-            x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+            x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
             x = x.reshape(1, -1) if x.ndim == 1 else x
         if x.shape[-1] != self.config.obs_dim:
             raise ValueError(f"observation has {x.shape[-1]} dims, the policy takes {self.config.obs_dim}")
@@ -120,7 +125,7 @@ class ChunkPolicy(nn.Module):
             chunk = self.predict_chunk(torch.stack(list(self._obs), 1))
             s = self.action_start
             self._actions.extend(chunk[:, s:s + self.config.n_action_steps].unbind(1))
-        a = self._actions.popleft().numpy()
+        a = self._actions.popleft().cpu().numpy()
         return a[0] if single else a
 
     # ------------------------------------------------------------------ save / load
@@ -131,7 +136,7 @@ class ChunkPolicy(nn.Module):
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp = d / ".model.safetensors.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(d / "model.safetensors")
@@ -234,14 +239,14 @@ class DiffusionPolicy(ChunkPolicy):
         else:
             denoise = denoising_loss(self.net, x0, self.schedule, c.prediction, cond=cond,  # type: ignore[arg-type]
                                      num_steps=c.train_steps).loss.mean()
-            contraction = torch.zeros(())
+            contraction = torch.zeros((), device=x0.device)
         return {"loss": denoise + contraction, "denoise": denoise, "contraction": contraction}
 
     @torch.no_grad()
     def predict_chunk(self, obs: Tensor, noise: Tensor | None = None) -> Tensor:
         """``[B, Tp, d]`` actions (environment units) for ``obs [B, To, obs_dim]``."""
         c, cond = self.config, self.cond(obs)
-        x_T = noise if noise is not None else torch.randn(obs.shape[0], c.horizon, c.action_dim)
+        x_T = noise if noise is not None else torch.randn(obs.shape[0], c.horizon, c.action_dim, device=obs.device)
         x = sample(lambda a, t: self.net(a, t, cond), x_T, self.schedule, c.sampler, c.sample_steps,  # type: ignore[arg-type]
                    c.prediction, clip_x0=1.0)  # type: ignore[arg-type]
         return self.act_norm.inverse(x.clamp(-1, 1))

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, save_checkpoint, write_record
+from ..runlog import (RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+                      save_checkpoint, write_record)
+from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
@@ -69,6 +71,7 @@ class ILTrainConfig:
     horizon: int = 16  # Tp, diffusion policies (BC-GMM predicts one action)
     n_action_steps: int = 8  # Ta, diffusion policies
     seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -78,6 +81,7 @@ class ILTrainConfig:
             raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm_solver++', got {self.sampler!r}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        check_device_name(self.device)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
@@ -160,12 +164,9 @@ def action_spread(policy: ChunkPolicy, obs: torch.Tensor, samples: int = 16, see
     obs: ``[S, To, obs_dim]`` states from the dataset. 0 for a deterministic policy."""
     c = policy.config
     rep = obs.repeat_interleave(samples, 0)
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[obs.device] if obs.device.type == "cuda" else []):  # training's noise untouched
+        torch.manual_seed(seed)
         chunk = policy.predict_chunk(rep)
-    finally:
-        torch.set_rng_state(state)
     s = policy.action_start
     acts = chunk[:, s:s + c.n_action_steps].reshape(obs.shape[0], samples, -1)
     return float(acts.std(1).mean())
@@ -180,6 +181,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
     out = Path(out_dir)
     task = get_task(cfg.task)
     demos = load_demos(cfg, task)  # bad data fails here, before anything is written
+    device = resolve_device(cfg.device)
     with claim_run(out):  # no other process trains this folder meanwhile
         save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(ILTrainConfig))
 
@@ -188,8 +190,9 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
         policy = make_policy(cfg, task)
         windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
         policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
+        policy.to(device)
         ema = copy.deepcopy(policy).requires_grad_(False)
-        spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0]
+        spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         step = 0
         ckpt = out / "checkpoint.pt"
@@ -200,7 +203,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
             opt.load_state_dict(state["opt"])
             step = state["step"]
             rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
+            restore_rng_states(state, device)
 
         logs = RunLogs(out, step)
         t0, start, eval_seconds = time.perf_counter(), step, 0.0
@@ -210,7 +213,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
         try:
             while step < cfg.steps:
                 obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
-                losses = policy.compute_loss(obs, act)
+                losses = policy.compute_loss(obs.to(device), act.to(device))
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 check_finite(step + 1, values, ckpt)
                 opt.zero_grad(set_to_none=True)
@@ -239,7 +242,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
                     policy.train()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                           "step": step, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+                                           "step": step, "rng": rng.bit_generator.state, **rng_states(device)})
         finally:
             bar.close()
             logs.close()
@@ -270,12 +273,15 @@ def record(run_dir: str | Path, results_dir: str | Path) -> Path:
     return write_record(run, ILTrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
 
 
-def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy") -> dict:
-    """Evaluate a run folder's saved policy (``policy`` = last, ``best``)."""
+def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy",
+                 device: str | None = None) -> dict:
+    """Evaluate a run folder's saved policy (``policy`` = last, ``best``) on ``device`` (default:
+    the run's own)."""
     from .policy import load_policy
 
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
     cfg = ILTrainConfig(**json.loads((run / "config.json").read_text()))
-    return evaluate(load_policy(run / which), get_task(cfg.task), episodes, seed)
+    policy = load_policy(run / which).to(resolve_device(device or cfg.device))
+    return evaluate(policy, get_task(cfg.task), episodes, seed)

@@ -18,9 +18,9 @@ class BCConfig:
 
 
 class BC(Agent):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: BCConfig) -> None:
-        self.cfg = cfg
-        self.policy = mlp(obs_dim, act_dim, cfg.hidden)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: BCConfig, device: str | torch.device = "cpu") -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        self.policy = mlp(obs_dim, act_dim, cfg.hidden).to(self.device)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.step = 0
 

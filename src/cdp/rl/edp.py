@@ -90,16 +90,16 @@ class EDPConfig:
 class EDP(Agent):
     """Actor (diffusion policy), its EMA copy, twin critics and their targets."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: EDPConfig) -> None:
-        self.cfg, self.act_dim = cfg, act_dim
-        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: EDPConfig, device: str | torch.device = "cpu") -> None:
+        self.cfg, self.act_dim, self.device = cfg, act_dim, torch.device(device)
+        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden).to(self.device)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
         if cfg.critic == "iql":
-            self.iql = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.iql_tau, cfg.discount)
+            self.iql = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.iql_tau, cfg.discount).to(self.device)
             self.critic, self.critic_target = self.iql.q, self.iql.q_target
             self.v_opt = torch.optim.Adam(self.iql.v.parameters(), lr=cfg.lr)
         else:
-            self.critic = TwinQ(obs_dim, act_dim, cfg.hidden)
+            self.critic = TwinQ(obs_dim, act_dim, cfg.hidden).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
@@ -111,7 +111,7 @@ class EDP(Agent):
     def sample_actions(self, obs: Tensor, ema: bool = True) -> Tensor:
         """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
         net = self.actor_ema if ema else self.actor
-        x_T = torch.randn(obs.shape[0], self.act_dim)
+        x_T = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
         a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
                    self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
@@ -127,7 +127,7 @@ class EDP(Agent):
             idx = q.argmax(1)
         else:
             idx = torch.multinomial(torch.softmax(self.cfg.temperature * q, 1), 1).squeeze(1)
-        return cand.view(B, N, -1)[torch.arange(B), idx]
+        return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
@@ -151,11 +151,11 @@ class EDP(Agent):
         else:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps)
-            contraction = torch.zeros(())
+            contraction = torch.zeros((), device=s.device)
         if cfg.critic == "iql":  # advantage-weighted denoising: exp(beta (Q - V)), capped
             with torch.no_grad():
                 w = torch.exp(cfg.awr_beta * (self.critic_target.min_q(s, a) - self.iql.value(s))).clamp(max=100.0)
-            q_loss = torch.zeros(())
+            q_loss = torch.zeros((), device=s.device)
             actor_loss = (w * denoise.loss).mean() + contraction
         else:
             if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss

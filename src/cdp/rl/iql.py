@@ -75,10 +75,10 @@ class IDQLConfig:
 
 
 class IDQL(Agent):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: IDQLConfig) -> None:
-        self.cfg, self.act_dim = cfg, act_dim
-        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden)
-        self.critic = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.tau, cfg.discount)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IDQLConfig, device: str | torch.device = "cpu") -> None:
+        self.cfg, self.act_dim, self.device = cfg, act_dim, torch.device(device)
+        self.actor = MLPDenoiser(act_dim, obs_dim, hidden=cfg.hidden).to(self.device)
+        self.critic = IQLCritic(obs_dim, act_dim, cfg.hidden, cfg.tau, cfg.discount).to(self.device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.q_opt = torch.optim.Adam(self.critic.q.parameters(), lr=cfg.lr)
         self.v_opt = torch.optim.Adam(self.critic.v.parameters(), lr=cfg.lr)
@@ -101,7 +101,7 @@ class IDQL(Agent):
         else:
             actor_loss = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
                                         num_steps=cfg.diffusion_steps).loss.mean()
-            contraction = torch.zeros(())
+            contraction = torch.zeros((), device=s.device)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -113,12 +113,12 @@ class IDQL(Agent):
     def act(self, obs: Tensor) -> Tensor:
         B, N = obs.shape[0], self.cfg.n_candidates
         rep = obs.repeat_interleave(N, 0)
-        cand = sample(lambda x, t: self.actor(x, t, rep), torch.randn(B * N, self.act_dim), self.cfg.schedule,
+        cand = sample(lambda x, t: self.actor(x, t, rep), torch.randn(B * N, self.act_dim, device=obs.device), self.cfg.schedule,
                       "dpm_solver++", self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0).clamp(-1, 1)  # type: ignore[arg-type]
         adv = (self.critic.q_target.min_q(rep, cand) - self.critic.value(rep)).view(B, N)
         w = torch.where(adv < 0, 1 - self.cfg.tau, self.cfg.tau)
         idx = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)
-        return cand.view(B, N, -1)[torch.arange(B), idx]
+        return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     def state_keys(self) -> list[str]:
         return ["actor", "critic", "actor_opt", "q_opt", "v_opt"]

@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, save_checkpoint, write_record
+from ..runlog import (RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+                      save_checkpoint, write_record)
+from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
@@ -45,6 +47,7 @@ class TrainConfig:
     t_max: float | None = 0.1  # cdp only: the official offline-RL window
     margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge)
     seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
 
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
@@ -69,6 +72,7 @@ class TrainConfig:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {ALGOS}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        check_device_name(self.device)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
@@ -89,15 +93,15 @@ def load_dataset(spec: str) -> tuple[Transitions, str | None]:
     return tr, (env_spec.id if env_spec is not None else None)
 
 
-def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int) -> BC | EDP | IDQL:
+def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch.device = "cpu") -> BC | EDP | IDQL:
     if cfg.algo == "bc":
-        return BC(obs_dim, act_dim, BCConfig())
+        return BC(obs_dim, act_dim, BCConfig(), device)
     if cfg.algo == "dql":
-        return EDP(obs_dim, act_dim, EDPConfig.dql())
+        return EDP(obs_dim, act_dim, EDPConfig.dql(), device)
     if cfg.algo == "idql":
-        return IDQL(obs_dim, act_dim, IDQLConfig())
+        return IDQL(obs_dim, act_dim, IDQLConfig(), device)
     contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin) if cfg.algo == "cdp" else None
-    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction))
+    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction), device)
 
 
 def check_spaces(data: Transitions, env_id: str) -> None:
@@ -121,7 +125,7 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     while running.any():
         act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
         idx = np.flatnonzero(running)
-        act[idx] = agent.act(torch.as_tensor(obs[idx], dtype=torch.float32)).numpy()
+        act[idx] = agent.act(torch.as_tensor(obs[idx], dtype=torch.float32, device=agent.device)).cpu().numpy()
         obs, r, term, trunc, _ = envs.step(act)
         totals += np.where(running, r, 0.0)
         running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
@@ -138,23 +142,24 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         raise ValueError("the dataset names no environment: pass env_id")
     check_spaces(data, env_id)
     data = data.fraction(cfg.fraction, seed=cfg.seed)
+    device = resolve_device(cfg.device)
 
     with claim_run(out):  # no other process trains this folder meanwhile
         save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
 
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        agent = make_agent(cfg, data.obs_dim, data.act_dim)
+        agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
         ckpt = out / "checkpoint.pt"
         if ckpt.is_file():
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
             agent.load_state_dict(state["agent"])
             rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
+            restore_rng_states(state, device)
 
         tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
                    "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
-        tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
+        tensors = {k: torch.as_tensor(v, device=device) for k, v in tensors.items()}  # the dataset lives on the device
         try:
             ref = d4rl_reference(env_id)
         except KeyError:
@@ -165,7 +170,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
         try:
             while agent.step < cfg.steps:
-                idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size))
+                idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
                 metrics = agent.update({k: v[idx] for k, v in tensors.items()})
                 check_finite(agent.step, metrics, ckpt)
                 bar.update(1)
@@ -185,7 +190,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
                     bar.set_postfix(ret=f"{row['return_mean']:.0f}")
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                                           "torch_rng": torch.get_rng_state()})
+                                           **rng_states(device)})
         finally:
             bar.close()
             logs.close()
@@ -196,9 +201,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         return summary
 
 
-def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000) -> dict:
-    """Evaluate a run folder's last checkpoint: mean and standard error of return and, where the
-    task has one, of the D4RL-normalised score (the reference is named in the result)."""
+def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000, device: str | None = None) -> dict:
+    """Evaluate a run folder's last checkpoint (on ``device``, default the run's own): mean and
+    standard error of return and, where the task has one, of the D4RL-normalised score (the
+    reference is named in the result)."""
     import gymnasium as gym
 
     run = Path(run_dir)
@@ -209,7 +215,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000)
     if env_id is None:
         raise ValueError("the run names no environment")
     env = gym.make(env_id)
-    agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0])
+    agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0], resolve_device(device or cfg.device))
     agent.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["agent"])
     rets = evaluate(agent, env_id, episodes, seed)
     res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
