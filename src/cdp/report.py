@@ -20,6 +20,7 @@ import math
 import re
 import shlex
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,15 +190,27 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     return "\n".join(lines)
 
 
+def by_seed(runs: list[Run], method: str, fraction: float, metric: str) -> dict[int, float]:
+    """``{seed: metric}`` for the runs of ``method`` at ``fraction`` that record it."""
+    return {r.seed: r.summary[metric] for r in runs if r.method == method and r.fraction == fraction and metric in r.summary}
+
+
 def seeds_ahead(runs: list[Run], method: str, base: str, fraction: float, metric: str) -> tuple[int, int]:
     """``(k, n)``: of the n seeds both ``method`` and ``base`` ran at ``fraction``, on k the
     method's ``metric`` was the larger (seed-paired: same data subset and initialisation seed)."""
-    def by_seed(m: str) -> dict[int, float]:
-        return {r.seed: r.summary[metric] for r in runs if r.method == m and r.fraction == fraction and metric in r.summary}
-
-    mine, theirs = by_seed(method), by_seed(base)
+    mine, theirs = by_seed(runs, method, fraction, metric), by_seed(runs, base, fraction, metric)
     both = mine.keys() & theirs.keys()
     return sum(mine[s] > theirs[s] for s in both), len(both)
+
+
+def contraction_pairs(groups: dict[str, list[Run]]) -> Iterator[tuple[str, list[Run], str, str]]:
+    """``(group, its runs, CDP method, its base)`` for every contraction method whose base ran
+    in the same group, groups and methods in sorted order."""
+    for g, rs in sorted(groups.items()):
+        methods = sorted({r.method for r in rs})
+        for m in methods:
+            if base_of(m) in methods:
+                yield g, rs, m, base_of(m)  # type: ignore[misc]
 
 
 def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> str:
@@ -206,18 +219,13 @@ def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> s
     fracs = sorted({r.fraction for rs in groups.values() for r in rs}, reverse=True)
     lines = ["| group | CDP − base | " + " | ".join(f"{f:.0%} data" for f in fracs) + " |",
              "|---|---|" + "---:|" * len(fracs)]
-    for g, rs in sorted(groups.items()):
-        methods = sorted({r.method for r in rs})
-        for m in methods:
-            b = base_of(m)
-            if b not in methods:
-                continue
-            cells = []
-            for f in fracs:
-                x, y = values(rs, m, f, metric), values(rs, b, f, metric)
-                k, n = seeds_ahead(rs, m, b, f, metric)
-                cells.append("" if not x or not y else f"{np.mean(x) - np.mean(y):+.1f}" + (f" (ahead {k}/{n})" if n else ""))
-            lines.append(f"| {g} | {m} − {b} | " + " | ".join(cells) + " |")
+    for g, rs, m, b in contraction_pairs(groups):
+        cells = []
+        for f in fracs:
+            x, y = values(rs, m, f, metric), values(rs, b, f, metric)
+            k, n = seeds_ahead(rs, m, b, f, metric)
+            cells.append("" if not x or not y else f"{np.mean(x) - np.mean(y):+.1f}" + (f" (ahead {k}/{n})" if n else ""))
+        lines.append(f"| {g} | {m} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -226,18 +234,12 @@ def paired_differences(groups: dict[str, list[Run]], metric: str = "mean_last3")
     a group, over the seeds both ran at that fraction (same data subset, same initialisation seed);
     the label is ``"<group>: <method> − <base>"``."""
     rows = []
-    for g, rs in sorted(groups.items()):
-        methods = sorted({r.method for r in rs})
-        for m in methods:
-            b = base_of(m)
-            if b not in methods:
-                continue
-            for f in sorted({r.fraction for r in rs}, reverse=True):
-                mine = {r.seed: r.summary[metric] for r in rs if r.method == m and r.fraction == f and metric in r.summary}
-                base = {r.seed: r.summary[metric] for r in rs if r.method == b and r.fraction == f and metric in r.summary}
-                diffs = [mine[k] - base[k] for k in sorted(mine.keys() & base.keys())]
-                if diffs:
-                    rows.append((f"{g}: {m} − {b}", f, diffs))
+    for g, rs, m, b in contraction_pairs(groups):
+        for f in sorted({r.fraction for r in rs}, reverse=True):
+            mine, base = by_seed(rs, m, f, metric), by_seed(rs, b, f, metric)
+            diffs = [mine[k] - base[k] for k in sorted(mine.keys() & base.keys())]
+            if diffs:
+                rows.append((f"{g}: {m} − {b}", f, diffs))
     return rows
 
 
