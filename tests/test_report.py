@@ -164,3 +164,26 @@ def test_sync_rewrites_quoted_tables_from_the_records(tmp_path, capsys):
         render_block("res overview nope", tmp_path)
     with pytest.raises(ValueError, match="expected"):
         render_block("res table", tmp_path)
+
+
+def test_margin_sensitivity_plots_each_margin_at_one_gamma_against_the_base(monkeypatch):
+    import cdp.report as report
+    from cdp.report import Run
+
+    def run(method, seed, gamma, margin, score, modes):
+        return Run("reach/reach_ph", method, 0.1, seed, "il", {"mean_last3": score, "modes_final": modes}, [],
+                   gamma, margin)
+
+    runs = [run("cdp-dit-g0", s, 0.0, 0.1, 20.0 + s, 6) for s in (0, 1)]  # the base
+    for m, sc in ((0.0, 30.0), (0.1, 40.0), (None, 10.0)):
+        runs += [run("cdp-dit", s, 0.1, m, sc + 2 * s, 5) for s in (0, 1)]
+    runs.append(run("cdp-dit-g1", 0, 1.0, 0.1, 0.0, 0))  # another gamma: not in this figure
+    assert report._margin_sensitivity(runs[:-3], "t", "success") is None  # two margins only: no figure
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    report._margin_sensitivity(runs, "t", "success")
+    ax = figs[0].axes[0]
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == [0, 1, 2] and list(ys) == [31.0, 41.0, 11.0]  # margins 0, 0.1, none: mean over seeds
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.1", "none"]
+    assert any(list(ln.get_ydata()) == [20.5, 20.5] for ln in ax.lines)  # base mean as a dashed line

@@ -331,6 +331,8 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
     modes = any("modes_final" in r.summary for r in runs)
     fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
     lines = sorted({(r.fraction, r.margin) for r in runs if r.gamma > 0}, key=lambda k: (-k[0], str(k[1])))
+    # a margin tried at a single gamma is the margin figure's business, not a line here
+    lines = [(f, mg) for f, mg in lines if len({r.gamma for r in runs if r.gamma > 0 and r.margin == mg and r.fraction == f}) > 1]
     for ax, key, lab in zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")):
         for f, mg in lines:
             pts = []
@@ -349,6 +351,46 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
     axes[0][0].set_title(f"{title}: gamma sensitivity ({metric})", fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes | None:
+    """Score (and goal orders reproduced, for imitation) against the hinge's margin at the gamma
+    tried with the most margins (at least three), one line per data fraction, "none" (no hinge)
+    last; the base method (gamma 0) as a dashed band. None when no gamma has three margins."""
+    by_gamma: dict[float, set] = defaultdict(set)
+    for r in runs:
+        if r.gamma > 0:
+            by_gamma[r.gamma].add(r.margin)
+    if not by_gamma:
+        return None
+    gamma = max(by_gamma, key=lambda g: (len(by_gamma[g]), -abs(math.log10(g) + 1)))  # ties: nearest 0.1
+    if len(by_gamma[gamma]) < 3:
+        return None
+    margins = sorted(by_gamma[gamma], key=lambda m: (m is None, m or 0.0))
+    plt = _pyplot()
+    modes = any("modes_final" in r.summary for r in runs)
+    fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
+    for ax, key, lab in zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")):
+        for i, f in enumerate(sorted({r.fraction for r in runs}, reverse=True)):
+            pts = [(x, *mean_se(v)) for x, m in enumerate(margins)
+                   if (v := list({r.seed: r.summary[key] for r in runs if r.fraction == f and r.gamma == gamma
+                                  and r.margin == m and key in r.summary}.values()))]
+            if pts:
+                xs, mu, se = (np.array(c) for c in zip(*pts))
+                ax.errorbar(xs, mu, yerr=se, marker="o", ms=3, capsize=3, color=f"C{i}", label=f"{f:.0%} data, gamma {gamma:g}")
+            base = list({r.seed: r.summary[key] for r in runs if r.fraction == f and r.gamma == 0 and key in r.summary}.values())
+            if base:
+                mu0, se0 = mean_se(base)
+                ax.axhline(mu0, color=f"C{i}", ls="--", lw=1, label=f"{f:.0%} data, base (gamma 0, n {len(base)})")
+                ax.axhspan(mu0 - se0, mu0 + se0, color=f"C{i}", alpha=0.1)
+        ax.set_xticks(range(len(margins)), ["none" if m is None else f"{m:g}" for m in margins])
+        ax.set_xlabel("margin (hinge floor: the term is gamma max(lambda, -margin); none = no floor)", fontsize=8)
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(f"{title}: margin sensitivity ({metric})", fontsize=9)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
@@ -435,11 +477,13 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
         md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
         for b in sorted({base_of(r.method) for r in rs} - {None}):
-            sens = _sensitivity([r for r in rs if b in (r.method, base_of(r.method))], f"{g} {b}", unit)
-            if sens is not None:
-                name = png.replace(".png", f"_{b}_gamma.png")
-                atomic_write(out / name, sens)
-                md += [f"![{g}, gamma sensitivity of the contraction on {b}]({name})", ""]
+            family = [r for r in rs if b in (r.method, base_of(r.method))]
+            for what, plot in (("gamma", _sensitivity), ("margin", _margin_sensitivity)):
+                fig = plot(family, f"{g} {b}", unit)
+                if fig is not None:
+                    name = png.replace(".png", f"_{b}_{what}.png")
+                    atomic_write(out / name, fig)
+                    md += [f"![{g}, {what} sensitivity of the contraction on {b}]({name})", ""]
     path = out / "report.md"
     atomic_write(path, "\n".join(md).encode())
     return path

@@ -37,6 +37,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "imitation_lift": ("Imitation on robosuite Lift (the paper's second table)", [("il", "lift", "ph")]),
     "imitation_gamma": ("Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
                         [("il", "reach", "ph")]),
+    "imitation_margin": ("The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
+                         [("il", "reach", "ph")]),
 }
 
 
