@@ -387,7 +387,7 @@ def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = 
                 ax.axhline(mu0, color=f"C{i}", ls="--", lw=1, label=f"{f:.0%} data, base (gamma 0, n {len(base)})")
                 ax.axhspan(mu0 - se0, mu0 + se0, color=f"C{i}", alpha=0.1)
         ax.set_xticks(range(len(margins)), ["none" if m is None else f"{m:g}" for m in margins])
-        ax.set_xlabel("margin (hinge floor: the term is gamma max(lambda, -margin); none = no floor)", fontsize=8)
+        ax.set_xlabel("margin (term = gamma max(lambda, -margin); none: no floor)", fontsize=8)
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
     axes[0][0].set_title(f"{title}: margin sensitivity ({metric})", fontsize=9)
