@@ -183,74 +183,79 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dic
     demos = load_demos(cfg, task)  # bad data fails here, before anything is written
     device = resolve_device(cfg.device)
     with claim_run(out):  # no other process trains this folder meanwhile
-        save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(ILTrainConfig))
+        return _train(cfg, out, task, demos, device, progress)
 
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        policy = make_policy(cfg, task)
-        windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
-        policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
-        policy.to(device)
-        ema = copy.deepcopy(policy).requires_grad_(False)
-        spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)
-        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        step = 0
-        ckpt = out / "checkpoint.pt"
-        if ckpt.is_file():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            policy.load_state_dict(state["policy"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            step = state["step"]
-            rng.bit_generator.state = state["rng"]
-            restore_rng_states(state, device)
 
-        logs = RunLogs(out, step)
-        t0, start, eval_seconds = time.perf_counter(), step, 0.0
-        eval_envs: list = []
-        bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
-        policy.train()
-        try:
-            while step < cfg.steps:
-                obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
-                losses = policy.compute_loss(obs.to(device), act.to(device))
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                check_finite(step + 1, values, ckpt)
-                opt.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                opt.step()
-                step += 1
-                with torch.no_grad():
-                    d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
-                    for pe, p in zip(ema.parameters(), policy.parameters()):
-                        pe.lerp_(p, 1 - d)
-                bar.update(1)
-                if step % cfg.log_every == 0:
-                    logs.log("train", step, values, seconds=time.perf_counter() - t0)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    te = time.perf_counter()
-                    eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
-                    res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
-                    res["action_spread"] = action_spread(ema, spread_obs)
-                    eval_seconds += time.perf_counter() - te
-                    prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
-                    logs.log("eval", step, res)
-                    ema.save_pretrained(out / "policy")
-                    if not prev or res["success_rate"] > max(prev):
-                        ema.save_pretrained(out / "best")
-                    bar.set_postfix(success=f"{res['success_rate']:.2f}")
-                    policy.train()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                           "step": step, "rng": rng.bit_generator.state, **rng_states(device)})
-        finally:
-            bar.close()
-            logs.close()
-        wall, ran = time.perf_counter() - t0, max(step - start, 1)
-        summary = summarize(out, 1000 * wall / ran, 1000 * (wall - eval_seconds) / ran)
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
-        plot_eval_curve(out, "success_rate", "success rate")
-        return summary
+def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, device: torch.device, progress: bool) -> dict:
+    """The training loop proper, in a claimed run folder."""
+    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(ILTrainConfig))
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    policy = make_policy(cfg, task)
+    windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
+    policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
+    policy.to(device)
+    ema = copy.deepcopy(policy).requires_grad_(False)
+    spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        policy.load_state_dict(state["policy"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        restore_rng_states(state, device)
+
+    logs = RunLogs(out, step)
+    t0, start, eval_seconds = time.perf_counter(), step, 0.0
+    eval_envs: list = []
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
+    policy.train()
+    try:
+        while step < cfg.steps:
+            obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
+            losses = policy.compute_loss(obs.to(device), act.to(device))
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            check_finite(step + 1, values, ckpt)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
+                for pe, p in zip(ema.parameters(), policy.parameters()):
+                    pe.lerp_(p, 1 - d)
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                logs.log("train", step, values, seconds=time.perf_counter() - t0)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                te = time.perf_counter()
+                eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
+                res["action_spread"] = action_spread(ema, spread_obs)
+                eval_seconds += time.perf_counter() - te
+                prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
+                logs.log("eval", step, res)
+                ema.save_pretrained(out / "policy")
+                if not prev or res["success_rate"] > max(prev):
+                    ema.save_pretrained(out / "best")
+                bar.set_postfix(success=f"{res['success_rate']:.2f}")
+                policy.train()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                       "step": step, "rng": rng.bit_generator.state, **rng_states(device)})
+    finally:
+        bar.close()
+        logs.close()
+    wall, ran = time.perf_counter() - t0, max(step - start, 1)
+    summary = summarize(out, 1000 * wall / ran, 1000 * (wall - eval_seconds) / ran)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+    plot_eval_curve(out, "success_rate", "success rate")
+    return summary
 
 
 def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int = 3) -> dict:

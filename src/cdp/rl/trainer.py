@@ -145,60 +145,65 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
 
     with claim_run(out):  # no other process trains this folder meanwhile
-        save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
+        return _train(cfg, out, data, env_id, device, progress)
 
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
-        ckpt = out / "checkpoint.pt"
-        if ckpt.is_file():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            agent.load_state_dict(state["agent"])
-            rng.bit_generator.state = state["rng"]
-            restore_rng_states(state, device)
 
-        tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
-                   "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
-        tensors = {k: torch.as_tensor(v, device=device) for k, v in tensors.items()}  # the dataset lives on the device
-        try:
-            ref = d4rl_reference(env_id)
-        except KeyError:
-            ref = None
+def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool) -> dict:
+    """The training loop proper, in a claimed run folder."""
+    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
 
-        logs = RunLogs(out, agent.step)
-        t0, start, eval_seconds = time.perf_counter(), agent.step, 0.0
-        bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
-        try:
-            while agent.step < cfg.steps:
-                idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
-                metrics = agent.update({k: v[idx] for k, v in tensors.items()})
-                check_finite(agent.step, metrics, ckpt)
-                bar.update(1)
-                step = agent.step
-                if step % cfg.log_every == 0:
-                    logs.log("train", step, metrics, seconds=time.perf_counter() - t0)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    te = time.perf_counter()
-                    rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
-                    eval_seconds += time.perf_counter() - te
-                    row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
-                    if ref is not None:
-                        scores = [normalized_score(r, ref).value for r in rets]
-                        row |= {"d4rl_score_mean": float(np.mean(scores)),
-                                "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
-                    logs.log("eval", step, row)
-                    bar.set_postfix(ret=f"{row['return_mean']:.0f}")
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                                           **rng_states(device)})
-        finally:
-            bar.close()
-            logs.close()
-        wall, steps_here = time.perf_counter() - t0, max(agent.step - start, 1)
-        summary = summarize(out, ref.source if ref else None, wall / steps_here, (wall - eval_seconds) / steps_here)
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
-        plot_curve(out)
-        return summary
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        agent.load_state_dict(state["agent"])
+        rng.bit_generator.state = state["rng"]
+        restore_rng_states(state, device)
+
+    tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
+               "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
+    tensors = {k: torch.as_tensor(v, device=device) for k, v in tensors.items()}  # the dataset lives on the device
+    try:
+        ref = d4rl_reference(env_id)
+    except KeyError:
+        ref = None
+
+    logs = RunLogs(out, agent.step)
+    t0, start, eval_seconds = time.perf_counter(), agent.step, 0.0
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
+    try:
+        while agent.step < cfg.steps:
+            idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
+            metrics = agent.update({k: v[idx] for k, v in tensors.items()})
+            check_finite(agent.step, metrics, ckpt)
+            bar.update(1)
+            step = agent.step
+            if step % cfg.log_every == 0:
+                logs.log("train", step, metrics, seconds=time.perf_counter() - t0)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                te = time.perf_counter()
+                rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+                eval_seconds += time.perf_counter() - te
+                row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
+                if ref is not None:
+                    scores = [normalized_score(r, ref).value for r in rets]
+                    row |= {"d4rl_score_mean": float(np.mean(scores)),
+                            "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
+                logs.log("eval", step, row)
+                bar.set_postfix(ret=f"{row['return_mean']:.0f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
+                                       **rng_states(device)})
+    finally:
+        bar.close()
+        logs.close()
+    wall, steps_here = time.perf_counter() - t0, max(agent.step - start, 1)
+    summary = summarize(out, ref.source if ref else None, wall / steps_here, (wall - eval_seconds) / steps_here)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
+    plot_curve(out)
+    return summary
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000, device: str | None = None) -> dict:
