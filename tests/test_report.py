@@ -48,6 +48,14 @@ def test_table_equals_hand_computation(tmp_path):
     hours = 300 * (4 * (12 + 13 + 14) + 21) / 1000 / 3600
     assert compute_hours(runs) == pytest.approx(hours)
     assert f"13 runs, {hours:.1f} h of their own wall clock" in text
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert len(rows) == 13 and "(runs.csv)" in text
+    g1 = [r for r in rows if r["method"] == "cdp-g1"]
+    assert len(g1) == 1 and float(g1[0]["final"]) == 99.0 and g1[0]["gamma"] == "1.0" and g1[0]["margin"] == "0.1"
+    edp0 = next(r for r in rows if r["method"] == "edp" and r["fraction"] == "0.1" and r["seed"] == "2")
+    assert float(edp0["final"]) == 6.0 and float(edp0["mean_last3"]) == 5.5 and edp0["margin"] == ""
     last3 = table([r for r in runs if r.method == "edp"], "mean_last3").splitlines()[2]  # curves [v - 1, v]
     assert last3 == "| edp | 12.5 ± 2.1 (3) | 5.5 ± 0.6 (3) |"
     assert (tmp_path / "cdp_hopper_medium-replay-v0.png").stat().st_size > 1000

@@ -425,9 +425,27 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
     return _png(fig)
 
 
+def runs_table(runs: list[Run]) -> str:
+    """CSV, one row per run: group, method, fraction, seed, gamma, margin and every summary
+    number any run records (empty where a run lacks it) — for your own analysis."""
+    import csv
+
+    keys = sorted({k for r in runs for k, v in r.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["group", "method", "fraction", "seed", "gamma", "margin", *keys])
+    for r in sorted(runs, key=lambda r: (r.group, r.method, -r.fraction, r.seed)):
+        margin = "" if r.gamma == 0 else ("none" if r.margin is None else r.margin)  # none: the term has no floor
+        w.writerow([r.group, r.method, r.fraction, r.seed, r.gamma, margin,
+                    *(r.summary.get(k, "") for k in keys)])
+    return buf.getvalue()
+
+
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
-    """``report.md`` (tables of final / best / last-three scores per group) and one learning-curve
-    PNG per group, in ``out`` (default: ``root``). Returns the markdown file."""
+    """``report.md`` (the CDP-minus-base summary and its forest plot ``summary.png``; per group the
+    overview, final / best / last-three tables, CDP vs base, learning curves, 100%-vs-10% bars and
+    gamma / margin figures) and ``runs.csv`` (one row per run), in ``out`` (default: ``root``).
+    Returns the markdown file."""
     runs = load_runs(root)
     out = Path(out) if out is not None else Path(root)
     groups: dict[str, list[Run]] = defaultdict(list)
@@ -484,6 +502,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                     name = png.replace(".png", f"_{b}_{what}.png")
                     atomic_write(out / name, fig)
                     md += [f"![{g}, {what} sensitivity of the contraction on {b}]({name})", ""]
+    atomic_write(out / "runs.csv", runs_table(runs).encode())
+    md += ["Every run's summary numbers, one row per run: [runs.csv](runs.csv)", ""]
     path = out / "report.md"
     atomic_write(path, "\n".join(md).encode())
     return path
