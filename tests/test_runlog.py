@@ -57,3 +57,27 @@ def test_a_killed_holder_leaves_no_stale_claim(tmp_path):
         except RunBusy:
             assert time.time() < deadline, "the dead holder's claim should go with it"
             time.sleep(0.05)
+
+
+def test_run_clock_adds_up_every_leg_of_a_resumed_run(monkeypatch):
+    import cdp.runlog as runlog
+    from cdp.runlog import RunClock
+
+    now = [0.0]
+    monkeypatch.setattr(runlog.time, "perf_counter", lambda: now[0])
+    clock = RunClock(None, 0)
+    now[0] = 3.0
+    with clock.evaluating():
+        now[0] = 5.0  # 2 s of evaluation
+    now[0] = 10.0
+    assert clock.per_1k_steps(100) == (100.0, 80.0)  # 10 s / 100 steps, 8 s of them training
+    ckpt = clock.state(100)
+    assert ckpt == {"clock": {"wall": 10.0, "eval": 2.0}}
+    now[0] = 50.0  # a new process resumes from that checkpoint
+    resumed = RunClock(ckpt, 100)
+    now[0] = 55.0
+    assert resumed.per_1k_steps(150) == (100.0, pytest.approx(1000 * 13 / 150))  # 15 s over all 150 steps
+    old = RunClock({"agent": {}}, 100)  # a checkpoint from before the clock: this leg's rate for all steps
+    now[0] = 60.0
+    assert old.per_1k_steps(150) == (pytest.approx(100.0), pytest.approx(100.0))
+    assert old.state(150) == {"clock": {"wall": pytest.approx(15.0), "eval": 0.0}}

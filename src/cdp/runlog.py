@@ -147,6 +147,45 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
+class RunClock:
+    """Wall-clock time of a run over every process that trained it. Each checkpoint keeps the
+    seconds spent up to it (and how many of them went to evaluations), so a resumed run's time
+    per 1k steps covers all its steps. A checkpoint written before this existed has no clock:
+    then the time before it is this leg's rate times its steps."""
+
+    def __init__(self, checkpoint: dict | None, start_step: int) -> None:
+        self.start_step, self.t0, self.eval = start_step, time.perf_counter(), 0.0
+        prior = (checkpoint or {}).get("clock")
+        self.prior: dict | None = {"wall": 0.0, "eval": 0.0} if start_step == 0 else prior
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Time spent inside counts as evaluation."""
+        te = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.eval += time.perf_counter() - te
+
+    def totals(self, step: int) -> tuple[float, float]:
+        """``(wall, eval)`` seconds from step 0 to ``step``."""
+        leg = time.perf_counter() - self.t0
+        if self.prior is not None:
+            return self.prior["wall"] + leg, self.prior["eval"] + self.eval
+        scale = step / max(step - self.start_step, 1)  # no clock in the old checkpoint: extrapolate this leg
+        return leg * scale, self.eval * scale
+
+    def state(self, step: int) -> dict:
+        """What a checkpoint at ``step`` keeps."""
+        wall, ev = self.totals(step)
+        return {"clock": {"wall": wall, "eval": ev}}
+
+    def per_1k_steps(self, step: int) -> tuple[float, float]:
+        """Seconds per 1k steps over the whole run: with evaluations, and without them."""
+        wall, ev = self.totals(step)
+        return 1000 * wall / max(step, 1), 1000 * (wall - ev) / max(step, 1)
+
+
 def rng_states(device) -> dict:
     """The random-number state a checkpoint keeps: torch's CPU generator (``torch_rng``) and, on a
     CUDA device, that device's generator (``cuda_rng``), where its noise is drawn."""

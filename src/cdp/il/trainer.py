@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+from ..runlog import (RunClock, RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
                       save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
@@ -199,7 +199,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
     ema = copy.deepcopy(policy).requires_grad_(False)
     spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
+    step, state = 0, None
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -211,7 +211,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         restore_rng_states(state, device)
 
     logs = RunLogs(out, step)
-    t0, start, eval_seconds = time.perf_counter(), step, 0.0
+    clock = RunClock(state, step)
     eval_envs: list = []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
     policy.train()
@@ -231,13 +231,12 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
                     pe.lerp_(p, 1 - d)
             bar.update(1)
             if step % cfg.log_every == 0:
-                logs.log("train", step, values, seconds=time.perf_counter() - t0)
+                logs.log("train", step, values, seconds=time.perf_counter() - clock.t0)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                te = time.perf_counter()
-                eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
-                res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
-                res["action_spread"] = action_spread(ema, spread_obs)
-                eval_seconds += time.perf_counter() - te
+                with clock.evaluating():
+                    eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                    res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
+                    res["action_spread"] = action_spread(ema, spread_obs)
                 prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
                 logs.log("eval", step, res)
                 ema.save_pretrained(out / "policy")
@@ -247,12 +246,12 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
                 policy.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                       "step": step, "rng": rng.bit_generator.state, **rng_states(device)})
+                                       "step": step, "rng": rng.bit_generator.state, **rng_states(device),
+                                       **clock.state(step)})
     finally:
         bar.close()
         logs.close()
-    wall, ran = time.perf_counter() - t0, max(step - start, 1)
-    summary = summarize(out, 1000 * wall / ran, 1000 * (wall - eval_seconds) / ran)
+    summary = summarize(out, *clock.per_1k_steps(step))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_eval_curve(out, "success_rate", "success rate")
     return summary

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+from ..runlog import (RunClock, RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
                       save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
@@ -156,6 +156,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
     rng = np.random.default_rng(cfg.seed)
     agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
     ckpt = out / "checkpoint.pt"
+    state = None
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         agent.load_state_dict(state["agent"])
@@ -171,8 +172,8 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
         ref = None
 
     logs = RunLogs(out, agent.step)
-    t0, start, eval_seconds = time.perf_counter(), agent.step, 0.0
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
+    clock = RunClock(state, agent.step)
+    bar = tqdm(total=cfg.steps, initial=agent.step, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
     try:
         while agent.step < cfg.steps:
             idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
@@ -181,11 +182,10 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
             bar.update(1)
             step = agent.step
             if step % cfg.log_every == 0:
-                logs.log("train", step, metrics, seconds=time.perf_counter() - t0)
+                logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                te = time.perf_counter()
-                rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
-                eval_seconds += time.perf_counter() - te
+                with clock.evaluating():
+                    rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
                 row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
                 if ref is not None:
                     scores = [normalized_score(r, ref).value for r in rets]
@@ -195,12 +195,11 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
                 bar.set_postfix(ret=f"{row['return_mean']:.0f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                                       **rng_states(device)})
+                                       **rng_states(device), **clock.state(step)})
     finally:
         bar.close()
         logs.close()
-    wall, steps_here = time.perf_counter() - t0, max(agent.step - start, 1)
-    summary = summarize(out, ref.source if ref else None, wall / steps_here, (wall - eval_seconds) / steps_here)
+    summary = summarize(out, ref.source if ref else None, *clock.per_1k_steps(agent.step))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_curve(out)
     return summary
@@ -241,15 +240,15 @@ def record(run_dir: str | Path, results_dir: str | Path) -> Path:
     return write_record(run, TrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
 
 
-def summarize(out: Path, ref_source: str | None, sec_per_step: float, train_sec_per_step: float) -> dict:
+def summarize(out: Path, ref_source: str | None, sec_per_1k: float, train_sec_per_1k: float) -> dict:
     """Final and best evaluation score, and wall time per 1k steps with and without evaluations
-    (measured over the steps this process ran, so a resumed run reports its last leg)."""
+    (over all the run's steps, every process that trained it: :class:`cdp.runlog.RunClock`)."""
     rows = read_rows(out / "eval.csv")
     key = "d4rl_score_mean" if ref_source else "return_mean"
     vals = [float(r[key]) for r in rows]
     return {"step": int(rows[-1]["step"]), "final": vals[-1], "best": max(vals), "metric": key,
-            "score_reference": ref_source, "evals": len(rows), "seconds_per_1k_steps": 1000 * sec_per_step,
-            "train_seconds_per_1k_steps": 1000 * train_sec_per_step}
+            "score_reference": ref_source, "evals": len(rows), "seconds_per_1k_steps": sec_per_1k,
+            "train_seconds_per_1k_steps": train_sec_per_1k}
 
 
 def plot_curve(out: Path) -> None:
