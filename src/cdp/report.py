@@ -320,21 +320,34 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _score_and_modes_panels(runs: list[Run], metric: str, ylabel: str):
+    """A figure with the score panel and, for imitation runs that record goal orders, a second
+    one: ``(fig, axes, [(ax, summary key, y label), ...])``."""
+    plt = _pyplot()
+    modes = any("modes_final" in r.summary for r in runs)
+    fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
+    return fig, axes, list(zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")))
+
+
+def _finish_panels(fig, axes, title: str) -> bytes:
+    axes[0][0].set_title(title, fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes | None:
     """Score (and, for imitation, the number of demonstrated goal orders reproduced) against gamma,
     one line per margin and data fraction; the base method is gamma 0. None with fewer than
     three gamma values."""
-    plt = _pyplot()
-
     gammas = sorted({r.gamma for r in runs})
     if len(gammas) < 3:
         return None
-    modes = any("modes_final" in r.summary for r in runs)
-    fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
+    fig, axes, panels = _score_and_modes_panels(runs, metric, ylabel)
     lines = sorted({(r.fraction, r.margin) for r in runs if r.gamma > 0}, key=lambda k: (-k[0], str(k[1])))
     # a margin tried at a single gamma is the margin figure's business, not a line here
     lines = [(f, mg) for f, mg in lines if len({r.gamma for r in runs if r.gamma > 0 and r.margin == mg and r.fraction == f}) > 1]
-    for ax, key, lab in zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")):
+    for ax, key, lab in panels:
         for f, mg in lines:
             pts = []
             for g in gammas:
@@ -351,10 +364,7 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
         ax.set_xlabel("gamma (base method drawn at gamma_min / 10)")
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
-    axes[0][0].set_title(f"{title}: gamma sensitivity ({metric})", fontsize=9)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return _finish_panels(fig, axes, f"{title}: gamma sensitivity ({metric})")
 
 
 def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes | None:
@@ -371,10 +381,8 @@ def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = 
     if len(by_gamma[gamma]) < 3:
         return None
     margins = sorted(by_gamma[gamma], key=lambda m: (m is None, m or 0.0))
-    plt = _pyplot()
-    modes = any("modes_final" in r.summary for r in runs)
-    fig, axes = plt.subplots(1, 2 if modes else 1, figsize=(10 if modes else 5, 3.4), squeeze=False)
-    for ax, key, lab in zip(axes[0], (metric, "modes_final"), (ylabel, "goal orders reproduced")):
+    fig, axes, panels = _score_and_modes_panels(runs, metric, ylabel)
+    for ax, key, lab in panels:
         for i, f in enumerate(sorted({r.fraction for r in runs}, reverse=True)):
             pts = [(x, *mean_se(v)) for x, m in enumerate(margins)
                    if (v := list({r.seed: r.summary[key] for r in runs if r.fraction == f and r.gamma == gamma
@@ -391,10 +399,7 @@ def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = 
         ax.set_xlabel("margin (term = gamma max(lambda, -margin); none: no floor)", fontsize=8)
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
-    axes[0][0].set_title(f"{title}: margin sensitivity ({metric})", fontsize=9)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return _finish_panels(fig, axes, f"{title}: margin sensitivity ({metric})")
 
 
 def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
