@@ -27,3 +27,11 @@ def test_readme_tables_are_the_records_own():
 
     stale = sync_blocks(README, check=True)
     assert not stale, f"README tables differ from the records in results/: run `cdp report --sync README.md` ({stale})"
+
+
+def test_relative_links_in_the_docs_point_at_files_that_exist():
+    root = README.parent
+    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
+            if not link.startswith(("http://", "https://")):
+                assert (doc.parent / link).exists(), f"{doc.name} links to {link}, which is not there"
