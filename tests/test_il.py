@@ -284,3 +284,29 @@ def test_a_device_this_machine_lacks_is_one_error_before_anything_is_written(rea
     assert not (tmp_path / "gpu").exists()
     train(ILTrainConfig(steps=5, **kw), tmp_path / "run", progress=False)
     assert train(ILTrainConfig(steps=10, device="auto", **kw), tmp_path / "run", progress=False)["step"] == 10  # resumes elsewhere
+
+
+def test_a_stop_signal_checkpoints_the_step_it_lands_on(reach_file, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cdp.runlog import RunInterrupted
+
+    compute_loss, calls = BCGMM.compute_loss, []
+
+    def term_on_7th(self, obs, act):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-step
+        return compute_loss(self, obs, act)
+
+    monkeypatch.setattr(BCGMM, "compute_loss", term_on_7th)
+    cfg = ILTrainConfig(policy="bc-gmm", task="reach", dataset=reach_file, steps=10, batch_size=16, eval_every=10,
+                        eval_episodes=1, checkpoint_every=5, log_every=1)
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM at step 7; checkpoint saved"):
+        train(cfg, out, progress=False)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 7  # not 5: the step the signal landed on
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone with it
+    assert train(cfg, out, progress=False)["step"] == 10
+    assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))

@@ -197,3 +197,34 @@ def test_expectile_loss_minimiser_is_the_expectile(tau):
     if tau == 0.5:
         assert c == pytest.approx(float(x.mean()), abs=2e-3)
     assert (tau > 0.5) == (c > float(x.mean()) + 1e-3)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_run_resumes_from_it(tiny_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cdp.cli", "rl", "train", "bc", "--dataset", tiny_dataset, "--eval-every", "100000",
+           "--eval-episodes", "1", "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--steps", "100000"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    line = err.strip().splitlines()[-1]
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert line.startswith("cdp: stopped by SIGTERM at step ") and "the same command resumes" in line
+    assert step > 300 and step % 5000 != 0  # between two scheduled checkpoints: saved because of the signal
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["agent"]["step"] == step
+    logged = [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())]
+    assert logged == list(range(100, step + 1, 100))
+    assert train(TrainConfig(algo="bc", dataset=tiny_dataset, steps=step + 250, eval_every=100000, eval_episodes=1),
+                 out, progress=False)["step"] == step + 250  # resumes where the signal left it
+    logged = [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())]
+    assert logged == list(range(100, step + 251, 100))

@@ -182,6 +182,10 @@ def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
     while any(running(c) for c in children) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(running(c) for c in children)
+    import torch
+
+    step = torch.load(ckpt, weights_only=False)["agent"]["step"]
+    assert step > 5000 and step % 5000, step  # the worker checkpointed the step the stop found it on, then died
 
 
 def test_live_progress_shows_the_steps_of_running_jobs_only(tmp_path):

@@ -135,13 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # this process trains or samples: keep freed tensor memory (cdp.runtime)
-    from .runlog import RunBusy
+    from .runlog import RunBusy, RunInterrupted
 
     try:
         return _run(args)
     except (ValueError, KeyError, FileNotFoundError, RunBusy) as e:  # bad input: one clear line, no traceback
         print(f"cdp: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # SIGTERM / Ctrl-C: the run checkpointed its step first
+        print(f"cdp: {e}", file=sys.stderr)
+        return 128 + e.signum
 
 
 def _run(args: argparse.Namespace) -> int:

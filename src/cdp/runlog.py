@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -204,6 +204,59 @@ def restore_rng_states(state: dict, device) -> None:
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+class RunInterrupted(RuntimeError):
+    """A run stopped on SIGTERM / SIGINT after checkpointing the step it was on."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT (a scheduler's or the session's stop, Ctrl-C) do not kill
+    the run mid-step: they set :attr:`signal`, the training loop finishes its step, writes a
+    checkpoint there and raises :class:`RunInterrupted`, so a stop loses no steps (without this,
+    up to ``checkpoint_every`` of them). A second signal, or one outside the main thread's reach,
+    gets the previous behaviour."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        import signal
+
+        if self.signal is not None:  # asked twice: stop now
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def stop(self, step: int, checkpoint: Path, save: Callable[[], None]) -> None:
+        """If a stop was asked: save the checkpoint (``save``) and raise :class:`RunInterrupted`."""
+        if self.signal is None:
+            return
+        import signal
+
+        save()
+        raise RunInterrupted(f"stopped by {signal.Signals(self.signal).name} at step {step}; checkpoint saved at "
+                             f"{checkpoint}: the same command resumes from there", self.signal)
 
 
 def check_finite(step: int, losses: dict[str, float], checkpoint: Path) -> None:

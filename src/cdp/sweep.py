@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .runlog import RunBusy, run_holder
+from .runlog import RunBusy, RunInterrupted, run_holder
 from .runtime import tune_allocator
 
 KINDS = ("rl", "il")
@@ -205,7 +205,20 @@ def job_state(job: Job) -> tuple[str, str]:
 
 
 def run_job(job: Job) -> str:
-    """Train one job (resuming if its folder holds a checkpoint); returns the run folder."""
+    """Train one job (resuming if its folder holds a checkpoint); returns the run folder. A stop
+    signal (the sweep or its session ending) checkpoints the job's current step, then ends this
+    worker as the signal would have."""
+    try:
+        return _train_job(job)
+    except RunInterrupted as e:
+        import signal
+
+        signal.signal(e.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)
+        raise
+
+
+def _train_job(job: Job) -> str:
     import torch
 
     torch.set_num_threads(job.threads)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
                       save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
@@ -213,44 +213,51 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
     logs = RunLogs(out, step)
     clock = RunClock(state, step)
     eval_envs: list = []
+
+    def save() -> None:
+        save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                               "step": step, "rng": rng.bit_generator.state, **rng_states(device),
+                               **clock.state(step)})
+
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
     policy.train()
-    try:
-        while step < cfg.steps:
-            obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
-            losses = policy.compute_loss(obs.to(device), act.to(device))
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            check_finite(step + 1, values, ckpt)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            step += 1
-            with torch.no_grad():
-                d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
-                for pe, p in zip(ema.parameters(), policy.parameters()):
-                    pe.lerp_(p, 1 - d)
-            bar.update(1)
-            if step % cfg.log_every == 0:
-                logs.log("train", step, values, seconds=time.perf_counter() - clock.t0)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                with clock.evaluating():
-                    eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
-                    res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
-                    res["action_spread"] = action_spread(ema, spread_obs)
-                prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
-                logs.log("eval", step, res)
-                ema.save_pretrained(out / "policy")
-                if not prev or res["success_rate"] > max(prev):
-                    ema.save_pretrained(out / "best")
-                bar.set_postfix(success=f"{res['success_rate']:.2f}")
-                policy.train()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                       "step": step, "rng": rng.bit_generator.state, **rng_states(device),
-                                       **clock.state(step)})
-    finally:
-        bar.close()
-        logs.close()
+    with StopSignals() as stop:
+        try:
+            while step < cfg.steps:
+                obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
+                losses = policy.compute_loss(obs.to(device), act.to(device))
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                check_finite(step + 1, values, ckpt)
+                opt.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                opt.step()
+                step += 1
+                with torch.no_grad():
+                    d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
+                    for pe, p in zip(ema.parameters(), policy.parameters()):
+                        pe.lerp_(p, 1 - d)
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    logs.log("train", step, values, seconds=time.perf_counter() - clock.t0)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    with clock.evaluating():
+                        eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                        res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
+                        res["action_spread"] = action_spread(ema, spread_obs)
+                    prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
+                    logs.log("eval", step, res)
+                    ema.save_pretrained(out / "policy")
+                    if not prev or res["success_rate"] > max(prev):
+                        ema.save_pretrained(out / "best")
+                    bar.set_postfix(success=f"{res['success_rate']:.2f}")
+                    policy.train()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save()
+                if step < cfg.steps:  # SIGTERM / SIGINT: checkpoint this step, then stop
+                    stop.stop(step, ckpt, save)
+        finally:
+            bar.close()
+            logs.close()
     summary = summarize(out, *clock.per_1k_steps(step))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_eval_curve(out, "success_rate", "success rate")

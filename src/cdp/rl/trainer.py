@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
                       save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
@@ -173,32 +173,39 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
 
     logs = RunLogs(out, agent.step)
     clock = RunClock(state, agent.step)
+
+    def save() -> None:
+        save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
+                               **rng_states(device), **clock.state(agent.step)})
+
     bar = tqdm(total=cfg.steps, initial=agent.step, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
-    try:
-        while agent.step < cfg.steps:
-            idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
-            metrics = agent.update({k: v[idx] for k, v in tensors.items()})
-            check_finite(agent.step, metrics, ckpt)
-            bar.update(1)
-            step = agent.step
-            if step % cfg.log_every == 0:
-                logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                with clock.evaluating():
-                    rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
-                row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
-                if ref is not None:
-                    scores = [normalized_score(r, ref).value for r in rets]
-                    row |= {"d4rl_score_mean": float(np.mean(scores)),
-                            "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
-                logs.log("eval", step, row)
-                bar.set_postfix(ret=f"{row['return_mean']:.0f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                                       **rng_states(device), **clock.state(step)})
-    finally:
-        bar.close()
-        logs.close()
+    with StopSignals() as stop:
+        try:
+            while agent.step < cfg.steps:
+                idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
+                metrics = agent.update({k: v[idx] for k, v in tensors.items()})
+                check_finite(agent.step, metrics, ckpt)
+                bar.update(1)
+                step = agent.step
+                if step % cfg.log_every == 0:
+                    logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    with clock.evaluating():
+                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+                    row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
+                    if ref is not None:
+                        scores = [normalized_score(r, ref).value for r in rets]
+                        row |= {"d4rl_score_mean": float(np.mean(scores)),
+                                "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
+                    logs.log("eval", step, row)
+                    bar.set_postfix(ret=f"{row['return_mean']:.0f}")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save()
+                if step < cfg.steps:  # SIGTERM / SIGINT: checkpoint this step, then stop
+                    stop.stop(step, ckpt, save)
+        finally:
+            bar.close()
+            logs.close()
     summary = summarize(out, ref.source if ref else None, *clock.per_1k_steps(agent.step))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_curve(out)
