@@ -210,8 +210,11 @@ class RunInterrupted(RuntimeError):
     """A run stopped on SIGTERM / SIGINT after checkpointing the step it was on."""
 
     def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
+        super().__init__(message, signum)  # both in args: it pickles across processes
         self.signum = signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class StopSignals:
