@@ -39,6 +39,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                         [("il", "reach", "ph")]),
     "imitation_margin": ("The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
                          [("il", "reach", "ph")]),
+    "imitation_reach_hard_margin": ("Follow-up: CDP-UNet / CDP-DiT on MultiReach-hard with margin 1",
+                                    [("il", "reach-hard", "ph")]),
 }
 
 
