@@ -205,3 +205,23 @@ def test_live_progress_shows_the_steps_of_running_jobs_only(tmp_path):
     missing = Job("rl", {"steps": 100}, str(tmp_path / "not-started"))
     assert live_progress([running, stale, fresh, missing]) == "edp-f1-s0 40/100"
     assert live_progress([stale], recent_s=7200) == "cdp-f1-s0 60/100"
+
+
+def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
+    from cdp.sweep import Job, hours_left
+
+    def job(name, algo, steps=2000, summary=None, logged=None):
+        out = tmp_path / name
+        out.mkdir()
+        if summary is not None:
+            (out / "summary.json").write_text(json.dumps({"step": steps, "seconds_per_1k_steps": summary}))
+        if logged is not None:
+            (out / "metrics.csv").write_text(f"step,loss\n{logged},0.1\n")
+        return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+    jobs = [job("a", "edp", summary=36.0), job("b", "edp", summary=72.0), job("c", "edp", summary=40.0),
+            job("d", "edp", logged=500), job("e", "edp")]
+    # median edp pace 40 s per 1k: 1.5k + 2k steps left
+    assert hours_left(jobs) == pytest.approx((1.5 + 2.0) * 40 / 3600)
+    assert hours_left([*jobs, job("f", "bc")]) is None  # no finished bc run to go by
+    assert hours_left(jobs[:3]) == 0

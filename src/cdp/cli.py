@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
     elif args.command == "sweep":
-        from .sweep import job_state, load_sweep, run_sweep
+        from .sweep import hours_left, job_state, load_sweep, run_sweep
 
         config = args.config
         if not Path(config).exists() and "/" not in config and "." not in config:
@@ -243,6 +243,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{state:8s} {job.out}" + (f"  ({detail})" if detail else ""))
             counts = {s: sum(st == s for _, st, _ in states) for s in ("done", "running", "stopped", "todo")}
             print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)})")
+            left = hours_left([job for job, _, _ in states])
+            if left:
+                print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace")
             return 0
         ran = run_sweep(sweep, backend=args.backend, address=args.address)
         print(f"{len(ran)} runs trained; run folders under {sweep.out}")
