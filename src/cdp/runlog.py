@@ -44,8 +44,7 @@ def claim_run(folder: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if attempt == 2:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    raise RunBusy(f"{folder} is being trained by {holder}; wait for it, or stop it first") from None
+                    raise RunBusy(f"{folder} is being trained by {_holder(fd)}; wait for it, or stop it first") from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)  # who holds it, for the messages (the lock itself is the flock)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
@@ -69,9 +68,14 @@ def run_holder(folder: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return _holder(fd)
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """What the claim's holder wrote in the lock file (``"pid P on HOST since T"``)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
 
 
 def append_csv(path: Path, row: dict) -> None:
@@ -219,8 +223,8 @@ class RunInterrupted(RuntimeError):
 
 class StopSignals:
     """While active, SIGTERM and SIGINT (a scheduler's or the session's stop, Ctrl-C) do not kill
-    the run mid-step: they set :attr:`signal`, the training loop finishes its step, writes a
-    checkpoint there and raises :class:`RunInterrupted`, so a stop loses no steps (without this,
+    the run mid-step: they set :attr:`signal`, the training loop finishes its step and
+    :meth:`step_done` writes a checkpoint there and raises :class:`RunInterrupted`, so a stop loses no steps (without this,
     up to ``checkpoint_every`` of them). A second signal, or one outside the main thread's reach,
     gets the previous behaviour."""
 
@@ -251,13 +255,19 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def stop(self, step: int, checkpoint: Path, save: Callable[[], None]) -> None:
-        """If a stop was asked: save the checkpoint (``save``) and raise :class:`RunInterrupted`."""
-        if self.signal is None:
+    def step_done(self, step: int, steps: int, every: int, checkpoint: Path, save: Callable[[], None]) -> None:
+        """End of training step ``step`` of ``steps``: ``save`` the checkpoint every ``every``
+        steps and at the last; before the last, on a stop request, save (once) and raise
+        :class:`RunInterrupted`."""
+        scheduled = step % every == 0 or step == steps
+        if scheduled:
+            save()
+        if self.signal is None or step >= steps:
             return
         import signal
 
-        save()
+        if not scheduled:
+            save()
         raise RunInterrupted(f"stopped by {signal.Signals(self.signal).name} at step {step}; checkpoint saved at "
                              f"{checkpoint}: the same command resumes from there", self.signal)
 

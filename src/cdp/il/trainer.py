@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
-                      save_checkpoint, write_record)
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
+                      restore_rng_states, rng_states, save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
@@ -251,10 +251,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
                         ema.save_pretrained(out / "best")
                     bar.set_postfix(success=f"{res['success_rate']:.2f}")
                     policy.train()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save()
-                if step < cfg.steps:  # SIGTERM / SIGINT: checkpoint this step, then stop
-                    stop.stop(step, ckpt, save)
+                stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)  # on a SIGTERM / SIGINT too
         finally:
             bar.close()
             logs.close()

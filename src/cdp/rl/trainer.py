@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows, restore_rng_states, rng_states,
-                      save_checkpoint, write_record)
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
+                      restore_rng_states, rng_states, save_checkpoint, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
@@ -199,10 +199,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
                                 "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
                     logs.log("eval", step, row)
                     bar.set_postfix(ret=f"{row['return_mean']:.0f}")
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save()
-                if step < cfg.steps:  # SIGTERM / SIGINT: checkpoint this step, then stop
-                    stop.stop(step, ckpt, save)
+                stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)  # on a SIGTERM / SIGINT too
         finally:
             bar.close()
             logs.close()
