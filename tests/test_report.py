@@ -129,19 +129,14 @@ def test_learning_curves_keep_each_methods_colour_across_panels(tmp_path, monkey
 
 
 def test_paired_differences_and_summary_figure(tmp_path):
-    from collections import defaultdict
-
-    from cdp.report import paired_differences
+    from cdp.report import group_runs, paired_differences
 
     # mean of the last three = the curve's mean; edp has seeds 0-2, cdp seeds 0 and 2 at 100%, seed 1 at 10%
     for algo, f, seed, curve in [("edp", 1.0, 0, [1, 2, 3]), ("edp", 1.0, 1, [5, 5, 5]), ("edp", 1.0, 2, [0, 0, 3]),
                                  ("cdp", 1.0, 0, [4, 4, 4]), ("cdp", 1.0, 2, [2, 2, 2]),
                                  ("edp", 0.1, 1, [1, 1, 1]), ("cdp", 0.1, 1, [0, 0, 0]), ("bc", 1.0, 0, [9, 9, 9])]:
         write_record(tmp_path, algo, f, seed, curve[-1], max(curve), curve)
-    groups = defaultdict(list)
-    for r in load_runs(tmp_path):
-        groups[r.group].append(r)
-    rows = paired_differences(groups)
+    rows = paired_differences(group_runs(load_runs(tmp_path)))
     label = "cdp/hopper/medium-replay-v0: cdp − edp"
     assert rows == [(label, 1.0, [pytest.approx(2.0), pytest.approx(1.0)]), (label, 0.1, [pytest.approx(-1.0)])]
     text = write_report(tmp_path).read_text()

@@ -81,6 +81,14 @@ def load_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """``{group: its runs}`` (dataset for offline RL, task/file for imitation)."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[r.group].append(r)
+    return dict(groups)
+
+
 def values(runs: list[Run], method: str, fraction: float, metric: str) -> list[float]:
     """``metric`` of every run (one per seed) of ``method`` at ``fraction`` that records it."""
     return [r.summary[metric] for r in runs if r.method == method and r.fraction == fraction and metric in r.summary]
@@ -454,9 +462,7 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     Returns the markdown file."""
     runs = load_runs(root)
     out = Path(out) if out is not None else Path(root)
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[r.group].append(r)
+    groups = group_runs(runs)
     md = [f"# Results under {root}", "", "Mean ± standard error over seeds (seed count in brackets); best mean per "
           "column in bold.", ""]
     summary = across_groups(groups)
@@ -530,10 +536,7 @@ def render_block(spec: str, base: str | Path = ".", _cache: dict | None = None) 
     root, kind, rest = parts[0], parts[1], parts[2:]
     cache = {} if _cache is None else _cache
     if root not in cache:
-        groups: dict[str, list[Run]] = defaultdict(list)
-        for r in load_runs(Path(base) / root):
-            groups[r.group].append(r)
-        cache[root] = groups
+        cache[root] = group_runs(load_runs(Path(base) / root))
     groups = cache[root]
     if kind == "summary":
         return across_groups(groups)

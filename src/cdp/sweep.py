@@ -206,24 +206,22 @@ def job_state(job: Job) -> tuple[str, str]:
 
 def hours_left(jobs: list[Job]) -> float | None:
     """Single-process hours the unfinished ``jobs`` still need, from the finished jobs' own time
-    per 1k steps (evaluations included), per algorithm / policy; None if some unfinished job's
-    kind has no finished run to go by."""
+    per 1k steps (evaluations included; the median per algorithm / policy); None if some
+    unfinished job's kind has no finished run to go by."""
     kind = lambda j: j.config.get("algo") or j.config.get("policy")  # noqa: E731
     rates: dict[str, list[float]] = {}
+    todo = []
     for j in jobs:
-        if is_finished(j):
-            summary = json.loads((Path(j.out) / "summary.json").read_text())
-            if "seconds_per_1k_steps" in summary:
-                rates.setdefault(kind(j), []).append(summary["seconds_per_1k_steps"])
-    left = 0.0
-    for j in jobs:
-        if is_finished(j):
+        if not is_finished(j):
+            todo.append(j)
             continue
-        if kind(j) not in rates:
-            return None
-        remaining = j.config["steps"] - (_logged_step(j) or 0)
-        left += remaining / 1000 * sorted(rates[kind(j)])[len(rates[kind(j)]) // 2]
-    return left / 3600
+        summary = json.loads((Path(j.out) / "summary.json").read_text())
+        if "seconds_per_1k_steps" in summary:
+            rates.setdefault(kind(j), []).append(summary["seconds_per_1k_steps"])
+    median = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    if any(kind(j) not in median for j in todo):
+        return None
+    return sum((j.config["steps"] - (_logged_step(j) or 0)) / 1000 * median[kind(j)] for j in todo) / 3600
 
 
 def run_job(job: Job) -> str:
