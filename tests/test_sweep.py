@@ -115,6 +115,26 @@ def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tiny_dat
 
 
 @pytest.mark.slow
+def test_two_sweeps_share_one_queue_and_a_shared_run_trains_once(tiny_dataset, tmp_path, capsys):
+    from cdp.cli import main
+    from cdp.sweep import queue
+
+    a = write(tmp_path, config(tmp_path, tiny_dataset, seeds="[0, 1]").read_text(), "a.toml")
+    b = write(tmp_path, config(tmp_path, tiny_dataset, seeds="[1, 2]").read_text(), "b.toml")
+    jobs = queue([load_sweep(a), load_sweep(b)])
+    assert [os.path.basename(j.out) for j in jobs] == ["bc-f1-s0", "bc-f1-s1", "bc-f1-s2"]  # seed 1 once
+    assert main(["sweep", str(a), str(b), "--workers", "2"]) == 0
+    assert "3 runs trained" in capsys.readouterr().out
+    assert all(is_finished(j) for j in jobs)
+    assert sorted(p.name for p in (tmp_path / "results").rglob("*.json")) == [f"bc-f1-s{s}.json" for s in range(3)]
+    assert main(["sweep", str(a), str(b), "--status"]) == 0
+    assert "3 done, 0 running, 0 stopped, 0 todo (of 3)" in capsys.readouterr().out
+    longer = write(tmp_path, config(tmp_path, tiny_dataset, steps=8, seeds="[2]").read_text(), "c.toml")
+    with pytest.raises(ValueError, match="different configs"):  # one folder, two budgets: refuse
+        queue([load_sweep(b), load_sweep(longer)])
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, tmp_path):
     p = config(tmp_path, tiny_dataset, steps=3000, seeds="[0]")
     job = load_sweep(p).jobs()[0]

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
-    sw.add_argument("config", help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a "
-                                   "bundled study (offline_rl, imitation_lift, ...)")
+    sw.add_argument("config", nargs="+",
+                    help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
+                         "study (offline_rl, imitation_lift, ...); several share one queue, in order")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
     sw.add_argument("--dry-run", "--status", action="store_true",
                     help="list the jobs and the state of each (done / running, at which step and by whom / "
@@ -227,18 +228,19 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
     elif args.command == "sweep":
-        from .sweep import hours_left, job_state, load_sweep, run_sweep
+        from .sweep import hours_left, job_state, load_sweep, queue, run_sweep
 
-        config = args.config
-        if not Path(config).exists() and "/" not in config and "." not in config:
-            from .reproduce import study_path
+        sweeps = []
+        for config in args.config:
+            if not Path(config).exists() and "/" not in config and "." not in config:
+                from .reproduce import study_path
 
-            config = study_path(config)
-        sweep = load_sweep(config)
-        if args.workers:
-            sweep.workers = args.workers
+                config = study_path(config)
+            sweeps.append(load_sweep(config))
+            if args.workers:
+                sweeps[-1].workers = args.workers
         if args.dry_run:
-            states = [(job, *job_state(job)) for job in sweep.jobs()]
+            states = [(job, *job_state(job)) for job in queue(sweeps)]
             for job, state, detail in states:
                 print(f"{state:8s} {job.out}" + (f"  ({detail})" if detail else ""))
             counts = {s: sum(st == s for _, st, _ in states) for s in ("done", "running", "stopped", "todo")}
@@ -247,8 +249,8 @@ def _run(args: argparse.Namespace) -> int:
             if left:
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace")
             return 0
-        ran = run_sweep(sweep, backend=args.backend, address=args.address)
-        print(f"{len(ran)} runs trained; run folders under {sweep.out}")
+        ran = run_sweep(sweeps, backend=args.backend, address=args.address)
+        print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")
     return 0
 
 

@@ -24,6 +24,8 @@ resume), so re-running a killed sweep neither repeats nor loses work. A job whos
 live process is training (the same sweep started twice, or on two machines sharing the runs) is
 skipped with a message, never trained twice at once (``cdp.runlog.claim_run``). Jobs run in a local process
 pool or, with ``backend="ray"`` (``cdp sweep CONFIG --backend ray --address auto``), as Ray tasks.
+Several configs given together (``cdp sweep A B``) share one queue, in order, so no worker idles
+while another study still has runs to do.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
@@ -56,6 +58,7 @@ class Job:
     out: str
     results: str | None = None
     threads: int = 1
+    gpus: float = 0.0  # Ray backend: GPUs this job reserves
 
     def record_path(self) -> Path | None:
         """Where the finished run's record goes (None when the sweep keeps no records)."""
@@ -81,7 +84,7 @@ class SweepConfig:
         for values in itertools.product(*(self.grid[k] for k in keys)):
             cfg = _config_class(self.kind)(**{**self.fixed, **dict(zip(keys, values))})
             jobs.append(Job(self.kind, _asdict(cfg), str(Path(self.out) / _run_path(self.kind, cfg)),
-                            self.results, self.threads))
+                            self.results, self.threads, self.gpus))
         seen: dict[str, dict] = {}
         for j in jobs:
             if j.out in seen:
@@ -278,11 +281,28 @@ def _init_worker(threads: int) -> None:
 BACKENDS = ("local", "ray")
 
 
-def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job], None] | None = None,
-              backend: str = "local", address: str | None = None) -> list[Job]:
+def queue(sweeps: Sequence[SweepConfig]) -> list[Job]:
+    """The jobs of ``sweeps`` in order, as one queue; a run folder named by two studies (studies that
+    share runs, like ``imitation_gamma`` and ``imitation_margin``) is queued once. Two studies that
+    ask one folder for different configs are a ``ValueError``."""
+    jobs: dict[str, Job] = {}
+    for sweep in sweeps:
+        for j in sweep.jobs():
+            first = jobs.setdefault(j.out, j)
+            if first.config != j.config:
+                diff = sorted(k for k in j.config if j.config[k] != first.config.get(k))
+                raise ValueError(f"two sweeps name the run folder {j.out} with different configs (they differ in "
+                                 f"{diff})")
+    return list(jobs.values())
+
+
+def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
+              on_done: Callable[[Job], None] | None = None, backend: str = "local",
+              address: str | None = None) -> list[Job]:
     """Run every unfinished job and return the jobs that ran. A failing job does not stop the
     others; the first error is raised at the end. A job another process is training (``RunBusy``)
-    is skipped with a message and is not among those returned.
+    is skipped with a message and is not among those returned. Several sweeps run as one queue
+    (``queue``), with the most workers any of them asks for.
 
     ``local``: a process pool of ``sweep.workers`` fresh interpreters. ``ray``: one Ray task per
     job (``num_cpus = sweep.threads``) on the cluster at ``address`` (``"auto"``, ``"ray://..."``),
@@ -291,7 +311,9 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
     be on storage every node sees."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    jobs = sweep.jobs()
+    sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
+    jobs = queue(sweeps)
+    workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
     todo = [j for j in jobs if not is_finished(j)]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
     errors: list[tuple[Job, BaseException]] = []
@@ -312,9 +334,9 @@ def run_sweep(sweep: SweepConfig, progress: bool = True, on_done: Callable[[Job]
         bar.set_postfix_str(live_progress(running), refresh=True)
 
     if todo and backend == "ray":
-        _run_ray(todo, sweep, address, finished, live)
+        _run_ray(todo, workers, address, finished, live)
     elif todo:
-        _run_local(todo, sweep, finished, live)
+        _run_local(todo, workers, finished, live)
     bar.close()
     if errors:
         job, e = errors[0]
@@ -343,12 +365,12 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
 POLL_S = 15.0
 
 
-def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, BaseException | None], None],
+def _run_local(todo: list[Job], workers: int, finished: Callable[[Job, BaseException | None], None],
                live: Callable[[list[Job]], None]) -> None:
-    workers = sweep.workers or os.cpu_count() or 1
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
+    threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(sweep.threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads,)) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:
             done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -359,7 +381,7 @@ def _run_local(todo: list[Job], sweep: SweepConfig, finished: Callable[[Job, Bas
                 finished(job, err)
 
 
-def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
+def _run_ray(todo: list[Job], workers: int, address: str | None,
              finished: Callable[[Job, BaseException | None], None], live: Callable[[list[Job]], None]) -> None:
     try:
         import ray
@@ -369,10 +391,10 @@ def _run_ray(todo: list[Job], sweep: SweepConfig, address: str | None,
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(num_cpus=(sweep.workers or os.cpu_count() or 1) * sweep.threads, include_dashboard=False,
+            ray.init(num_cpus=workers * max(j.threads for j in todo), include_dashboard=False,
                      log_to_driver=False)
-    task = ray.remote(num_cpus=sweep.threads, num_gpus=sweep.gpus, max_retries=2, retry_exceptions=False)(run_job)
-    refs = {task.remote(j): j for j in todo}
+    task = ray.remote(max_retries=2, retry_exceptions=False)(run_job)
+    refs = {task.options(num_cpus=j.threads, num_gpus=j.gpus).remote(j): j for j in todo}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_S)
         live(list(refs.values()))  # which tasks run is the cluster's business: the recent logs say
