@@ -32,7 +32,7 @@ def test_reproduce_quick_runs_a_study_end_to_end(tmp_path, monkeypatch):
     page = reproduce(quick=True, only=["imitation_reach_hard"], workers=2, progress=False, quick_scale=tiny)
     assert page.resolve() == tmp_path / "results" / "reproduce-quick.md"
     text = page.read_text()
-    assert "Quick mode" in text and "20 steps, seeds [0]" in text and "12 runs trained in this call" in text
+    assert "Quick mode" in text and "20 steps, seeds [0]" in text and "12 of 12 runs finished, 12 runs trained in this call" in text
     assert "| cdp-unet vs dp-unet |" in text and "| bc-gmm |" in text and "reach-hard/reach-hard_ph" in text
     assert (tmp_path / "data" / "il" / "reach-hard_ph.hdf5").is_file()
     assert len(list((tmp_path / "results" / "il-quick").rglob("*.json"))) == 12

@@ -1,7 +1,7 @@
 """``cdp reproduce [--quick]``: the paper's two tables and its 10%-data ablation at this machine's scale.
 
-Runs the bundled study grids (``cdp/studies/*.toml``, linked as ``experiments/``) one after the
-other — offline RL (EDP, CDP; then BC, DQL, IDQL) on the generated hopper / walker2d
+Runs the bundled study grids (``cdp/studies/*.toml``, linked as ``experiments/``) as one queue of
+runs, in study order — offline RL (EDP, CDP; then BC, DQL, IDQL) on the generated hopper / walker2d
 medium-replay datasets, and imitation (BC-GMM, DBC-DiT, DP / CDP with UNet and DiT backbones) on
 MultiReach-hard and robosuite Lift, each at 100% and 10% of the data — making any dataset that is
 missing first, then writes one markdown file with every study's tables, the CDP-vs-base
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .io import atomic_write
 from .report import write_report
-from .sweep import SweepConfig, load_sweep, run_sweep
+from .sweep import Job, SweepConfig, is_finished, load_sweep, run_sweep
 
 #: Study name -> (title, datasets it needs as ("rl", task, quality) / ("il", task, quality)).
 STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
@@ -110,6 +110,8 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
               out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick(),
               report_only: bool = False) -> Path:
     """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path.
+    Every study's runs go into one queue (``cdp.sweep.queue``), in study order, so no core idles
+    while a later study has runs to do; the page is rewritten as each study completes.
     ``report_only``: train nothing and make no data, write the page from the records as they
     stand (how many of each grid's runs are recorded is on the page)."""
     names = list(STUDIES) if not only else only
@@ -119,48 +121,66 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
     out = Path(out) if out is not None else Path("results") / ("reproduce-quick.md" if quick else "reproduce.md")
     import torch
 
-    md = [f"# cdp reproduce{' --quick' if quick else ''}", "",
-          f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
-          "Datasets generated here (not D4RL's or robomimic's: docs/offline_rl.md, docs/imitation.md).", ""]
+    head = [f"# cdp reproduce{' --quick' if quick else ''}", "",
+            f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+            f"torch {torch.__version__}. Datasets generated here (not D4RL's or robomimic's: docs/offline_rl.md, "
+            "docs/imitation.md).", ""]
     if quick:
-        md += [f"**Quick mode** ({quick_scale}): a pipeline check at a tiny budget, not a result.", ""]
-    # studies sharing a results folder (RL: EDP/CDP and the baselines; imitation: both tasks)
-    # share one report, shown once, as it stands after the last of them
-    runs_md: list[str] = []
-    reports: dict[str, str] = {}
-    t_all = time.perf_counter()
+        head += [f"**Quick mode** ({quick_scale}): a pipeline check at a tiny budget, not a result.", ""]
+    sweeps: dict[str, SweepConfig] = {}
     for name in names:
-        title, needs = STUDIES[name]
         sweep = load_sweep(study_path(name))
-        if quick:
-            sweep = shrink(sweep, quick_scale)
+        sweep = shrink(sweep, quick_scale) if quick else sweep
         if workers is not None:
             sweep.workers = workers
-        print(f"\n== {name}: {title}\n   {_scale_line(sweep)}", flush=True)
+        sweeps[name] = sweep
+        print(f"== {name}: {STUDIES[name][0]}\n   {_scale_line(sweep)}", flush=True)
+    jobs = {name: sweep.jobs() for name, sweep in sweeps.items()}
+    trained: dict[str, int] = dict.fromkeys(names, 0)
+    t_all = time.perf_counter()
+
+    def study_line(name: str) -> str:
+        sweep = sweeps[name]
         if report_only:
-            jobs = sweep.jobs()
-            done = sum(j.record_path().is_file() for j in jobs)  # type: ignore[union-attr]
-            what = f"report only: {done} of {len(jobs)} runs recorded"
+            done = sum(j.record_path().is_file() for j in jobs[name])  # type: ignore[union-attr]
+            what = f"report only: {done} of {len(jobs[name])} runs recorded"
         else:
-            ensure_data(needs)
-            t0 = time.perf_counter()
-            ran = run_sweep(sweep, progress=progress)
-            what = (f"{sweep.workers or os.cpu_count()} worker(s); {len(ran)} runs trained in this call, "
-                    f"{(time.perf_counter() - t0) / 60:.1f} min")
-        runs_md += [f"- **{title}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
-                    f"{_scale_line(sweep)}; {what}; records in `{sweep.results}`."]
-        if any(Path(str(sweep.results)).rglob("*.json")):  # (report-only: maybe nothing recorded yet)
-            report = write_report(sweep.results)  # type: ignore[arg-type]
+            done = sum(is_finished(j) for j in jobs[name])
+            what = (f"{sweep.workers or os.cpu_count()} worker(s); {done} of {len(jobs[name])} runs finished, "
+                    f"{trained[name]} runs trained in this call")
+        return (f"- **{STUDIES[name][0]}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
+                f"{_scale_line(sweep)}; {what}; records in `{sweep.results}`.")
+
+    def write_page(closing: list[str]) -> None:
+        # studies sharing a results folder (RL: EDP/CDP and the baselines; imitation: both tasks)
+        # share one report, shown once
+        page = head + ["## Studies", ""] + [study_line(n) for n in names] + [""]
+        for res in dict.fromkeys(str(s.results) for s in sweeps.values()):
+            if not any(Path(res).rglob("*.json")):  # (report-only: maybe nothing recorded yet)
+                continue
+            report = write_report(res)
             rel = os.path.relpath(report.parent, out.parent)
             body = report.read_text().split("\n", 3)[-1]  # without the report's own title lines
-            reports[str(sweep.results)] = body.replace("](", f"]({rel}/").replace("## ", "### ")
-        page = md + ["## Studies", ""] + runs_md + [""]
-        for res, body in reports.items():
-            page += [f"## Results in `{res}`", "", body, ""]
-        atomic_write(out, "\n".join(page).encode())  # each finished study is on disk at once
-    page += [f"Wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min (finished runs are skipped, so a "
-             "call that resumes a study costs only what it trained; each results section says how much compute "
-             "its records took in all).", ""]
-    atomic_write(out, "\n".join(page).encode())
+            page += [f"## Results in `{res}`", "", body.replace("](", f"]({rel}/").replace("## ", "### "), ""]
+        atomic_write(out, "\n".join(page + closing).encode())
+
+    if not report_only:
+        for name in names:
+            ensure_data(STUDIES[name][1])
+        complete = {n for n in names if all(is_finished(j) for j in jobs[n])}
+
+        def on_done(job: Job) -> None:
+            for name in names:
+                if any(j.out == job.out for j in jobs[name]):
+                    trained[name] += 1
+            newly = {n for n in names if n not in complete and all(is_finished(j) for j in jobs[n])}
+            if newly:  # each finished study is on disk at once
+                complete.update(newly)
+                write_page([])
+
+        run_sweep(list(sweeps.values()), progress=progress, on_done=on_done)
+    write_page([f"Wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min (finished runs are skipped, "
+                "so a call that resumes a study costs only what it trained; each results section says how much "
+                "compute its records took in all).", ""])
     print(f"\nwrote {out}")
     return out
