@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -247,7 +248,9 @@ def _run(args: argparse.Namespace) -> int:
             print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)})")
             left = hours_left([job for job, _, _ in states])
             if left:
-                print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace")
+                workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
+                print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
+                      + (f" (~{left / workers:.1f} h on {workers} workers)" if workers > 1 else ""))
             return 0
         ran = run_sweep(sweeps, backend=args.backend, address=args.address)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")
