@@ -20,7 +20,7 @@ import math
 import re
 import shlex
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,6 +344,11 @@ def _finish_panels(fig, axes, title: str) -> bytes:
     return _png(fig)
 
 
+def _per_seed(runs: list[Run], key: str, keep: Callable[[Run], bool]) -> list[float]:
+    """``summary[key]`` of the runs ``keep`` accepts, one value per seed."""
+    return list({r.seed: r.summary[key] for r in runs if key in r.summary and keep(r)}.values())
+
+
 def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_last3") -> bytes | None:
     """Score (and, for imitation, the number of demonstrated goal orders reproduced) against gamma,
     one line per margin and data fraction; the base method is gamma 0. None with fewer than
@@ -360,8 +365,7 @@ def _sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = "mean_l
             pts = []
             for g in gammas:
                 # gamma 0 (no term, so no margin either) is one point per seed, shared by every line
-                v = list({r.seed: r.summary[key] for r in runs if r.fraction == f and key in r.summary
-                          and (r.gamma == g == 0 or r.gamma == g and r.margin == mg)}.values())
+                v = _per_seed(runs, key, lambda r: r.fraction == f and (r.gamma == g == 0 or r.gamma == g and r.margin == mg))
                 if v:
                     pts.append((g, *mean_se(v)))
             if pts:
@@ -393,12 +397,11 @@ def _margin_sensitivity(runs: list[Run], title: str, ylabel: str, metric: str = 
     for ax, key, lab in panels:
         for i, f in enumerate(sorted({r.fraction for r in runs}, reverse=True)):
             pts = [(x, *mean_se(v)) for x, m in enumerate(margins)
-                   if (v := list({r.seed: r.summary[key] for r in runs if r.fraction == f and r.gamma == gamma
-                                  and r.margin == m and key in r.summary}.values()))]
+                   if (v := _per_seed(runs, key, lambda r: r.fraction == f and r.gamma == gamma and r.margin == m))]
             if pts:
                 xs, mu, se = (np.array(c) for c in zip(*pts))
                 ax.errorbar(xs, mu, yerr=se, marker="o", ms=3, capsize=3, color=f"C{i}", label=f"{f:.0%} data, gamma {gamma:g}")
-            base = list({r.seed: r.summary[key] for r in runs if r.fraction == f and r.gamma == 0 and key in r.summary}.values())
+            base = _per_seed(runs, key, lambda r: r.fraction == f and r.gamma == 0)
             if base:
                 mu0, se0 = mean_se(base)
                 ax.axhline(mu0, color=f"C{i}", ls="--", lw=1, label=f"{f:.0%} data, base (gamma 0, n {len(base)})")
