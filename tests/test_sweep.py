@@ -96,6 +96,36 @@ def test_sweep_runs_records_and_skips_finished_runs(tiny_dataset, tmp_path):
     assert stamp == {j.out: os.path.getmtime(os.path.join(j.out, "checkpoint.pt")) for j in sweep.jobs()}
 
 
+@pytest.mark.slow
+def test_a_fresh_clone_skips_runs_whose_records_are_committed(tiny_dataset, tmp_path, capsys):
+    """Run folders are not committed, records are: a sweep on a clone with only the records must
+    not train those runs again, and a record of another config (here a smaller budget) is no
+    stand-in for the job."""
+    import shutil
+
+    from cdp.cli import main
+
+    cfg = config(tmp_path, tiny_dataset)
+    sweep = load_sweep(cfg)
+    assert len(run_sweep(sweep, progress=False)) == 2
+    shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the records alone
+    assert all(is_finished(j) for j in sweep.jobs())
+    state, detail = job_state(sweep.jobs()[0])
+    assert state == "done" and detail.startswith("recorded in ") and detail.endswith("bc-f1-s0.json")
+    assert run_sweep(sweep, progress=False) == []
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--status"]) == 0
+    assert "2 done" in capsys.readouterr().out
+    longer = load_sweep(write(tmp_path, config(tmp_path, tiny_dataset, steps=8).read_text(), "longer.toml"))
+    cfg = write(tmp_path, config(tmp_path, tiny_dataset).read_text())  # same folders, the budget as recorded
+    assert not any(is_finished(j) for j in longer.jobs())
+    record = json.loads(longer.jobs()[0].record_path().read_text())
+    record["config"]["batch_size"] = 64  # a record of another config at the full budget
+    longer.jobs()[0].record_path().write_text(json.dumps(record))
+    assert not is_finished(load_sweep(cfg).jobs()[0]) and is_finished(load_sweep(cfg).jobs()[1])
+
+
 def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tiny_dataset, tmp_path, capsys):
     from pathlib import Path
 

@@ -19,7 +19,7 @@ A sweep config (TOML, or JSON with the same keys)::
     algo = ["edp", "cdp"]
 
 Every job's config is validated before any job starts. A job whose run folder already holds a
-finished summary is skipped; an interrupted one resumes from its checkpoint (the trainer's own
+finished summary, or whose committed record does (a fresh clone), is skipped; an interrupted one resumes from its checkpoint (the trainer's own
 resume), so re-running a killed sweep neither repeats nor loses work. A job whose folder another
 live process is training (the same sweep started twice, or on two machines sharing the runs) is
 skipped with a message, never trained twice at once (``cdp.runlog.claim_run``). Jobs run in a local process
@@ -174,12 +174,29 @@ def load_sweep(path: str | Path) -> SweepConfig:
     return sweep
 
 
-def is_finished(job: Job) -> bool:
-    """The run folder holds a summary written at the job's full budget."""
+def finished_summary(job: Job) -> dict | None:
+    """The summary of the job's finished run, or None: the run folder's ``summary.json`` at the
+    job's full budget, or else the job's committed record (``results``) at that budget for the same
+    config, so a fresh clone, or another machine, does not train a recorded run again. The device
+    a run trained on is not part of the comparison."""
     p = Path(job.out) / "summary.json"
-    if not p.is_file():
-        return False
-    return json.loads(p.read_text()).get("step", -1) >= job.config["steps"]
+    if p.is_file():
+        summary = json.loads(p.read_text())
+        if summary.get("step", -1) >= job.config["steps"]:
+            return summary
+    rec = job.record_path()
+    if rec is None or not rec.is_file():
+        return None
+    saved = json.loads(rec.read_text())
+    cfg, summary = saved.get("config", {}), saved.get("summary", {})
+    same = all(cfg.get(k, v) == v for k, v in job.config.items() if k != "device")
+    return summary if same and summary.get("step", -1) >= job.config["steps"] else None
+
+
+def is_finished(job: Job) -> bool:
+    """The job's run is finished at its full budget, in its folder or in its record
+    (:func:`finished_summary`)."""
+    return finished_summary(job) is not None
 
 
 def _logged_step(job: Job) -> int | None:
@@ -196,7 +213,7 @@ def job_state(job: Job) -> tuple[str, str]:
     its step and who); ``stopped`` (begun, not finished, nobody on it: it resumes from its last
     checkpoint); ``todo``."""
     if is_finished(job):
-        return "done", ""
+        return "done", "" if (Path(job.out) / "summary.json").is_file() else f"recorded in {job.record_path()}"
     step, steps = _logged_step(job), job.config["steps"]
     at = f"{step}/{steps}" if step is not None else f"0/{steps}"
     holder = run_holder(Path(job.out))
@@ -215,10 +232,10 @@ def hours_left(jobs: list[Job]) -> float | None:
     rates: dict[str, list[float]] = {}
     todo = []
     for j in jobs:
-        if not is_finished(j):
+        summary = finished_summary(j)
+        if summary is None:
             todo.append(j)
             continue
-        summary = json.loads((Path(j.out) / "summary.json").read_text())
         if "seconds_per_1k_steps" in summary:
             rates.setdefault(kind(j), []).append(summary["seconds_per_1k_steps"])
     median = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
