@@ -7,13 +7,15 @@ import platform
 
 import torch
 
-from cdp.runtime import tune_allocator
+from cdp.runtime import resolve_device, tune_allocator
 
 
 def parse(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, str]:
-    """Add ``--quick`` and ``--default-malloc``, parse, tune the allocator as the CLI does
-    (unless ``--default-malloc``), and return the arguments with a one-line machine header."""
+    """Add ``--quick``, ``--default-malloc`` and ``--device``, parse, tune the allocator as the CLI
+    does (unless ``--default-malloc``), and return the arguments (``args.device`` resolved to a
+    ``torch.device``) with a one-line machine header."""
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's allocator as it is (the CLI and sweep workers tune it: cdp.runtime)")
     args = ap.parse_args()
@@ -22,4 +24,14 @@ def parse(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, str]:
     else:
         malloc = "malloc tuned (cdp.runtime)" if tune_allocator() else "malloc not tunable here"
     machine = platform.processor() or platform.machine()
+    args.device = resolve_device(args.device)
+    if args.device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(args.device)} (host {machine})"
     return args, f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads, {malloc}"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (GPU kernels run
+    asynchronously; on the CPU this does nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,7 +1,7 @@
 """Whole EDP update (critic with 15-step DPM-Solver++ target sampling + actor) with and without
 the contraction term, as ratios measured in one run (interleaved rounds, median).
 
-    python benchmarks/edp_step.py [--quick]
+    python benchmarks/edp_step.py [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import statistics
 import time
 
 import torch
-from _common import parse
+from _common import parse, sync
 
 from cdp.contraction import ContractionConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -24,21 +24,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     args, header = parse(ap)
     rounds, inner = (3, 5) if args.quick else (7, 10)
+    dev = args.device
     print(f"{header}; batch 256; median ms per update\n")
     print("| shape | variant | ms/update | ratio to EDP |\n|---|---|---:|---:|")
     for name, (o, a) in SHAPES.items():
         torch.manual_seed(0)
         batch = {"obs": torch.randn(256, o), "act": torch.rand(256, a) * 2 - 1, "rew": torch.randn(256),
                  "next_obs": torch.randn(256, o), "done": torch.zeros(256)}
-        agents = {k: EDP(o, a, EDPConfig(contraction=c)) for k, c in VARIANTS.items()}
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        agents = {k: EDP(o, a, EDPConfig(contraction=c), dev) for k, c in VARIANTS.items()}
         times: dict[str, list[float]] = {k: [] for k in agents}
         for ag in agents.values():
             ag.update(batch)
         for _ in range(rounds):
             for k, ag in agents.items():
+                sync(dev)
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     ag.update(batch)
+                sync(dev)
                 times[k].append(1000 * (time.perf_counter() - t0) / inner)
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in med.items():

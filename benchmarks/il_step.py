@@ -2,7 +2,7 @@
 contraction term (full batch and a 16-sample sub-batch), as ratios measured in one run, and the
 latency of predicting one action chunk (DDIM, 10 steps) for one state.
 
-    python benchmarks/il_step.py [--quick] [--batch 128] [--action-dim 2]
+    python benchmarks/il_step.py [--quick] [--batch 128] [--action-dim 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import statistics
 import time
 
 import torch
-from _common import parse
+from _common import parse, sync
 
 from cdp.contraction import ContractionConfig
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -37,10 +37,11 @@ def main() -> None:
     print(f"{header}; batch {B}, chunk 16 x {d}; "
           f"median ms per training step; chunk latency for one state (DDIM 10 steps)\n")
     print("| backbone | variant | ms/step | ratio to DP | chunk latency (ms) |\n|---|---|---:|---:|---:|")
-    obs, act = torch.randn(B, 2, obs_dim), torch.rand(B, 16, d) * 2 - 1
+    dev = args.device
+    obs, act = torch.randn(B, 2, obs_dim, device=dev), torch.rand(B, 16, d, device=dev) * 2 - 1
     for name, kw in BACKBONES.items():
         torch.manual_seed(0)
-        pols = {k: DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=obs_dim, action_dim=d, contraction=c, **kw))
+        pols = {k: DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=obs_dim, action_dim=d, contraction=c, **kw)).to(dev)
                 for k, c in VARIANTS.items()}
         opts = {k: torch.optim.AdamW(p.parameters(), 1e-4) for k, p in pols.items()}
 
@@ -55,17 +56,21 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in pols}
         for _ in range(rounds):
             for k in pols:
+                sync(dev)
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     step(k)
+                sync(dev)
                 times[k].append(1000 * (time.perf_counter() - t0) / inner)
         med = {k: statistics.median(v) for k, v in times.items()}
         one = obs[:1]
         with torch.inference_mode():
             pols["DP"].predict_chunk(one)
+            sync(dev)
             t0 = time.perf_counter()
             for _ in range(10):
                 pols["DP"].predict_chunk(one)
+            sync(dev)
             lat = 1000 * (time.perf_counter() - t0) / 10
         for k, v in med.items():
             print(f"| {name} | {k} | {v:.0f} | {v / med['DP']:.2f}x | {lat if k == 'DP' else float('nan'):.1f} |"
