@@ -110,3 +110,4 @@ def test_a_run_trained_on_the_gpu_resumes_on_the_cpu(tiny_dataset, tmp_path):
     assert main([*args, "--steps", "8", "--device", "cpu"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 8 and summary["evals"] == 2
+    assert [(leg["from"], leg["to"], leg["where"].split()[0]) for leg in summary["legs"]] == [(0, 4, "cuda"), (4, 8, "cpu")]

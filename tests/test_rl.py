@@ -112,6 +112,7 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     assert [int(r["step"]) for r in csv.DictReader((out / "eval.csv").open())] == [3, 6, 9]
     rec = json.loads(T.record(out, tmp_path / "results").read_text())
     assert rec["config"]["algo"] == "cdp" and len(rec["eval"]) == 3 and rec["summary"]["evals"] == 3
+    assert [(leg["from"], leg["to"], leg["where"].split()[0]) for leg in rec["summary"]["legs"]] == [(0, 6, "cpu"), (6, 9, "cpu")]
     res = T.evaluate_run(out, episodes=1)
     assert res["step"] == 9 and res["score_reference"] == "D4RL hopper" and np.isfinite(res["d4rl_score_mean"])
     with pytest.raises(FileNotFoundError, match="not a run folder"):

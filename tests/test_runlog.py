@@ -72,12 +72,26 @@ def test_run_clock_adds_up_every_leg_of_a_resumed_run(monkeypatch):
     now[0] = 10.0
     assert clock.per_1k_steps(100) == (100.0, 80.0)  # 10 s / 100 steps, 8 s of them training
     ckpt = clock.state(100)
-    assert ckpt == {"clock": {"wall": 10.0, "eval": 2.0}}
+    assert ckpt == {"clock": {"wall": 10.0, "eval": 2.0, "legs": [{"from": 0, "to": 100, "where": "", "seconds": 10.0}]}}
     now[0] = 50.0  # a new process resumes from that checkpoint
-    resumed = RunClock(ckpt, 100)
+    resumed = RunClock(ckpt, 100, "cuda on gpu-host")
     now[0] = 55.0
     assert resumed.per_1k_steps(150) == (100.0, pytest.approx(1000 * 13 / 150))  # 15 s over all 150 steps
-    old = RunClock({"agent": {}}, 100)  # a checkpoint from before the clock: this leg's rate for all steps
+    assert resumed.legs(150) == [{"from": 0, "to": 100, "where": "", "seconds": 10.0},
+                                 {"from": 100, "to": 150, "where": "cuda on gpu-host", "seconds": 5.0}]
+    old = RunClock({"agent": {}}, 100, "cpu on here")  # a checkpoint from before the clock: this leg's rate for all steps
     now[0] = 60.0
     assert old.per_1k_steps(150) == (pytest.approx(100.0), pytest.approx(100.0))
-    assert old.state(150) == {"clock": {"wall": pytest.approx(15.0), "eval": 0.0}}
+    assert old.state(150) == {"clock": {"wall": pytest.approx(15.0), "eval": 0.0, "legs": [
+        {"from": 0, "to": 100, "where": "unknown", "seconds": None},
+        {"from": 100, "to": 150, "where": "cpu on here", "seconds": 5.0}]}}
+    legacy = RunClock({"clock": {"wall": 10.0, "eval": 2.0}}, 100, "cpu on here")  # a clock from before the legs
+    assert legacy.legs(100) == [{"from": 0, "to": 100, "where": "unknown", "seconds": None}]
+
+
+def test_where_label_names_the_device_and_host():
+    import socket
+
+    from cdp.runlog import where_label
+
+    assert where_label("cpu") == f"cpu on {socket.gethostname()}"

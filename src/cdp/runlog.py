@@ -155,12 +155,20 @@ class RunClock:
     """Wall-clock time of a run over every process that trained it. Each checkpoint keeps the
     seconds spent up to it (and how many of them went to evaluations), so a resumed run's time
     per 1k steps covers all its steps. A checkpoint written before this existed has no clock:
-    then the time before it is this leg's rate times its steps."""
+    then the time before it is this leg's rate times its steps.
 
-    def __init__(self, checkpoint: dict | None, start_step: int) -> None:
-        self.start_step, self.t0, self.eval = start_step, time.perf_counter(), 0.0
+    It also keeps the run's legs — which steps each process trained, where (``where``, e.g.
+    ``"cuda on host-a"``), in how many seconds — so a run resumed on another machine or device
+    says so in its summary; steps a checkpoint from before the legs existed covers are one leg
+    ``where="unknown"``."""
+
+    def __init__(self, checkpoint: dict | None, start_step: int, where: str = "") -> None:
+        self.start_step, self.t0, self.eval, self.where = start_step, time.perf_counter(), 0.0, where
         prior = (checkpoint or {}).get("clock")
         self.prior: dict | None = {"wall": 0.0, "eval": 0.0} if start_step == 0 else prior
+        self.prior_legs: list[dict] = list((self.prior or {}).get("legs", []))
+        if start_step > 0 and not self.prior_legs:
+            self.prior_legs = [{"from": 0, "to": start_step, "where": "unknown", "seconds": None}]
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -179,15 +187,31 @@ class RunClock:
         scale = step / max(step - self.start_step, 1)  # no clock in the old checkpoint: extrapolate this leg
         return leg * scale, self.eval * scale
 
+    def legs(self, step: int) -> list[dict]:
+        """Every leg up to ``step``: ``{"from", "to", "where", "seconds"}``, this process's last."""
+        here = {"from": self.start_step, "to": step, "where": self.where, "seconds": time.perf_counter() - self.t0}
+        return [*self.prior_legs, here] if step > self.start_step else list(self.prior_legs)
+
     def state(self, step: int) -> dict:
         """What a checkpoint at ``step`` keeps."""
         wall, ev = self.totals(step)
-        return {"clock": {"wall": wall, "eval": ev}}
+        return {"clock": {"wall": wall, "eval": ev, "legs": self.legs(step)}}
 
     def per_1k_steps(self, step: int) -> tuple[float, float]:
         """Seconds per 1k steps over the whole run: with evaluations, and without them."""
         wall, ev = self.totals(step)
         return 1000 * wall / max(step, 1), 1000 * (wall - ev) / max(step, 1)
+
+
+def where_label(device) -> str:
+    """``"<device> on <host>"`` (a GPU adds its name), for :class:`RunClock`'s legs."""
+    import socket
+
+    import torch
+
+    dev = torch.device(device)
+    name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+    return f"{dev}{name} on {socket.gethostname()}"
 
 
 def rng_states(device) -> dict:

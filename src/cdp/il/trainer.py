@@ -30,7 +30,7 @@ from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
-                      restore_rng_states, rng_states, save_checkpoint, write_record)
+                      restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
@@ -211,7 +211,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         restore_rng_states(state, device)
 
     logs = RunLogs(out, step)
-    clock = RunClock(state, step)
+    clock = RunClock(state, step, where_label(device))
     eval_envs: list = []
 
     def save() -> None:
@@ -255,7 +255,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         finally:
             bar.close()
             logs.close()
-    summary = summarize(out, *clock.per_1k_steps(step))
+    summary = summarize(out, *clock.per_1k_steps(step)) | {"legs": clock.legs(step)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_eval_curve(out, "success_rate", "success rate")
     return summary

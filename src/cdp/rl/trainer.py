@@ -21,7 +21,7 @@ from ..contraction import ContractionConfig
 from ..data import Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
-                      restore_rng_states, rng_states, save_checkpoint, write_record)
+                      restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
@@ -172,7 +172,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
         ref = None
 
     logs = RunLogs(out, agent.step)
-    clock = RunClock(state, agent.step)
+    clock = RunClock(state, agent.step, where_label(device))
 
     def save() -> None:
         save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
@@ -203,7 +203,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
         finally:
             bar.close()
             logs.close()
-    summary = summarize(out, ref.source if ref else None, *clock.per_1k_steps(agent.step))
+    summary = summarize(out, ref.source if ref else None, *clock.per_1k_steps(agent.step)) | {"legs": clock.legs(agent.step)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_curve(out)
     return summary
