@@ -10,7 +10,7 @@ Median over repeats, ms, ``torch.inference_mode``. With ``--bf16`` each row is a
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` in the same run (CPUs with AMX / AVX-512 BF16
 run bf16 matmuls several times faster; the sampled actions then carry bf16 rounding).
 
-    python benchmarks/action_selection.py [--quick] [--bf16]
+    python benchmarks/action_selection.py [--quick] [--bf16] [--device cuda]
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ import statistics
 import time
 
 import torch
-from _common import parse
+from _common import parse, sync
 
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
 from cdp.rl.edp import EDP, EDPConfig
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, device: torch.device) -> float:
     fn()
     out = []
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         fn()
+        sync(device)
         out.append(1000 * (time.perf_counter() - t0))
     return statistics.median(out)
 
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="also time each row under bf16 autocast")
     args, header = parse(ap)
     reps = 5 if args.quick else 20
+    dev = args.device
     print(f"{header}; median ms per call\n")
     if args.bf16:
         print("| policy | states | candidates / chunk | ms | bf16 autocast ms | speed-up |\n|---|---:|---|---:|---:|---:|")
@@ -48,27 +51,27 @@ def main() -> None:
         print("| policy | states | candidates / chunk | ms |\n|---|---:|---|---:|")
 
     def cells(fn) -> str:
-        fp32 = median_ms(fn, reps)
+        fp32 = median_ms(fn, reps, dev)
         if not args.bf16:
             return f"{fp32:.1f} |"
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = median_ms(fn, reps)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            bf16 = median_ms(fn, reps, dev)
         return f"{fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |"
 
     torch.manual_seed(0)
     with torch.inference_mode():
         for n_cand in (100, 1):
-            agent = EDP(11, 3, EDPConfig(n_candidates=n_cand))
+            agent = EDP(11, 3, EDPConfig(n_candidates=n_cand), dev)
             for states in (1, 10):
-                obs = torch.randn(states, 11)
+                obs = torch.randn(states, 11, device=dev)
                 print(f"| EDP/CDP MLP (hopper 11/3) | {states} | {n_cand} candidates | {cells(lambda: agent.act(obs))}",
                       flush=True)
         for d in (7, 2):
             for name, kw in (("UNet 32-64-128", dict(backbone="unet", unet_dims=(32, 64, 128))),
                              ("DiT 64 x 4", dict(backbone="dit", dit_width=64, dit_depth=4))):
-                pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=19, action_dim=d, **kw))
+                pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=19, action_dim=d, **kw)).to(dev)
                 for states in (1, 50):
-                    obs = torch.randn(states, 2, 19)
+                    obs = torch.randn(states, 2, 19, device=dev)
                     print(f"| DP {name} | {states} | 16 x {d} chunk | {cells(lambda: pol.predict_chunk(obs))}", flush=True)
 
 
