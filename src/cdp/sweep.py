@@ -19,8 +19,9 @@ A sweep config (TOML, or JSON with the same keys)::
     algo = ["edp", "cdp"]
 
 Every job's config is validated before any job starts. A job whose run folder already holds a
-finished summary, or whose committed record does (a fresh clone), is skipped; an interrupted one resumes from its checkpoint (the trainer's own
-resume), so re-running a killed sweep neither repeats nor loses work. A job whose folder another
+finished summary, or whose committed record does (a fresh clone), is skipped; an interrupted one
+resumes from its checkpoint (the trainer's own resume), so re-running a killed sweep neither
+repeats nor loses work. A job whose folder another
 live process is training (the same sweep started twice, or on two machines sharing the runs) is
 skipped with a message, never trained twice at once (``cdp.runlog.claim_run``). Jobs run in a local process
 pool or, with ``backend="ray"`` (``cdp sweep CONFIG --backend ray --address auto``), as Ray tasks.
