@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import time
 
 import torch
 
@@ -35,3 +36,14 @@ def sync(device: torch.device) -> None:
     asynchronously; on the CPU this does nothing)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def ms_per_call(fn, calls: int, device: torch.device) -> float:
+    """Wall-clock ms per call of ``fn`` over ``calls`` back-to-back calls, the device's queued
+    work included at both ends."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return 1000 * (time.perf_counter() - t0) / calls

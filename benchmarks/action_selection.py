@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from _common import parse, sync
+from _common import ms_per_call, parse
 
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -28,14 +27,7 @@ from cdp.rl.edp import EDP, EDPConfig
 
 def median_ms(fn, repeats: int, device: torch.device) -> float:
     fn()
-    out = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(out)
+    return statistics.median(ms_per_call(fn, 1, device) for _ in range(repeats))
 
 
 def main() -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from _common import parse, sync
+from _common import ms_per_call, parse
 
 from cdp.contraction import ContractionConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -38,12 +37,7 @@ def main() -> None:
             ag.update(batch)
         for _ in range(rounds):
             for k, ag in agents.items():
-                sync(dev)
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    ag.update(batch)
-                sync(dev)
-                times[k].append(1000 * (time.perf_counter() - t0) / inner)
+                times[k].append(ms_per_call(lambda: ag.update(batch), inner, dev))
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in med.items():
             print(f"| {name} | {k} | {v:.1f} | {v / med['EDP']:.2f}x |", flush=True)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from _common import parse, sync
+from _common import ms_per_call, parse
 
 from cdp.contraction import ContractionConfig
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -56,22 +55,12 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in pols}
         for _ in range(rounds):
             for k in pols:
-                sync(dev)
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    step(k)
-                sync(dev)
-                times[k].append(1000 * (time.perf_counter() - t0) / inner)
+                times[k].append(ms_per_call(lambda: step(k), inner, dev))
         med = {k: statistics.median(v) for k, v in times.items()}
         one = obs[:1]
         with torch.inference_mode():
             pols["DP"].predict_chunk(one)
-            sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(10):
-                pols["DP"].predict_chunk(one)
-            sync(dev)
-            lat = 1000 * (time.perf_counter() - t0) / 10
+            lat = ms_per_call(lambda: pols["DP"].predict_chunk(one), 10, dev)
         for k, v in med.items():
             print(f"| {name} | {k} | {v:.0f} | {v / med['DP']:.2f}x | {lat if k == 'DP' else float('nan'):.1f} |"
                   .replace("| nan |", "| |"), flush=True)
