@@ -275,3 +275,32 @@ def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
     assert hours_left(jobs) == pytest.approx((1.5 + 2.0) * 40 / 3600)
     assert hours_left([*jobs, job("f", "bc")]) is None  # no finished bc run to go by
     assert hours_left(jobs[:3]) == 0
+
+
+def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
+    from cdp.sweep import Job, current_pace, finished_pace, hours_left, recent_pace
+
+    def job(name, algo, rows, steps=10_000, summary=None):
+        out = tmp_path / name
+        out.mkdir()
+        if summary is not None:
+            (out / "summary.json").write_text(json.dumps({"step": steps, "seconds_per_1k_steps": summary}))
+        if rows is not None:
+            lines = "".join(f"{s},0.5,{t}\n" for s, t in rows)
+            (out / "metrics.csv").write_text("step,loss,seconds\n" + lines)
+        return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+    # first leg at 10 s per 1k to step 3000; resumed process restarts its clock at 3000, 50 s per 1k
+    legs = [(s, s / 100) for s in range(1000, 3001, 1000)] + [(s, (s - 3000) / 20) for s in range(3500, 6001, 500)]
+    running = job("a", "idql", legs)
+    assert recent_pace(running) == pytest.approx(50.0)  # only the latest leg
+    assert recent_pace(running, rows=2) == pytest.approx(50.0)
+    assert recent_pace(job("b", "idql", [(100, 1.0)])) is None  # one row: no pace yet
+    done = job("c", "idql", None, summary=20.0)
+    jobs = [running, done]
+    assert finished_pace(jobs) == {"idql": 20.0}
+    assert current_pace(jobs) == {"idql": pytest.approx(50.0)}
+    assert current_pace(jobs, recent_s=-1) == {}  # nothing written since: not running
+    # 4000 steps left for the running job
+    assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
+    assert hours_left(jobs, pace=current_pace(jobs)) == pytest.approx(4 * 50 / 3600)

@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
     elif args.command == "sweep":
-        from .sweep import hours_left, job_state, load_sweep, queue, run_sweep
+        from .sweep import current_pace, finished_pace, hours_left, job_state, load_sweep, queue, run_sweep
 
         sweeps = []
         for config in args.config:
@@ -246,11 +246,19 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{state:8s} {job.out}" + (f"  ({detail})" if detail else ""))
             counts = {s: sum(st == s for _, st, _ in states) for s in ("done", "running", "stopped", "todo")}
             print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)})")
-            left = hours_left([job for job, _, _ in states])
+            jobs = [job for job, _, _ in states]
+            workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
+            on_workers = lambda h: f" (~{h / workers:.1f} h on {workers} workers)" if workers > 1 else ""  # noqa: E731
+            left = hours_left(jobs)
             if left:
-                workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
-                      + (f" (~{left / workers:.1f} h on {workers} workers)" if workers > 1 else ""))
+                      + on_workers(left))
+            now = current_pace(jobs)
+            if now and left:
+                left_now = hours_left(jobs, pace=finished_pace(jobs) | now)
+                paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
+                if left_now:
+                    print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
             return 0
         ran = run_sweep(sweeps, backend=args.backend, address=args.address)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")

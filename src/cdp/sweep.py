@@ -225,24 +225,78 @@ def job_state(job: Job) -> tuple[str, str]:
     return "todo", ""
 
 
-def hours_left(jobs: list[Job]) -> float | None:
-    """Single-process hours the unfinished ``jobs`` still need, from the finished jobs' own time
-    per 1k steps (evaluations included; the median per algorithm / policy); None if some
-    unfinished job's kind has no finished run to go by."""
-    kind = lambda j: j.config.get("algo") or j.config.get("policy")  # noqa: E731
+def _kind(job: Job) -> str:
+    return job.config.get("algo") or job.config.get("policy")
+
+
+def _median_per_kind(rates: dict[str, list[float]]) -> dict[str, float]:
+    return {k: sorted(v)[len(v) // 2] for k, v in rates.items() if v}
+
+
+def finished_pace(jobs: list[Job]) -> dict[str, float]:
+    """The finished jobs' own pace: median seconds per 1k steps (evaluations included) per
+    algorithm / policy, from their summaries or records."""
     rates: dict[str, list[float]] = {}
-    todo = []
     for j in jobs:
         summary = finished_summary(j)
-        if summary is None:
-            todo.append(j)
-            continue
-        if "seconds_per_1k_steps" in summary:
-            rates.setdefault(kind(j), []).append(summary["seconds_per_1k_steps"])
-    median = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
-    if any(kind(j) not in median for j in todo):
+        if summary is not None and "seconds_per_1k_steps" in summary:
+            rates.setdefault(_kind(j), []).append(summary["seconds_per_1k_steps"])
+    return _median_per_kind(rates)
+
+
+def hours_left(jobs: list[Job], pace: dict[str, float] | None = None) -> float | None:
+    """Single-process hours the unfinished ``jobs`` still need at ``pace`` (seconds per 1k steps
+    per algorithm / policy; by default :func:`finished_pace`). None if some unfinished job's kind
+    has no pace to go by."""
+    pace = finished_pace(jobs) if pace is None else pace
+    todo = [j for j in jobs if not is_finished(j)]
+    if any(_kind(j) not in pace for j in todo):
         return None
-    return sum((j.config["steps"] - (_logged_step(j) or 0)) / 1000 * median[kind(j)] for j in todo) / 3600
+    return sum((j.config["steps"] - (_logged_step(j) or 0)) / 1000 * pace[_kind(j)] for j in todo) / 3600
+
+
+def recent_pace(job: Job, rows: int = 20) -> float | None:
+    """Seconds per 1k steps over the job's last ``rows`` logged training rows (wall time,
+    evaluations included), within the process that trains it now; None with fewer than two rows.
+    The ``seconds`` column restarts with every process, so only the latest leg counts."""
+    try:
+        lines = (Path(job.out) / "metrics.csv").read_text().strip().splitlines()
+    except OSError:
+        return None
+    if len(lines) < 3 or not lines[0].endswith(",seconds"):
+        return None
+    points = []
+    for line in lines[1:]:
+        try:
+            step, sec = line.split(",", 1)[0], line.rsplit(",", 1)[1]
+            points.append((int(step), float(sec)))
+        except ValueError:  # a row being written
+            continue
+    leg = points[-1:]
+    for p in reversed(points[:-1]):  # back to where the clock restarted
+        if p[1] >= leg[0][1] or len(leg) > rows:
+            break
+        leg.insert(0, p)
+    (s0, t0), (s1, t1) = leg[0], leg[-1]
+    return 1000 * (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+
+def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
+    """The pace the jobs training now go at (logged in the last ``recent_s`` seconds): median
+    seconds per 1k steps per algorithm / policy, from :func:`recent_pace`. A machine's speed can
+    change between sessions (a shared host), so this can differ from the finished runs' pace."""
+    rates: dict[str, list[float]] = {}
+    now = time.time()
+    for j in jobs:
+        try:
+            if now - (Path(j.out) / "metrics.csv").stat().st_mtime > recent_s:
+                continue
+        except OSError:
+            continue
+        pace = recent_pace(j)
+        if pace is not None:
+            rates.setdefault(_kind(j), []).append(pace)
+    return _median_per_kind(rates)
 
 
 def run_job(job: Job) -> str:
