@@ -203,15 +203,32 @@ class RunClock:
         return 1000 * wall / max(step, 1), 1000 * (wall - ev) / max(step, 1)
 
 
+def cpu_name() -> str:
+    """The CPU's model (``/proc/cpuinfo`` on Linux, else ``platform.processor()``) and the vector
+    instructions torch's kernels use, e.g. ``"AMD EPYC, AVX2"``: machines behind one host name can
+    differ, and their speed with them."""
+    import platform
+
+    import torch
+
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return ", ".join(x for x in (model, torch.backends.cpu.get_cpu_capability()) if x)
+
+
 def where_label(device) -> str:
-    """``"<device> on <host>"`` (a GPU adds its name), for :class:`RunClock`'s legs."""
+    """``"<device> (<CPU or GPU model>) on <host>"``, for :class:`RunClock`'s legs."""
     import socket
 
     import torch
 
     dev = torch.device(device)
-    name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
-    return f"{dev}{name} on {socket.gethostname()}"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name() if dev.type == "cpu" else ""
+    return f"{dev}{f' ({name})' if name else ''} on {socket.gethostname()}"
 
 
 def rng_states(device) -> dict:
