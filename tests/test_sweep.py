@@ -255,6 +255,9 @@ def test_live_progress_shows_the_steps_of_running_jobs_only(tmp_path):
     missing = Job("rl", {"steps": 100}, str(tmp_path / "not-started"))
     assert live_progress([running, stale, fresh, missing]) == "edp-f1-s0 40/100"
     assert live_progress([stale], recent_s=7200) == "cdp-f1-s0 60/100"
+    (tmp_path / "walker").mkdir()
+    twin = job("walker/edp-f1-s0", ["step,loss,seconds", "80,0.5,1.0"])  # the same run name on another dataset
+    assert live_progress([running, twin]) == f"{tmp_path.name}/edp-f1-s0 40/100, walker/edp-f1-s0 80/100"
 
 
 def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
