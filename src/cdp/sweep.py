@@ -420,8 +420,7 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
     """``run-name step/steps`` for each job whose ``metrics.csv`` was written in the last
     ``recent_s`` seconds (so a queued job's old, resumed log is not shown as running). Runs of
     one name in different folders (one seed on two datasets) show their folder too."""
-    parts = []
-    names = [Path(j.out).name for j in jobs]
+    shown = []
     for j in jobs:
         log = Path(j.out) / "metrics.csv"
         try:
@@ -431,9 +430,10 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
             continue
         step = _logged_step(j)
         if step is not None:  # None: header only, or mid-write
-            out = Path(j.out)
-            name = f"{out.parent.name}/{out.name}" if names.count(out.name) > 1 else out.name
-            parts.append(f"{name} {step}/{j.config['steps']}")
+            shown.append((Path(j.out), f"{step}/{j.config['steps']}"))
+    names = [out.name for out, _ in shown]
+    parts = [f"{out.parent.name}/{out.name} {at}" if names.count(out.name) > 1 else f"{out.name} {at}"
+             for out, at in shown]
     return ", ".join(parts)
 
 
