@@ -304,6 +304,8 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
     assert finished_pace(jobs) == {"idql": 20.0}
     assert current_pace(jobs) == {"idql": pytest.approx(50.0)}
     assert current_pace(jobs, recent_s=-1) == {}  # nothing written since: not running
+    finished = job("d", "dql", legs, steps=6000, summary=30.0)  # just finished: not running either
+    assert current_pace([finished]) == {}
     # 4000 steps left for the running job
     assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
     assert hours_left(jobs, pace=current_pace(jobs)) == pytest.approx(4 * 50 / 3600)

@@ -293,7 +293,7 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
                 continue
         except OSError:
             continue
-        pace = recent_pace(j)
+        pace = None if is_finished(j) else recent_pace(j)
         if pace is not None:
             rates.setdefault(_kind(j), []).append(pace)
     return _median_per_kind(rates)
