@@ -249,13 +249,14 @@ def _run(args: argparse.Namespace) -> int:
             jobs = [job for job, _, _ in states]
             workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
             on_workers = lambda h: f" (~{h / workers:.1f} h on {workers} workers)" if workers > 1 else ""  # noqa: E731
-            left = hours_left(jobs)
+            finished = finished_pace(jobs)  # reads every record once, for both estimates
+            left = hours_left(jobs, pace=finished)
             if left:
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
                       + on_workers(left))
             now = current_pace(jobs)
             if now and left:
-                left_now = hours_left(jobs, pace=finished_pace(jobs) | now)
+                left_now = hours_left(jobs, pace=finished | now)
                 paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
                 if left_now:
                     print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))

@@ -209,6 +209,15 @@ def _logged_step(job: Job) -> int | None:
         return None
 
 
+def _logged_lately(job: Job, recent_s: float) -> bool:
+    """The job's ``metrics.csv`` was written in the last ``recent_s`` seconds (False before it
+    exists): a running job, not a queued one whose old log waits to resume."""
+    try:
+        return time.time() - (Path(job.out) / "metrics.csv").stat().st_mtime <= recent_s
+    except OSError:
+        return False
+
+
 def job_state(job: Job) -> tuple[str, str]:
     """``(state, detail)``: ``done``; ``running`` (another live process holds the run's claim:
     its step and who); ``stopped`` (begun, not finished, nobody on it: it resumes from its last
@@ -286,12 +295,8 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     seconds per 1k steps per algorithm / policy, from :func:`recent_pace`. A machine's speed can
     change between sessions (a shared host), so this can differ from the finished runs' pace."""
     rates: dict[str, list[float]] = {}
-    now = time.time()
     for j in jobs:
-        try:
-            if now - (Path(j.out) / "metrics.csv").stat().st_mtime > recent_s:
-                continue
-        except OSError:
+        if not _logged_lately(j, recent_s):
             continue
         pace = None if is_finished(j) else recent_pace(j)
         if pace is not None:
@@ -422,11 +427,7 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
     one name in different folders (one seed on two datasets) show their folder too."""
     shown = []
     for j in jobs:
-        log = Path(j.out) / "metrics.csv"
-        try:
-            if time.time() - log.stat().st_mtime > recent_s:
-                continue
-        except OSError:  # not started
+        if not _logged_lately(j, recent_s):
             continue
         step = _logged_step(j)
         if step is not None:  # None: header only, or mid-write
