@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("minari")
 pytest.importorskip("mujoco")
 
-from cdp.sweep import is_finished, job_state, load_sweep, run_sweep  # noqa: E402
+from cdp.sweep import _logged_step, is_finished, job_state, load_sweep, run_sweep  # noqa: E402
 
 
 def write(tmp_path, text, name="sweep.toml"):
@@ -211,12 +211,15 @@ def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path):
 def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
     """Killing only the sweep process (SIGTERM, as a scheduler does) leaves no worker training."""
     p = config(tmp_path, tiny_dataset, steps=100000, seeds="[0]")
+    p.write_text(p.read_text().replace("log_every = 5000", "log_every = 100"))
     job = load_sweep(p).jobs()[0]
     proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sweep", str(p)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
     ckpt = os.path.join(job.out, "checkpoint.pt")
+    # stop only once the worker is past its step-5000 checkpoint (a logged row after it): a stop
+    # landing during that scheduled save would rightly end the run at 5000, and this test would race
     deadline = time.time() + 120
-    while not os.path.exists(ckpt) and time.time() < deadline:
+    while (not os.path.exists(ckpt) or (_logged_step(job) or 0) <= 5000) and time.time() < deadline:
         time.sleep(0.05)
     children = [int(x) for x in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
     assert children, "the sweep should have a worker"
