@@ -284,6 +284,9 @@ def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
 
 
 def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
+    from pathlib import Path
+
+    from cdp.runlog import claim_run
     from cdp.sweep import Job, current_pace, finished_pace, hours_left, recent_pace
 
     def job(name, algo, rows, steps=10_000, summary=None):
@@ -305,10 +308,14 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
     done = job("c", "idql", None, summary=20.0)
     jobs = [running, done]
     assert finished_pace(jobs) == {"idql": 20.0}
-    assert current_pace(jobs) == {"idql": pytest.approx(50.0)}
-    assert current_pace(jobs, recent_s=-1) == {}  # nothing written since: not running
-    finished = job("d", "dql", legs, steps=6000, summary=30.0)  # just finished: not running either
-    assert current_pace([finished]) == {}
+    assert current_pace(jobs) == {}  # logged a moment ago, but nobody trains it: a run just stopped
+    with claim_run(Path(running.out)):  # a live process holds it: running
+        assert current_pace(jobs) == {"idql": pytest.approx(50.0)}
+        assert current_pace(jobs, recent_s=-1) == {}  # nothing written since: not running
+        finished = job("d", "dql", legs, steps=6000, summary=30.0)  # just finished: not running either
+        with claim_run(Path(finished.out)):
+            assert current_pace([finished]) == {}
+        now = current_pace(jobs)
     # 4000 steps left for the running job
     assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
-    assert hours_left(jobs, pace=current_pace(jobs)) == pytest.approx(4 * 50 / 3600)
+    assert hours_left(jobs, pace=now) == pytest.approx(4 * 50 / 3600)

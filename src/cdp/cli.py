@@ -255,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
                       + on_workers(left))
             now = current_pace(jobs)
-            if now and left:
+            if now:  # also before any run has finished: the running ones' pace is all there is
                 left_now = hours_left(jobs, pace=finished | now)
                 paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
                 if left_now:
