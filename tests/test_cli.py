@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -19,6 +20,8 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, capsys):
     cfg = json.loads(next((tmp_path / "results").rglob("cdp-dit*.json")).read_text())["config"]
     assert cfg["fraction"] == 0.1 and cfg["contraction_subbatch"] == 16 and cfg["steps"] == 30
     assert "CDP (gamma=0.1, margin=0.1)" in out and "wrote" in out
+    # part 2 trains alongside part 1 but prints after it: the two parts' lines do not interleave
+    assert out.index("| cdp-dit vs dp-dit |") < out.index("training diffusion (gamma=0)") < out.index("demo done in")
     toy = tmp_path / "toy"
     summary = json.loads((toy / "summary.json").read_text())
     assert len(summary["runs"]) == 3
@@ -29,6 +32,25 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, capsys):
     # a second run finds every job finished and only reports
     assert main(args) == 0
     assert "| cdp-dit vs dp-dit |" in capsys.readouterr().out
+
+
+def test_demo_part_two_waits_for_a_free_core_and_is_skipped_when_part_one_fails():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cdp.demo import _when
+
+    free, cancelled, ran = threading.Event(), threading.Event(), []
+    with ThreadPoolExecutor(2) as pool:
+        later = pool.submit(_when, free.is_set, cancelled, pool, lambda x: ran.append(x) or x * 2, 21)
+        time.sleep(0.3)
+        assert not ran and not later.done()  # no core free yet: part 2 has not started
+        free.set()
+        assert later.result(timeout=10) == 42 and ran == [21]
+        never = threading.Event()
+        skipped = pool.submit(_when, never.is_set, cancelled, pool, ran.append, 0)
+        cancelled.set()  # part 1 failed before a core came free
+        assert skipped.result(timeout=10) is None and ran == [21]
 
 
 def test_bad_cli_arguments(capsys):

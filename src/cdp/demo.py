@@ -9,16 +9,24 @@ CDP-vs-base table, and writes :func:`cdp.report.write_report`'s plots.
 
 Part 2: three small diffusion models on 2-D two-mode action data (70/30): plain, CDP at the
 defaults, and CDP with a huge weight and no margin (the failure mode the margin exists to
-prevent): what each samples and how contracting its sampling flow is, with a figure.
+prevent): what each samples and how contracting its sampling flow is, with a figure. It trains in
+a third process on the core the first part-1 run to finish frees (DP-DiT's step is a third of
+CDP-DiT's, so that core would otherwise idle), and its output is printed after part 1's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -26,7 +34,7 @@ import torch
 from .contraction import ContractionConfig, contraction_loss
 from .io import atomic_write
 from .report import cdp_vs_base, load_runs, table, write_report
-from .sweep import SweepConfig, run_sweep
+from .sweep import SweepConfig, _init_worker, is_finished, queue, run_sweep
 from .toy import two_mode_2d
 from .toy_train import ToyResult, ToyTrainConfig, train_toy
 
@@ -142,16 +150,48 @@ def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_e
 
 def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
              toy_steps: int = 3000, n_data: int = 200, seed: int = 0, progress: bool = True) -> dict:
-    """Both parts; returns part 2's summary plus part 1's tables and the wall time."""
+    """Both parts; returns part 2's summary plus part 1's tables and the wall time. Part 2 runs
+    alongside part 1, from when the first part-1 run finishes (see the module docstring)."""
     t0 = time.perf_counter()
-    tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress)
-    print("\npart 2: the contraction term on two-mode 2-D action data", flush=True)
-    summary = run_toy(Path(out_dir) / "toy", toy_steps, n_data, seed, progress)
+    jobs = queue([policy_sweep(Path(out_dir), steps, eval_episodes, seeds)])
+    part1_over, cancelled = threading.Event(), threading.Event()
+    core_free = lambda: part1_over.is_set() or any(is_finished(j) for j in jobs)  # noqa: E731
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)) as procs, \
+            ThreadPoolExecutor(1) as waiter:
+        toy = waiter.submit(_when, core_free, cancelled, procs, _toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed)
+        try:
+            tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress)
+        except BaseException:
+            cancelled.set()
+            raise
+        finally:
+            part1_over.set()
+        print("\npart 2: the contraction term on two-mode 2-D action data (trained alongside part 1)", flush=True)
+        summary, printed = toy.result()
+    print(printed, end="", flush=True)
     wall = time.perf_counter() - t0
     summary.update(policy_tables=tables, demo_wall_seconds=wall)
     print(f"\ndemo done in {wall / 60:.1f} min. The full imitation study (6 policies, 100% and 10% data, 3 seeds): "
           f"\n  {FULL_STUDY}\nand everything at this machine's scale: cdp reproduce")
     return summary
+
+
+def _when(ready: Callable[[], bool], cancelled: threading.Event, procs: Executor, fn: Callable, *args):
+    """Wait until ``ready()``, then run ``fn(*args)`` in ``procs`` and return its result (None if
+    ``cancelled`` is set first)."""
+    while not ready():
+        if cancelled.wait(1.0):
+            return None
+    return None if cancelled.is_set() else procs.submit(fn, *args).result()
+
+
+def _toy_quietly(out_dir: Path, steps: int, n_data: int, seed: int) -> tuple[dict, str]:
+    """:func:`run_toy` without progress bars, its printed lines returned (the caller prints them
+    after part 1's, so the two parts' output does not interleave)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        summary = run_toy(out_dir, steps, n_data, seed, progress=False)
+    return summary, buf.getvalue()
 
 
 def run_toy(out_dir: str | Path = "runs/demo/toy", steps: int = 3000, n_data: int = 200, seed: int = 0,
