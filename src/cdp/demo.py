@@ -188,6 +188,7 @@ def _when(ready: Callable[[], bool], cancelled: threading.Event, procs: Executor
 def _toy_quietly(out_dir: Path, steps: int, n_data: int, seed: int) -> tuple[dict, str]:
     """:func:`run_toy` without progress bars, its printed lines returned (the caller prints them
     after part 1's, so the two parts' output does not interleave)."""
+    torch.set_num_threads(1)  # its own core: torch was imported (by cdp) before the worker's thread settings
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         summary = run_toy(out_dir, steps, n_data, seed, progress=False)

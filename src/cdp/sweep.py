@@ -344,7 +344,8 @@ def _train_job(job: Job) -> str:
 
 
 def _init_worker(threads: int) -> None:
-    # before torch is imported in the worker: BLAS pools sized to one job's share
+    # BLAS pools sized to one job's share, for libraries loaded after this; torch itself is
+    # imported with cdp (unpickling this initializer), so each job also calls torch.set_num_threads
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
