@@ -21,10 +21,9 @@ import io
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from .contraction import ContractionConfig, contraction_loss
 from .io import atomic_write
 from .report import cdp_vs_base, load_runs, table, write_report
-from .sweep import SweepConfig, _init_worker, is_finished, queue, run_sweep
+from .sweep import Job, SweepConfig, _init_worker, is_finished, queue, run_sweep
 from .toy import two_mode_2d
 from .toy_train import ToyResult, ToyTrainConfig, train_toy
 
@@ -121,9 +120,9 @@ def policy_sweep(out: Path, steps: int, eval_episodes: int, seeds: int) -> Sweep
 
 
 def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
-                    progress: bool = True) -> str:
+                    progress: bool = True, on_done: Callable[[Job], None] | None = None) -> str:
     """Part 1: make the data if missing, train/evaluate (or resume) the grid, print and return
-    the tables (markdown)."""
+    the tables (markdown). ``on_done(job)`` is called as each run finishes."""
     from .il.tasks import write_demos
 
     out = Path(out_dir)
@@ -133,7 +132,7 @@ def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_e
     sweep = policy_sweep(out, steps, eval_episodes, seeds)
     print(f"part 1: DP-DiT vs CDP-DiT on reach, 20 of 200 demonstrations, {steps} steps, {seeds} seed(s), "
           f"{eval_episodes} evaluation rollouts; two processes", flush=True)
-    run_sweep(sweep, progress=progress)
+    run_sweep(sweep, progress=progress, on_done=on_done)
     runs = load_runs(sweep.results)  # type: ignore[arg-type]
     write_report(sweep.results, out / "report")  # type: ignore[arg-type]
     md = "\n\n".join([
@@ -150,39 +149,29 @@ def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_e
 
 def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
              toy_steps: int = 3000, n_data: int = 200, seed: int = 0, progress: bool = True) -> dict:
-    """Both parts; returns part 2's summary plus part 1's tables and the wall time. Part 2 runs
-    alongside part 1, from when the first part-1 run finishes (see the module docstring)."""
+    """Both parts; returns part 2's summary plus part 1's tables and the wall time. Part 2 starts
+    when the first part-1 run finishes (see the module docstring)."""
     t0 = time.perf_counter()
     jobs = queue([policy_sweep(Path(out_dir), steps, eval_episodes, seeds)])
-    part1_over, cancelled = threading.Event(), threading.Event()
-    core_free = lambda: part1_over.is_set() or any(is_finished(j) for j in jobs)  # noqa: E731
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)) as procs, \
-            ThreadPoolExecutor(1) as waiter:
-        toy = waiter.submit(_when, core_free, cancelled, procs, _toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed)
-        try:
-            tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress)
-        except BaseException:
-            cancelled.set()
-            raise
-        finally:
-            part1_over.set()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)) as procs:
+        toy: list[Future] = []
+
+        def core_free(_job: object = None) -> None:
+            if not toy:
+                toy.append(procs.submit(_toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed))
+
+        if any(is_finished(j) for j in jobs):  # a resumed demo: a core is free from the start
+            core_free()
+        tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress, on_done=core_free)
+        core_free()
         print("\npart 2: the contraction term on two-mode 2-D action data (trained alongside part 1)", flush=True)
-        summary, printed = toy.result()
+        summary, printed = toy[0].result()
     print(printed, end="", flush=True)
     wall = time.perf_counter() - t0
     summary.update(policy_tables=tables, demo_wall_seconds=wall)
     print(f"\ndemo done in {wall / 60:.1f} min. The full imitation study (6 policies, 100% and 10% data, 3 seeds): "
           f"\n  {FULL_STUDY}\nand everything at this machine's scale: cdp reproduce")
     return summary
-
-
-def _when(ready: Callable[[], bool], cancelled: threading.Event, procs: Executor, fn: Callable, *args):
-    """Wait until ``ready()``, then run ``fn(*args)`` in ``procs`` and return its result (None if
-    ``cancelled`` is set first)."""
-    while not ready():
-        if cancelled.wait(1.0):
-            return None
-    return None if cancelled.is_set() else procs.submit(fn, *args).result()
 
 
 def _toy_quietly(out_dir: Path, steps: int, n_data: int, seed: int) -> tuple[dict, str]:
