@@ -41,7 +41,8 @@ def test_demo_part_two_trains_while_part_one_still_runs(tmp_path, monkeypatch, c
     seen = {}
 
     def part_one(out_dir, steps, eval_episodes, seeds, progress, on_done=None):
-        on_done(None)  # the first part-1 run finished; the other still trains
+        first = demo.queue([demo.policy_sweep(out_dir, steps, eval_episodes, seeds)])[0]
+        on_done(first)  # one of the two part-1 runs finished; the other still trains
         deadline = time.monotonic() + 120
         while not (tmp_path / "toy" / "summary.json").is_file():  # part 2 gets done meanwhile
             assert time.monotonic() < deadline, "part 2 did not start when a part-1 run finished"

@@ -10,8 +10,9 @@ CDP-vs-base table, and writes :func:`cdp.report.write_report`'s plots.
 Part 2: three small diffusion models on 2-D two-mode action data (70/30): plain, CDP at the
 defaults, and CDP with a huge weight and no margin (the failure mode the margin exists to
 prevent): what each samples and how contracting its sampling flow is, with a figure. It trains in
-a third process on the core the first part-1 run to finish frees (DP-DiT's step is a third of
-CDP-DiT's, so that core would otherwise idle), and its output is printed after part 1's.
+a third process once part 1 leaves a core free (fewer of its runs left than its two workers: with
+one seed, when DP-DiT finishes, its step being a third of CDP-DiT's), and its output is printed
+after part 1's.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from .contraction import ContractionConfig, contraction_loss
 from .io import atomic_write
 from .report import cdp_vs_base, load_runs, table, write_report
-from .sweep import Job, SweepConfig, _init_worker, is_finished, queue, run_sweep
+from .sweep import Job, SweepConfig, init_worker, is_finished, queue, run_sweep
 from .toy import two_mode_2d
 from .toy_train import ToyResult, ToyTrainConfig, train_toy
 
@@ -150,20 +151,23 @@ def run_policy_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_e
 def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes: int = 50, seeds: int = 1,
              toy_steps: int = 3000, n_data: int = 200, seed: int = 0, progress: bool = True) -> dict:
     """Both parts; returns part 2's summary plus part 1's tables and the wall time. Part 2 starts
-    when the first part-1 run finishes (see the module docstring)."""
+    once part 1 leaves a core free (see the module docstring)."""
     t0 = time.perf_counter()
-    jobs = queue([policy_sweep(Path(out_dir), steps, eval_episodes, seeds)])
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)) as procs:
+    sweep = policy_sweep(Path(out_dir), steps, eval_episodes, seeds)
+    left = [j.out for j in queue([sweep]) if not is_finished(j)]  # part-1 runs still to train
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=init_worker, initargs=(1,)) as procs:
         toy: list[Future] = []
 
-        def core_free(_job: object = None) -> None:
-            if not toy:
+        def start_toy_if_a_core_is_free(done: Job | None = None) -> None:
+            if done is not None and done.out in left:
+                left.remove(done.out)
+            if not toy and len(left) < sweep.workers:  # fewer part-1 runs than its workers
                 toy.append(procs.submit(_toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed))
 
-        if any(is_finished(j) for j in jobs):  # a resumed demo: a core is free from the start
-            core_free()
-        tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress, on_done=core_free)
-        core_free()
+        start_toy_if_a_core_is_free()  # a resumed demo may have one free already
+        tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress, on_done=start_toy_if_a_core_is_free)
+        left.clear()
+        start_toy_if_a_core_is_free()
         print("\npart 2: the contraction term on two-mode 2-D action data (trained alongside part 1)", flush=True)
         summary, printed = toy[0].result()
     print(printed, end="", flush=True)

@@ -343,7 +343,7 @@ def _train_job(job: Job) -> str:
     return job.out
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
     # BLAS pools sized to one job's share, for libraries loaded after this; torch itself is
     # imported with cdp (unpickling this initializer), so each job also calls torch.set_num_threads
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -449,7 +449,7 @@ def _run_local(todo: list[Job], workers: int, finished: Callable[[Job, BaseExcep
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=init_worker, initargs=(threads,)) as pool:
         pending = {pool.submit(run_job, j): j for j in todo}
         while pending:
             done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
