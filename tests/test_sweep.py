@@ -241,6 +241,25 @@ def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
     assert step > 5000 and step % 5000, step  # the worker checkpointed the step the stop found it on, then died
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_a_pool_worker_gets_the_threads_it_was_given():
+    """torch is imported (with cdp) before the initializer runs, so OMP_NUM_THREADS alone would
+    leave the worker's torch pool at its default size."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from cdp.sweep import init_worker
+
+    wanted = (os.cpu_count() or 1) + 1  # never torch's default, which is at most the core count
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=init_worker, initargs=(wanted,)) as pool:
+        assert pool.submit(_torch_threads).result() == wanted
+
+
 def test_live_progress_shows_the_steps_of_running_jobs_only(tmp_path):
     from cdp.sweep import Job, live_progress
 

@@ -158,16 +158,19 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes
     with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=init_worker, initargs=(1,)) as procs:
         toy: list[Future] = []
 
+        def start_toy() -> None:
+            if not toy:
+                toy.append(procs.submit(_toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed))
+
         def start_toy_if_a_core_is_free(done: Job | None = None) -> None:
             if done is not None and done.out in left:
                 left.remove(done.out)
-            if not toy and len(left) < sweep.workers:  # fewer part-1 runs than its workers
-                toy.append(procs.submit(_toy_quietly, Path(out_dir) / "toy", toy_steps, n_data, seed))
+            if len(left) < sweep.workers:  # fewer part-1 runs than its workers
+                start_toy()
 
         start_toy_if_a_core_is_free()  # a resumed demo may have one free already
         tables = run_policy_demo(out_dir, steps, eval_episodes, seeds, progress, on_done=start_toy_if_a_core_is_free)
-        left.clear()
-        start_toy_if_a_core_is_free()
+        start_toy()  # part 1 over: if no run finished in this call, part 2 has not started yet
         print("\npart 2: the contraction term on two-mode 2-D action data (trained alongside part 1)", flush=True)
         summary, printed = toy[0].result()
     print(printed, end="", flush=True)
@@ -181,7 +184,6 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int = 3000, eval_episodes
 def _toy_quietly(out_dir: Path, steps: int, n_data: int, seed: int) -> tuple[dict, str]:
     """:func:`run_toy` without progress bars, its printed lines returned (the caller prints them
     after part 1's, so the two parts' output does not interleave)."""
-    torch.set_num_threads(1)  # its own core: torch was imported (by cdp) before the worker's thread settings
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         summary = run_toy(out_dir, steps, n_data, seed, progress=False)

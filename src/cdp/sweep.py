@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -344,10 +345,15 @@ def _train_job(job: Job) -> str:
 
 
 def init_worker(threads: int) -> None:
-    # BLAS pools sized to one job's share, for libraries loaded after this; torch itself is
-    # imported with cdp (unpickling this initializer), so each job also calls torch.set_num_threads
+    """Initializer of a local pool's worker process: ``threads`` threads for torch and for BLAS
+    libraries loaded later, and (Linux) the worker ends with the process that started it."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # torch came in with cdp when this initializer was unpickled, so the variables above are
+    # too late for its pool: size that directly
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
         import ctypes
         import signal
