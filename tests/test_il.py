@@ -201,6 +201,27 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reach_
     assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))
 
 
+def test_ctrl_c_twice_stops_at_once(reach_file, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    compute_loss, calls = BCGMM.compute_loss, []
+
+    def int_twice_on_7th(self, obs, act):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return compute_loss(self, obs, act)
+
+    monkeypatch.setattr(BCGMM, "compute_loss", int_twice_on_7th)
+    cfg = ILTrainConfig(policy="bc-gmm", task="reach", dataset=reach_file, steps=10, batch_size=16, eval_every=10,
+                        eval_episodes=1, checkpoint_every=5, log_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 5  # no save at 7
+
+
 def test_resume_accepts_a_config_field_added_since_the_run_started(reach_file, tmp_path):
     kw = dict(policy="bc-gmm", task="reach", dataset=reach_file, batch_size=16, eval_every=5, eval_episodes=1,
               checkpoint_every=5, log_every=5)
@@ -296,8 +317,9 @@ def test_a_stop_signal_checkpoints_the_step_it_lands_on(reach_file, tmp_path, mo
 
     def term_on_7th(self, obs, act):
         calls.append(1)
-        if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-step
+        if len(calls) == 7:  # as a scheduler would, mid-step; twice, as a session's end can (the
+            os.kill(os.getpid(), signal.SIGTERM)  # worker directly, then through its pool's death)
+            os.kill(os.getpid(), signal.SIGTERM)
         return compute_loss(self, obs, act)
 
     monkeypatch.setattr(BCGMM, "compute_loss", term_on_7th)

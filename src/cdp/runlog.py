@@ -266,8 +266,11 @@ class StopSignals:
     """While active, SIGTERM and SIGINT (a scheduler's or the session's stop, Ctrl-C) do not kill
     the run mid-step: they set :attr:`signal`, the training loop finishes its step and
     :meth:`step_done` writes a checkpoint there and raises :class:`RunInterrupted`, so a stop loses no steps (without this,
-    up to ``checkpoint_every`` of them). A second signal, or one outside the main thread's reach,
-    gets the previous behaviour."""
+    up to ``checkpoint_every`` of them). A second SIGINT (Ctrl-C twice) stops at once; a repeated
+    SIGTERM does not, since one stop often sends several (a session ending signals the sweep's
+    workers directly and again through the sweep's death; a process pool whose first worker
+    exits terminates the others) and whoever insists follows with SIGKILL. A signal outside the
+    main thread's reach gets the previous behaviour."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -285,10 +288,11 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         import signal
 
-        if self.signal is not None:  # asked twice: stop now
+        if self.signal is not None and signum == signal.SIGINT:  # Ctrl-C twice: stop now
             signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc) -> None:
         import signal
