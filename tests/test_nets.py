@@ -32,6 +32,30 @@ def test_mish_without_autograd_matches_the_formula(n):
     assert torch.allclose(y, x * torch.tanh(nn.functional.softplus(x)), rtol=1e-6, atol=1e-6)
 
 
+def test_mish_with_autograd_has_exact_derivatives_of_every_order():
+    """First and second derivatives (backward, double backward, forward mode) against
+    finite differences, and the torch.func transforms against the composite formula."""
+    from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+
+    mish = Mish()
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mish, (z,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(mish, (z,))
+
+    def ref(x):
+        return x * torch.tanh(nn.functional.softplus(x))
+
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(vmap(mish)(x), ref(x), atol=1e-12)
+    assert torch.allclose(jvp(mish, (x,), (x,))[1], jvp(ref, (x,), (x,))[1], atol=1e-12)
+    assert torch.allclose(hessian(lambda v: mish(v).sum())(x[0]), hessian(lambda v: ref(v).sum())(x[0]), atol=1e-12)
+    assert torch.allclose(jacfwd(jacfwd(mish))(x[0]), jacfwd(jacfwd(ref))(x[0]), atol=1e-12)
+    assert torch.allclose(jacrev(jacrev(mish))(x[0]), jacrev(jacrev(ref))(x[0]), atol=1e-12)
+    g = torch.randn(6, 5, dtype=torch.float64)
+    batched = torch.autograd.grad(mish(z), z, torch.stack([g, 2 * g]), is_grads_batched=True)[0]
+    assert torch.allclose(batched[1], 2 * batched[0]) and torch.allclose(batched[0], torch.autograd.grad(ref(z), z, g)[0])
+
+
 def test_mish_jvp_function_gradcheck():
     z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     zd = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
