@@ -184,6 +184,7 @@ def test_bad_loss_input_names_the_argument():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"subbatch": 5}, {"t_max": 0.5}, {"subbatch": 6, "t_max": 0.5, "margin": None},
+                                       {"t_max": 0.5, "window": "batch"},
                                        {"method": "lanczos", "iters": 3}])
 @pytest.mark.parametrize("single_pass_rows", [0, 10**9])
 @pytest.mark.parametrize("prediction", ["eps", "x0"])
@@ -210,3 +211,49 @@ def test_fused_regularized_loss_equals_the_two_step_version(overrides, predictio
     gu = torch.autograd.grad(out.loss.mean() + term, list(net.parameters()))
     for a, b in zip(gf, gu):
         assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_the_window_keeps_the_official_levels():
+    """Official runs: discrete steps k < int(0.1 T), k = 0..T-1, i.e. our i = k + 1 <= 5 of 50."""
+    from cdp.contraction import in_window
+
+    sch = VPSchedule.discrete_cosine(50)
+    t = sch.sample_t(20_000, num_steps=50, generator=torch.Generator().manual_seed(0))
+    levels = lambda w: sorted(set(torch.round(t[in_window(t, 0.1, w)] * 50).long().tolist()))  # noqa: E731
+    assert levels("official") == [1, 2, 3, 4, 5]
+    assert levels("batch") == [1, 2, 3, 4]
+    assert in_window(t, None).all()
+    with pytest.raises(ValueError, match="window must be one of"):
+        ContractionConfig(window="rows")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_windowed_term_is_the_mean_over_the_windowed_rows(fused):
+    """gamma * mean(L_c over the rows in the window), not a sum over the whole batch; 0 when the
+    window is empty; window="batch" is the old sum / B."""
+    from cdp.nets import MLP
+
+    torch.manual_seed(1)
+    net = MLP(3, state_dim=4, hidden=16).double()
+    fn = net if fused else (lambda a, tt, o: net(a, tt, o))  # a closure has no forward_jvp: generic path
+    sch = VPSchedule.discrete_cosine(50)
+    B = 40
+    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
+    obs = torch.randn(B, 4, dtype=torch.float64)
+    noise = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.tensor([1, 5, 6, 30, 2, 50, 5, 4] * 5, dtype=torch.float64) / 50
+    inside = torch.tensor([True, True, False, False, True, False, True, True] * 5)
+    a_t = sch.q_sample(x0, t, noise)
+    by_hand = contraction_loss(net, a_t[inside], t[inside], sch, "x0", cond=obs[inside])  # every row regularised
+    reg = ContractionRegularizer(sch, "x0", gamma=0.3, t_max=0.1)
+    term = reg.loss(fn, x0, obs, t=t, noise=noise).contraction if fused else reg(fn, a_t, t, cond=obs)
+    assert torch.allclose(term, 0.3 * by_hand.mean(), atol=1e-12)
+    assert abs(term.item()) > 1e-4  # not trivially 0
+    old = ContractionRegularizer(sch, "x0", gamma=0.3, t_max=0.1, window="batch")
+    strict = inside & (t < 0.1)
+    by_hand_strict = contraction_loss(net, a_t[strict], t[strict], sch, "x0", cond=obs[strict])
+    got_old = old.loss(fn, x0, obs, t=t, noise=noise).contraction if fused else old(fn, a_t, t, cond=obs)
+    assert torch.allclose(got_old, 0.3 * by_hand_strict.sum() / B, atol=1e-12)
+    high = torch.full((B,), 0.5, dtype=torch.float64)
+    empty = reg.loss(fn, x0, obs, t=high, noise=noise).contraction if fused else reg(fn, a_t, high, cond=obs)
+    assert empty.item() == 0.0

@@ -92,6 +92,29 @@ def test_fraction_keeps_whole_trajectories_reproducibly():
         tr.fraction(0.0)
 
 
+def test_transitions_cut_keeps_the_share_of_transitions_from_across_the_dataset():
+    tr = many_episodes()  # 20 episodes x 5 steps, reward = episode id
+    a, b, c = (tr.fraction(0.3, seed=s, cut="transitions") for s in (1, 1, 2))
+    assert len(a) == 30  # round(0.3 * 100) transitions
+    assert np.array_equal(a.observations, b.observations) and not np.array_equal(a.observations, c.observations)
+    assert a.num_episodes > 6  # from many episodes, not 6 whole ones
+    # each kept row is an unchanged row of the original: (obs, reward) pairs match
+    rows = {(tuple(o), r) for o, r in zip(tr.observations.tolist(), tr.rewards.tolist())}
+    assert all((tuple(o), r) in rows for o, r in zip(a.observations.tolist(), a.rewards.tolist()))
+    assert (np.diff(a.episode) >= 0).all()  # order kept
+    # uniform over the dataset: over many seeds every transition is drawn about equally often
+    counts = np.zeros(len(tr))
+    index = {tuple(o): i for i, o in enumerate(tr.observations.tolist())}
+    for s in range(400):
+        for o in tr.fraction(0.3, seed=s, cut="transitions").observations.tolist():
+            counts[index[tuple(o)]] += 1
+    assert abs(counts.mean() - 120) < 1e-9 and counts.min() > 80 and counts.max() < 160
+    with pytest.raises(DatasetError, match="keeps none"):
+        tr.fraction(0.001, cut="transitions")
+    with pytest.raises(DatasetError, match="data cut must be one of"):
+        tr.fraction(0.5, cut="episodes")
+
+
 def test_d4rl_normalised_scores():
     hop = d4rl_reference("hopper-medium-replay-v2")
     assert normalized_score(3234.3, hop).value == pytest.approx(100.0)

@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
-    _run_options(tr, "trajectories", "cdp", steps=100_000, episodes=10,
+    tr.add_argument("--data-cut", default="transitions", choices=["transitions", "trajectories"],
+                    help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
+                         "or whole trajectories")
+    tr.add_argument("--window", default="official", choices=["official", "batch"],
+                    help="cdp: the term on rows with t <= 0.1, averaged over them (official), or summed over "
+                         "t < 0.1 and divided by the batch (cdp 0.1)")
+    _run_options(tr, "the data (see --data-cut)", "cdp", steps=100_000, episodes=10,
                  out="runs/rl/<dataset>/<algo>-f<fraction>-s<seed>")
     ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
@@ -172,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import TrainConfig, train
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
-                          gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
+                          data_cut=args.data_cut, window=args.window, gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device)
         out = args.out or f"runs/rl/{args.dataset.replace('/', '_')}/{cfg.run_name()}"
         summary = train(cfg, out)

@@ -25,6 +25,15 @@ Forms (per sample, ``S_n = sym J_n``, ``beta`` = ``margin``):
 
 ``margin=None`` removes the hinge (``eig``/``literal`` return the raw eigenvalue; Frobenius
 forms use beta = 0).
+
+Time window (``t_max``, :func:`in_window`), ``window``:
+
+  ``official``  rows with ``t <= t_max``: at discrete steps ``t = i / T`` these are the official
+                offline-RL runs' levels ``k < int(t_max T)`` with ``k = i - 1`` (5 of 50 at
+                ``t_max = 0.1``); a regulariser averages the term over these rows only.
+  ``batch``     rows with ``t < t_max`` (4 of 50), the term summed over them and divided by the
+                whole batch: ``E_t[1{t in window} L_c]``, the form of cdp 0.1's offline-RL study
+                (at T = 50, t_max = 0.1 about 1/15 of ``official``'s weight).
 """
 
 from __future__ import annotations
@@ -40,6 +49,19 @@ from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
 Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
 FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius")
+Window = Literal["official", "batch"]
+WINDOWS: tuple[str, ...] = ("official", "batch")
+
+
+def in_window(t: Tensor, t_max: float | None, window: str = "official") -> Tensor:
+    """Boolean ``[B]``: the rows the term applies to (all when ``t_max`` is None). ``official``
+    keeps ``t <= t_max`` (a relative 1e-6 absorbs the rounding of ``i / T``), ``batch`` keeps
+    ``t < t_max``."""
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    if t_max is None:
+        return torch.ones_like(t, dtype=torch.bool)
+    return t <= t_max * (1 + 1e-6) if window == "official" else t < t_max
 
 
 def contraction_loss(
@@ -55,6 +77,7 @@ def contraction_loss(
     *,
     cond: Cond = None,
     t_max: float | None = None,
+    window: Window = "official",
     exact_max_dim: int = 8,
     probes: int = 4,
     generator: torch.Generator | None = None,
@@ -66,8 +89,8 @@ def contraction_loss(
     states) passed on to ``net_fn``. Pass it here rather than closing over it: the time window
     (and a regulariser's sub-batch) evaluate the network on a subset of the samples.
     a_t: noisy actions ``[B, ...]`` (e.g. the score-matching batch); t: ``[B]`` in (0, 1].
-    t_max: apply only where ``t < t_max`` (the official offline-RL runs use t < 0.1); other
-    samples get 0 and cost nothing. probes: Hutchinson probes for Frobenius forms when
+    t_max: apply only to the rows :func:`in_window` keeps (``window``; the official offline-RL
+    runs use ``t_max = 0.1``); other samples get 0 and cost nothing. probes: Hutchinson probes for Frobenius forms when
     ``D > exact_max_dim``.
     """
     check_prediction(prediction)
@@ -90,8 +113,8 @@ def contraction_loss(
 
     conds = as_cond_tuple(cond, B)
 
+    keep = in_window(t, t_max, window)
     if t_max is not None:
-        keep = t < t_max
         out = a_t.new_zeros(B)
         if keep.any():
             idx = keep.nonzero().squeeze(1)

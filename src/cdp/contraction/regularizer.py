@@ -21,7 +21,7 @@ from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denois
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
-from .loss import FORMS, contraction_loss
+from .loss import FORMS, WINDOWS, contraction_loss, in_window
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RegularizedLoss:
     """Score matching and the contraction term from :meth:`ContractionRegularizer.loss`."""
 
     denoising: DenoisingOutput  # per-sample denoising loss and the points it used
-    contraction: Tensor  # scalar, gamma * mean L_c (already weighted)
+    contraction: Tensor  # scalar, gamma * mean L_c over the regularised rows (already weighted)
 
     @property
     def total(self) -> Tensor:
@@ -41,7 +41,10 @@ class ContractionConfig:
     """Hyper-parameters of the contraction term (saved with every run).
 
     gamma: weight of the term (paper: 0.1). margin: hinge floor beta (None = no hinge).
-    form / method / iters: see :func:`contraction_loss`. t_max: apply only where t < t_max.
+    form / method / iters: see :func:`contraction_loss`. t_max: apply only to low-noise rows;
+    window: which rows and how they are averaged (:func:`cdp.contraction.loss.in_window`):
+    ``"official"`` averages over the rows with ``t <= t_max`` (the official offline-RL runs),
+    ``"batch"`` sums over ``t < t_max`` and divides by the batch (cdp 0.1's form).
     subbatch: use only the first ``subbatch`` samples of the (already shuffled) batch — the
     term is an average, so a sub-batch is an unbiased, cheaper estimate of it.
     """
@@ -52,6 +55,7 @@ class ContractionConfig:
     method: str = "auto"
     iters: int = 4
     t_max: float | None = None
+    window: str = "official"
     subbatch: int | None = None
     exact_max_dim: int = 8
     probes: int = 4
@@ -67,13 +71,17 @@ class ContractionConfig:
             raise ValueError(f"subbatch must be >= 1 or None, got {self.subbatch!r}")
         if self.t_max is not None and not 0 < self.t_max <= 1:
             raise ValueError(f"t_max must be in (0, 1] or None, got {self.t_max!r}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class ContractionRegularizer:
-    """``gamma * mean_b L_c(a_t[b], t[b])`` for a user's denoiser ``net_fn(a_t, t)``."""
+    """``gamma * mean_b L_c(a_t[b], t[b])`` for a user's denoiser ``net_fn(a_t, t)``, the mean
+    over the regularised rows: the (sub-)batch, or its rows in the ``t_max`` window (0 when the
+    window holds none; ``window="batch"`` divides by the whole (sub-)batch instead)."""
 
     #: fused path: below this many tangent rows (regularised samples x D) one pass carrying all
     #: D tangents with a graph beats a graph-free search pass plus a one-tangent pass (CPU:
@@ -96,15 +104,28 @@ class ContractionRegularizer:
         if c.subbatch is not None:
             a_t, t, conds = a_t[: c.subbatch], t[: c.subbatch], tuple(x[: c.subbatch] for x in conds)
         return contraction_loss(net_fn, a_t, t, self.schedule, self.prediction, c.margin, c.form,  # type: ignore[arg-type]
-                                c.method, c.iters, cond=conds, t_max=c.t_max,  # type: ignore[arg-type]
+                                c.method, c.iters, cond=conds, t_max=c.t_max, window=c.window,  # type: ignore[arg-type]
                                 exact_max_dim=c.exact_max_dim, probes=c.probes, generator=generator)
+
+    def weigh(self, lc: Tensor, rows: int) -> Tensor:
+        """``gamma * mean`` of per-row losses ``lc [n]`` of the ``n`` regularised rows out of a
+        (sub-)batch of ``rows``: over the ``n`` rows (0 when n = 0), or over ``rows`` with
+        ``window="batch"``."""
+        c = self.config
+        n = lc.shape[0]
+        if n == 0:
+            return lc.new_zeros(())
+        return c.gamma * lc.sum() / (rows if c.window == "batch" and c.t_max is not None else n)
 
     def __call__(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """``gamma * mean(L_c)``, a scalar to add to the training loss."""
+        """``gamma * mean(L_c)`` over the regularised rows, a scalar to add to the training loss."""
         if self.config.gamma == 0:
             return a_t.new_zeros(())
-        return self.config.gamma * self.per_sample(net_fn, a_t, t, cond, generator).mean()
+        per = self.per_sample(net_fn, a_t, t, cond, generator)
+        t = torch.as_tensor(t, dtype=a_t.dtype, device=a_t.device).expand(a_t.shape[0])  # a scalar t too
+        keep = in_window(t[: per.shape[0]], self.config.t_max, self.config.window)
+        return self.weigh(per[keep], per.shape[0])
 
     def loss(self, net_fn: NetFn, x0: Tensor, cond: Cond = None, *, t: Tensor | None = None,
              noise: Tensor | None = None, num_steps: int | None = None,
@@ -129,7 +150,7 @@ class ContractionRegularizer:
         rows = B if c.subbatch is None else min(c.subbatch, B)
         idx = torch.arange(rows, device=x0.device)
         if c.t_max is not None:
-            idx = idx[t[:rows] < c.t_max]
+            idx = idx[in_window(t[:rows], c.t_max, c.window)]
         if idx.numel() == 0:
             out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
             return RegularizedLoss(out, a_t.new_zeros(()))
@@ -156,4 +177,4 @@ class ContractionRegularizer:
         lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
         lc = lam if c.margin is None else lam.clamp_min(-c.margin)
         out = DenoisingOutput(regression_loss(pred, x0, noise, self.prediction), a_t, t, noise, pred)
-        return RegularizedLoss(out, c.gamma * lc.sum() / rows)
+        return RegularizedLoss(out, self.weigh(lc, rows))

@@ -2,9 +2,9 @@
 datasets, trajectory sub-sampling, and normalised scores that always say which reference they use."""
 
 from .scores import D4RL_REFERENCES, NormalizedScore, ScoreReference, d4rl_reference, normalized_score
-from .transitions import DatasetError, Transitions
+from .transitions import DATA_CUTS, DatasetError, Transitions
 
-__all__ = ["Transitions", "DatasetError", "ScoreReference", "NormalizedScore", "D4RL_REFERENCES",
+__all__ = ["Transitions", "DatasetError", "DATA_CUTS", "ScoreReference", "NormalizedScore", "D4RL_REFERENCES",
            "d4rl_reference", "normalized_score", "load_d4rl_hdf5", "load_minari", "minari_reference"]
 
 

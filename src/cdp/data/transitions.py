@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: how ``Transitions.fraction`` cuts the data
+DATA_CUTS: tuple[str, ...] = ("transitions", "trajectories")
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be used as given (missing keys, wrong shapes, non-finite values)."""
 
@@ -103,14 +107,29 @@ class Transitions:
         keep = np.isin(self.episode, episodes)
         return Transitions(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
-    def fraction(self, fraction: float, seed: int = 0) -> Transitions:
-        """A random ``fraction`` of whole trajectories (at least one), reproducible by ``seed``."""
+    def fraction(self, fraction: float, seed: int = 0, cut: str = "trajectories") -> Transitions:
+        """A random share of the data, reproducible by ``seed``: ``cut="trajectories"`` keeps
+        ``round(fraction * episodes)`` whole episodes (few episodes); ``"transitions"`` keeps
+        ``round(fraction * N)`` transitions drawn uniformly from the whole dataset, as the official
+        runs' ``data_portion`` does (few transitions from many episodes). Order is kept."""
+        if cut not in DATA_CUTS:
+            raise DatasetError(f"data cut must be one of {DATA_CUTS}, got {cut!r}")
         if not 0 < fraction <= 1:
             raise DatasetError(f"fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        rng = np.random.default_rng(seed)
+        if cut == "transitions":
+            k = int(round(fraction * len(self)))
+            if k == 0:
+                raise DatasetError(f"fraction {fraction:g} of {len(self)} transitions keeps none")
+            keep = np.sort(rng.choice(len(self), size=k, replace=False))
+            return Transitions(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
         ids = np.unique(self.episode)
-        k = max(1, int(round(fraction * ids.size)))
-        chosen = np.random.default_rng(seed).choice(ids, size=k, replace=False)
-        return self.select_episodes(np.sort(chosen))
+        k = int(round(fraction * ids.size))
+        if k == 0:
+            raise DatasetError(f"fraction {fraction:g} of {ids.size} trajectories keeps none")
+        return self.select_episodes(np.sort(rng.choice(ids, size=k, replace=False)))
 
     @classmethod
     def from_episodes(cls, episodes: list[dict[str, np.ndarray]]) -> Transitions:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import ContractionConfig
-from ..data import Transitions, d4rl_reference, normalized_score
+from ..contraction import WINDOWS, ContractionConfig
+from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..io import atomic_write, dataclass_defaults, save_or_check_config
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
@@ -35,7 +35,8 @@ class TrainConfig:
     algo: str
     dataset: str  # a Minari dataset id in the local store, or a path to a D4RL .hdf5 file
     env_id: str | None = None  # evaluation task; read from the Minari dataset when None
-    fraction: float = 1.0  # keep this share of trajectories (seeded)
+    fraction: float = 1.0  # keep this share of the data (seeded), cut as data_cut says
+    data_cut: str = "transitions"  # "transitions" (the official data_portion) or whole "trajectories"
     steps: int = 100_000
     batch_size: int = 256
     eval_every: int = 5_000
@@ -44,7 +45,8 @@ class TrainConfig:
     log_every: int = 100
     critic: str = "td3"  # edp / cdp: "td3" or "iql"
     gamma: float = 0.1  # cdp only
-    t_max: float | None = 0.1  # cdp only: the official offline-RL window
+    t_max: float | None = 0.1  # cdp only: the official offline-RL window (t <= 0.1: 5 of 50 levels)
+    window: str = "official"  # cdp only: "official" (mean over the window's rows) or "batch" (cdp 0.1's form)
     margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge)
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
@@ -72,6 +74,10 @@ class TrainConfig:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {ALGOS}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.data_cut not in DATA_CUTS:
+            raise ValueError(f"data_cut must be one of {DATA_CUTS}, got {self.data_cut!r}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         check_device_name(self.device)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
@@ -100,7 +106,8 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
         return EDP(obs_dim, act_dim, EDPConfig.dql(), device)
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
-    contraction = ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin) if cfg.algo == "cdp" else None
+    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, window=cfg.window)
+                   if cfg.algo == "cdp" else None)
     return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction), device)
 
 
@@ -141,7 +148,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     if env_id is None:
         raise ValueError("the dataset names no environment: pass env_id")
     check_spaces(data, env_id)
-    data = data.fraction(cfg.fraction, seed=cfg.seed)
+    data = data.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut)
     device = resolve_device(cfg.device)
 
     with claim_run(out):  # no other process trains this folder meanwhile
