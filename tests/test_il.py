@@ -201,8 +201,31 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reach_
     assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))
 
 
-def test_ctrl_c_twice_stops_at_once(reach_file, tmp_path, monkeypatch):
+def signal_self(sig, times: int) -> None:
+    """Send ``sig`` to this process ``times`` times, each once the installed handler has run for
+    the one before: two signals sent back to back can reach Python as one (it keeps one pending
+    flag per signal number), so a test of "the second signal" would otherwise test the first."""
     import os
+    import signal
+    import time
+
+    handler, seen = signal.getsignal(sig), []
+
+    def counting(signum, frame):
+        seen.append(signum)
+        handler(signum, frame)
+
+    signal.signal(sig, counting)
+    for i in range(times):
+        os.kill(os.getpid(), sig)
+        deadline = time.monotonic() + 30
+        while len(seen) <= i:  # the handler runs in this (main) thread, at the latest during the sleep
+            assert time.monotonic() < deadline, f"no handler ran for signal {sig}"
+            time.sleep(0.001)
+    signal.signal(sig, handler)
+
+
+def test_ctrl_c_twice_stops_at_once(reach_file, tmp_path, monkeypatch):
     import signal
 
     compute_loss, calls = BCGMM.compute_loss, []
@@ -210,8 +233,7 @@ def test_ctrl_c_twice_stops_at_once(reach_file, tmp_path, monkeypatch):
     def int_twice_on_7th(self, obs, act):
         calls.append(1)
         if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal_self(signal.SIGINT, 2)
         return compute_loss(self, obs, act)
 
     monkeypatch.setattr(BCGMM, "compute_loss", int_twice_on_7th)
@@ -318,8 +340,7 @@ def test_a_stop_signal_checkpoints_the_step_it_lands_on(reach_file, tmp_path, mo
     def term_on_7th(self, obs, act):
         calls.append(1)
         if len(calls) == 7:  # as a scheduler would, mid-step; twice, as a session's end can (the
-            os.kill(os.getpid(), signal.SIGTERM)  # worker directly, then through its pool's death)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal_self(signal.SIGTERM, 2)  # worker directly, then through its pool's death)
         return compute_loss(self, obs, act)
 
     monkeypatch.setattr(BCGMM, "compute_loss", term_on_7th)

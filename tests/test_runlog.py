@@ -33,8 +33,33 @@ def test_a_claimed_run_folder_refuses_a_second_trainer_until_released(tmp_path):
         with pytest.raises(RunBusy, match=f"pid {os.getpid()} on"):  # names the holder
             with claim_run(run):
                 pass
+    assert not (run / ".lock").exists()  # a finished run folder keeps no lock file
     with claim_run(run):  # released on exit: the next trainer gets it
         pass
+
+
+def test_a_lock_won_on_a_removed_lock_file_is_claimed_again(tmp_path, monkeypatch):
+    """The holder removes .lock as it lets go; a trainer that opened the file just before that
+    locks a file no path names any more, and must not think it holds the folder."""
+    import fcntl
+
+    run = tmp_path / "run"
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_the_holder_left(fd, op):
+        calls.append(op)
+        if len(calls) == 1:
+            (run / ".lock").unlink()  # the previous holder releases between our open and our lock
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_left)
+    with claim_run(run):
+        assert len(calls) == 2  # the first lock was on the removed file: claimed again
+        assert (run / ".lock").is_file()
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        with pytest.raises(RunBusy):  # and the second one really holds the folder
+            with claim_run(run):
+                pass
 
 
 def test_a_killed_holder_leaves_no_stale_claim(tmp_path):

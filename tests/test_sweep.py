@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,8 +128,6 @@ def test_a_fresh_clone_skips_runs_whose_records_are_committed(tiny_dataset, tmp_
 
 
 def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tiny_dataset, tmp_path, capsys):
-    from pathlib import Path
-
     from cdp.runlog import claim_run
 
     sweep = load_sweep(config(tmp_path, tiny_dataset))
@@ -190,9 +189,17 @@ def test_killed_sweep_resumes_without_duplicating_or_losing_rows(tiny_dataset, t
 
 
 @pytest.mark.slow
-def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path):
+def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance, as on a cluster head
+    # Ray's session folder and its ~/.ray token go into a short folder removed afterwards (its
+    # socket paths must stay under ~107 characters, which pytest's tmp_path can exceed)
+    scratch = Path(tempfile.mkdtemp(prefix="cdp-ray-"))
+    monkeypatch.setenv("HOME", str(scratch))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,  # a local instance, as on a cluster head
+             _temp_dir=str(scratch / "r"))
     try:
         sweep = load_sweep(config(tmp_path, tiny_dataset))
         done = []
@@ -203,6 +210,7 @@ def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path):
         assert run_sweep(sweep, progress=False, backend="ray") == []  # finished runs are skipped here too
     finally:
         ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
     with pytest.raises(ValueError, match="unknown backend"):
         run_sweep(sweep, backend="dask")
 
@@ -303,7 +311,7 @@ def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
 
 
 def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
-    from pathlib import Path
+
 
     from cdp.runlog import claim_run
     from cdp.sweep import Job, current_pace, finished_pace, hours_left, recent_pace

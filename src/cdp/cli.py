@@ -11,6 +11,16 @@ from pathlib import Path
 from .runtime import tune_allocator
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help names its default, unless the text already does or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action) or ""
+
+
 def _positive_int(s: str) -> int:
     v = int(s)
     if v < 1:
@@ -28,46 +38,51 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
     p.add_argument("--fraction", type=float, default=1.0, help=f"share of {units} kept (seeded)")
     p.add_argument("--gamma", type=float, default=0.1, help=f"contraction weight ({cdp_names})")
     p.add_argument("--margin", type=_margin, default=0.1, help=f"hinge floor beta ({cdp_names}); 'none' for no hinge")
-    p.add_argument("--steps", type=_positive_int, default=steps)
-    p.add_argument("--eval-every", type=_positive_int, default=5_000)
-    p.add_argument("--eval-episodes", type=_positive_int, default=episodes)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (a GPU when there is one)")
+    p.add_argument("--steps", type=_positive_int, default=steps, help="training steps")
+    p.add_argument("--eval-every", type=_positive_int, default=5_000, help="evaluate every this many steps")
+    p.add_argument("--eval-episodes", type=_positive_int, default=episodes, help="episodes per evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data cut, initialisation and sampling")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
     p.add_argument("--out", default=None, help=f"run folder (default {out})")
     p.add_argument("--results", default=None, help="also write a small per-run record under this folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cdp", description="Contractive Diffusion Policies")
+    from .il.tasks import task_names
+    from .il.trainer import POLICIES
+    from .rl.trainer import ALGOS
+
+    p = argparse.ArgumentParser(prog="cdp", description="Contractive Diffusion Policies", formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="a diffusion policy with and without contraction on 10%% of the demonstrations "
+    d = sub.add_parser("demo", formatter_class=_Help, help="a diffusion policy with and without contraction on 10%% of the demonstrations "
                                     "(under 10 minutes on 2 cores), then the term on a 2-D toy")
-    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo; a re-run resumes)")
-    d.add_argument("--steps", type=_positive_int, default=3000, help="policy training steps (default 3000)")
-    d.add_argument("--eval-episodes", type=_positive_int, default=50, help="evaluation rollouts (default 50)")
-    d.add_argument("--seeds", type=_positive_int, default=1, help="seeds per policy (default 1)")
-    d.add_argument("--toy-steps", type=_positive_int, default=3000, help="toy training steps per model (default 3000)")
-    d.add_argument("--n-data", type=_positive_int, default=200, help="toy dataset size (default 200)")
+    d.add_argument("--out", default="runs/demo", help="output folder (a re-run resumes)")
+    d.add_argument("--steps", type=_positive_int, default=3000, help="policy training steps")
+    d.add_argument("--eval-episodes", type=_positive_int, default=50, help="evaluation rollouts")
+    d.add_argument("--seeds", type=_positive_int, default=1, help="seeds per policy")
+    d.add_argument("--toy-steps", type=_positive_int, default=3000, help="toy training steps per model")
+    d.add_argument("--n-data", type=_positive_int, default=200, help="toy dataset size")
     d.add_argument("--seed", type=int, default=0, help="toy seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    rl = sub.add_parser("rl", help="offline RL: behaviour agents and D4RL-style datasets")
+    rl = sub.add_parser("rl", formatter_class=_Help, help="offline RL: make datasets (behaviour agents, D4RL-style data), train BC / DQL / EDP / "
+                                    "IDQL / CDP, evaluate")
     rls = rl.add_subparsers(dest="rl_command", required=True)
-    tb = rls.add_parser("train-behaviour", help="train (or resume) an SB3 SAC behaviour agent with snapshots")
+    tb = rls.add_parser("train-behaviour", formatter_class=_Help, help="train (or resume) an SB3 SAC behaviour agent with snapshots")
     tb.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
-    tb.add_argument("--steps", type=_positive_int, default=300_000)
-    tb.add_argument("--snapshot-every", type=_positive_int, default=20_000)
-    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--steps", type=_positive_int, default=300_000, help="environment steps")
+    tb.add_argument("--snapshot-every", type=_positive_int, default=20_000, help="save and score the actor every this many steps")
+    tb.add_argument("--seed", type=int, default=0, help="SAC seed")
     tb.add_argument("--out", default=None, help="agent folder (default data/agents/<task>-sac-s<seed>)")
-    md = rls.add_parser("make-data", help="roll a D4RL-style dataset from the agent's snapshots into Minari")
+    md = rls.add_parser("make-data", formatter_class=_Help, help="roll a D4RL-style dataset from the agent's snapshots into Minari")
     md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
-    md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"])
+    md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"], help="D4RL-style quality")
     md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
-    md.add_argument("--seed", type=int, default=0)
-    md.add_argument("--overwrite", action="store_true")
-    tr = rls.add_parser("train", help="train BC / EDP / CDP on an offline dataset (resumable)")
-    tr.add_argument("algo", help="bc | dql | edp | idql | cdp")
+    md.add_argument("--seed", type=int, default=0, help="rollout seed")
+    md.add_argument("--overwrite", action="store_true", help="replace a dataset of that id in the local store")
+    tr = rls.add_parser("train", formatter_class=_Help, help="train BC / EDP / CDP on an offline dataset (resumable)")
+    tr.add_argument("algo", choices=ALGOS, help="the algorithm (cdp = edp + the contraction term)")
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
@@ -79,54 +94,54 @@ def build_parser() -> argparse.ArgumentParser:
                          "t < 0.1 and divided by the batch (cdp 0.1)")
     _run_options(tr, "the data (see --data-cut)", "cdp", steps=100_000, episodes=10,
                  out="runs/rl/<dataset>/<algo>-f<fraction>-s<seed>")
-    ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
+    ev = rls.add_parser("eval", formatter_class=_Help, help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
-    ev.add_argument("--episodes", type=_positive_int, default=10)
+    ev.add_argument("--episodes", type=_positive_int, default=10, help="evaluation episodes")
     ev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
-    il = sub.add_parser("il", help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
+    il = sub.add_parser("il", formatter_class=_Help, help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
     ils = il.add_subparsers(dest="il_command", required=True)
-    imd = ils.add_parser("make-data", help="scripted demonstrations in robomimic's HDF5 layout")
+    imd = ils.add_parser("make-data", formatter_class=_Help, help="scripted demonstrations in robomimic's HDF5 layout")
     imd.add_argument("task", help="imitation task, e.g. reach")
     imd.add_argument("quality", choices=["ph", "mh"], help="ph: one proficient operator; mh: mixed skill")
-    imd.add_argument("--demos", type=_positive_int, default=200)
-    imd.add_argument("--seed", type=int, default=0)
+    imd.add_argument("--demos", type=_positive_int, default=200, help="demonstrations to record")
+    imd.add_argument("--seed", type=int, default=0, help="seed of the scripted demonstrator")
     imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
-    itr = ils.add_parser("train", help="train a policy on demonstrations (resumable)")
-    itr.add_argument("policy", help="bc-gmm | dbc-dit | dp-unet | dp-dit | dp-mlp | cdp-unet | cdp-dit | cdp-mlp")
-    itr.add_argument("--task", required=True)
+    itr = ils.add_parser("train", formatter_class=_Help, help="train a policy on demonstrations (resumable)")
+    itr.add_argument("policy", choices=POLICIES, help="the policy (cdp-* = dp-* + the contraction term)")
+    itr.add_argument("--task", required=True, choices=task_names(), help="the task the demonstrations are of")
     itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
     itr.add_argument("--filter-key", default=None, help="robomimic mask to train on, e.g. train")
-    itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim")
-    itr.add_argument("--sample-steps", type=_positive_int, default=10)
-    itr.add_argument("--batch-size", type=_positive_int, default=256)
+    itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim", help="sampler at evaluation")
+    itr.add_argument("--sample-steps", type=_positive_int, default=10, help="sampler steps per action chunk")
+    itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
-    iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
+    iev = ils.add_parser("eval", formatter_class=_Help, help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
-    iev.add_argument("--episodes", type=_positive_int, default=50)
+    iev.add_argument("--episodes", type=_positive_int, default=50, help="evaluation rollouts")
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
     iev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
 
-    rp = sub.add_parser("report", help="markdown tables and learning curves from per-run records")
+    rp = sub.add_parser("report", formatter_class=_Help, help="markdown tables and learning curves from per-run records")
     rp.add_argument("results", nargs="?", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
     rp.add_argument("--out", default=None, help="where report.md and the plots go (default: the results folder)")
     rp.add_argument("--sync", metavar="FILE", default=None,
                     help="instead: rewrite the tables quoted in FILE (<!-- report: ... --> blocks) from the records")
     rp.add_argument("--check", action="store_true", help="with --sync: change nothing, exit 1 if a table is stale")
 
-    dg = sub.add_parser("diagnose", help="contraction diagnostics of trained diffusion policies, side by side")
+    dg = sub.add_parser("diagnose", formatter_class=_Help, help="contraction diagnostics of trained diffusion policies, side by side")
     dg.add_argument("runs", nargs="+", help="run folders (offline-RL diffusion agents or imitation diffusion policies)")
     dg.add_argument("--out", default="runs/diagnostics", help="where diagnostics.json / .png go")
     dg.add_argument("--states", type=_positive_int, default=16, help="dataset states to probe")
     dg.add_argument("--steps", type=_positive_int, default=400, help="RK4 steps of the probability-flow ODE (log-SNR grid)")
 
-    rp = sub.add_parser("reproduce", help="the paper's tables and 10%%-data ablation at this machine's scale "
+    rp = sub.add_parser("reproduce", formatter_class=_Help, help="the paper's tables and 10%%-data ablation at this machine's scale "
                                           "(every bundled study, resumable; hours: see --quick)")
     rp.add_argument("--quick", action="store_true", help="every study shrunk (steps / 25, one seed): a pipeline check")
     rp.add_argument("--only", nargs="+", default=None, help="study names (default: all)")
     rp.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: each study's)")
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
-    sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
+    sw = sub.add_parser("sweep", formatter_class=_Help, help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", nargs="+",
                     help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
                          "study (offline_rl, imitation_lift, ...); several share one queue, in order")
@@ -135,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="list the jobs and the state of each (done / running, at which step and by whom / "
                          "stopped part-way / todo); run nothing")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
-                    help="local process pool (default) or Ray tasks")
+                    help="local process pool or Ray tasks")
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
     return p
 

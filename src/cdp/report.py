@@ -100,16 +100,23 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return float(x.mean()), (float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0)
 
 
+def fmt_mean_se(values: list[float], digits: int = 1) -> str:
+    """``mean ± s.e.`` over ``values``; the mean alone for one value (its standard error is undefined)."""
+    mu, se = mean_se(values)
+    return f"{mu:.{digits}f}" if len(values) == 1 else f"{mu:.{digits}f} ± {se:.{digits}f}"
+
+
 def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = True) -> str:
-    """Markdown: rows = methods, columns = data fractions; ``mean ± s.e. (n)``, best (largest) mean bold."""
+    """Markdown: rows = methods, columns = data fractions; ``mean ± s.e. (n)`` (the mean alone for
+    one seed), best (largest) mean bold."""
     fracs = sorted({r.fraction for r in runs}, reverse=True)
     methods = sorted({r.method for r in runs})
-    cells: dict[tuple[str, float], tuple[float, float, int]] = {}
+    cells: dict[tuple[str, float], tuple[float, str]] = {}
     for m in methods:
         for f in fracs:
             vals = values(runs, m, f, metric)
             if vals:
-                cells[m, f] = (*mean_se(vals), len(vals))
+                cells[m, f] = (mean_se(vals)[0], f"{fmt_mean_se(vals, digits)} ({len(vals)})")
     best = {f: max((cells[m, f][0] for m in methods if (m, f) in cells), default=None) for f in fracs}
     head = "| method | " + " | ".join(f"{f:.0%} data" for f in fracs) + " |"
     lines = [head, "|---|" + "---:|" * len(fracs)]
@@ -119,8 +126,7 @@ def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = 
             if (m, f) not in cells:
                 row.append("")
                 continue
-            mu, se, n = cells[m, f]
-            txt = f"{mu:.{digits}f} ± {se:.{digits}f} ({n})"
+            mu, txt = cells[m, f]
             row.append(f"**{txt}**" if bold and best[f] is not None and mu == best[f] and len(methods) > 1 else txt)
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -147,7 +153,7 @@ def overview(runs: list[Run]) -> str:
             cells = []
             for key, _, digits in cols:
                 vals = values(runs, m, f, key)
-                cells.append("" if not vals else "{:.{d}f} ± {:.{d}f}".format(*mean_se(vals), d=digits))
+                cells.append(fmt_mean_se(vals, digits) if vals else "")
             lines.append(f"| {f:.0%} | {m} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -180,8 +186,10 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     secs = lambda m: [r.summary["train_seconds_per_1k_steps"] for r in runs  # noqa: E731
                       if r.method == m and "train_seconds_per_1k_steps" in r.summary]
     key, kind = paper.task_key(runs[0].group), runs[0].kind
-    lines = ["| CDP - base | " + " | ".join(f"{f:.0%} data" for f in fracs) + " | paper (100%) | time ratio | paper ratio |",
-             "|---|" + "---:|" * (len(fracs) + 3)]
+    gains = {m: f"{paper.GAIN_OVER_EDP[key]:+.1f}" for m, b in pairs if key and b.startswith("edp") and m == "cdp"}
+    paper_col = " paper (100%) |" if gains else ""  # only where the paper reports this task's gain
+    lines = ["| CDP - base | " + " | ".join(f"{f:.0%} data" for f in fracs) + f" |{paper_col} time ratio | paper ratio |",
+             "|---|" + "---:|" * (len(fracs) + 2 + bool(gains))]
     for m, b in pairs:
         row = []
         for f in fracs:
@@ -190,11 +198,12 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
                 row.append("")
                 continue
             (mx, sx), (my, sy) = mean_se(x), mean_se(y)
-            row.append(f"{mx - my:+.1f} (±{sx:.1f} / ±{sy:.1f}; n {len(x)}/{len(y)})")
-        gain = f"{paper.GAIN_OVER_EDP[key]:+.1f}" if key and b.startswith("edp") and m == "cdp" else ""
+            se = lambda v, s: f"±{s:.1f}" if len(v) > 1 else "±n/a"  # noqa: E731  (one seed has no s.e.)
+            row.append(f"{mx - my:+.1f} ({se(x, sx)} / {se(y, sy)}; n {len(x)}/{len(y)})")
         tm, tb = secs(m), secs(b)
         ratio = f"{np.mean(tm) / np.mean(tb):.2f}x" if tm and tb else ""
-        lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" | {gain} | {ratio} | {paper.cost_ratio(kind):.2f}x |")
+        gain = f" {gains.get(m, '')} |" if gains else ""
+        lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" |{gain} {ratio} | {paper.cost_ratio(kind):.2f}x |")
     return "\n".join(lines)
 
 

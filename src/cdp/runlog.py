@@ -36,21 +36,42 @@ def claim_run(folder: Path) -> Iterator[None]:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = folder / ".lock"
+    fd = _lock_exclusive(path, fcntl)
     try:
-        for attempt in range(3):  # a status probe (run_holder) holds it for microseconds: try again
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == 2:
-                    raise RunBusy(f"{folder} is being trained by {_holder(fd)}; wait for it, or stop it first") from None
-                time.sleep(0.05)
         os.ftruncate(fd, 0)  # who holds it, for the messages (the lock itself is the flock)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield
     finally:
+        path.unlink(missing_ok=True)  # while still held: a finished run folder keeps no lock file
         os.close(fd)  # releases the lock
+
+
+def _lock_exclusive(path: Path, fcntl) -> int:
+    """An fd holding an exclusive ``flock`` on ``path``, the file created if missing. The holder
+    removes the file before it lets go, so a lock won on a file already removed is worthless:
+    the path is checked to still name the locked file, and the claim retried when it does not."""
+    busy = 0
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy += 1  # a status probe (run_holder) holds it for microseconds: try again
+            if busy == 3:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunBusy(f"{path.parent} is being trained by {holder}; wait for it, or stop it first") from None
+            os.close(fd)
+            time.sleep(0.05)
+            continue
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the previous holder removed it between our open and our lock
 
 
 def run_holder(folder: Path) -> str | None:

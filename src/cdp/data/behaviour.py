@@ -108,6 +108,7 @@ def load_actor(agent_dir: str | Path, snap: Snapshot, env_id: str) -> torch.nn.M
 def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = True) -> list[Snapshot]:
     """Train (or resume) the behaviour agent, writing a snapshot every ``snapshot_every`` steps."""
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.callbacks import BaseCallback
 
     out = Path(out_dir)
@@ -124,6 +125,9 @@ def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = 
                          "(it is not committed); train in a new folder")
     else:
         model = SAC("MlpPolicy", env, seed=cfg.seed, learning_starts=cfg.learning_starts, device="cpu", verbose=0)
+    # SB3's default logger makes an SB3-<time> folder in the temp directory even with no output;
+    # the snapshots are this trainer's log
+    model.set_logger(Logger(folder=None, output_formats=[]))
 
     class Snapshots(BaseCallback):
         def _on_step(self) -> bool:

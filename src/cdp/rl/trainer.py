@@ -155,6 +155,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
         return _train(cfg, out, data, env_id, device, progress)
 
 
+def transition_tensors(data: Transitions, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The dataset as the agents' batch keys, on ``device``. ``done`` is the terminal flag alone:
+    a terminal state has no future (no bootstrap), a timeout only cut the episode short, so its
+    next state is bootstrapped like any other."""
+    arrays = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
+              "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
+    return {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+
+
 def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool) -> dict:
     """The training loop proper, in a claimed run folder."""
     save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
@@ -170,9 +179,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
         rng.bit_generator.state = state["rng"]
         restore_rng_states(state, device)
 
-    tensors = {"obs": data.observations, "act": data.actions, "rew": data.rewards,
-               "next_obs": data.next_observations, "done": data.terminals.astype(np.float32)}
-    tensors = {k: torch.as_tensor(v, device=device) for k, v in tensors.items()}  # the dataset lives on the device
+    tensors = transition_tensors(data, device)
     try:
         ref = d4rl_reference(env_id)
     except KeyError:
