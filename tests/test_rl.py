@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_d
     out = tmp_path / "run"
     cfg = TrainConfig(algo="bc", dataset=tiny_dataset, steps=9, batch_size=16, eval_every=9, eval_episodes=1,
                       checkpoint_every=3, log_every=1)
-    with pytest.raises(FloatingPointError, match="non-finite loss at step 5: .*last good checkpoint kept at .*checkpoint.pt"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5 \(loss=nan\); last good checkpoint kept at .*checkpoint.pt"):
         train(cfg, out, progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=False)["agent"]
     assert state["step"] == 3 and not (out / "summary.json").exists()

@@ -28,6 +28,13 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _seed(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v
+
+
 def _margin(s: str) -> float | None:
     return None if s.lower() == "none" else float(s)
 
@@ -41,7 +48,7 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
     p.add_argument("--steps", type=_positive_int, default=steps, help="training steps")
     p.add_argument("--eval-every", type=_positive_int, default=5_000, help="evaluate every this many steps")
     p.add_argument("--eval-episodes", type=_positive_int, default=episodes, help="episodes per evaluation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data cut, initialisation and sampling")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the data cut, initialisation and sampling")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
     p.add_argument("--out", default=None, help=f"run folder (default {out})")
     p.add_argument("--results", default=None, help="also write a small per-run record under this folder")
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=_positive_int, default=1, help="seeds per policy")
     d.add_argument("--toy-steps", type=_positive_int, default=3000, help="toy training steps per model")
     d.add_argument("--n-data", type=_positive_int, default=200, help="toy dataset size")
-    d.add_argument("--seed", type=int, default=0, help="toy seed")
+    d.add_argument("--seed", type=_seed, default=0, help="toy seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rl = sub.add_parser("rl", formatter_class=_Help, help="offline RL: make datasets (behaviour agents, D4RL-style data), train BC / DQL / EDP / "
@@ -72,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
     tb.add_argument("--steps", type=_positive_int, default=300_000, help="environment steps")
     tb.add_argument("--snapshot-every", type=_positive_int, default=20_000, help="save and score the actor every this many steps")
-    tb.add_argument("--seed", type=int, default=0, help="SAC seed")
+    tb.add_argument("--seed", type=_seed, default=0, help="SAC seed")
     tb.add_argument("--out", default=None, help="agent folder (default data/agents/<task>-sac-s<seed>)")
     md = rls.add_parser("make-data", formatter_class=_Help, help="roll a D4RL-style dataset from the agent's snapshots into Minari")
     md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
     md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"], help="D4RL-style quality")
     md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
-    md.add_argument("--seed", type=int, default=0, help="rollout seed")
+    md.add_argument("--seed", type=_seed, default=0, help="rollout seed")
     md.add_argument("--overwrite", action="store_true", help="replace a dataset of that id in the local store")
     tr = rls.add_parser("train", formatter_class=_Help, help="train BC / EDP / CDP on an offline dataset (resumable)")
     tr.add_argument("algo", choices=ALGOS, help="the algorithm (cdp = edp + the contraction term)")
@@ -104,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     imd.add_argument("task", help="imitation task, e.g. reach")
     imd.add_argument("quality", choices=["ph", "mh"], help="ph: one proficient operator; mh: mixed skill")
     imd.add_argument("--demos", type=_positive_int, default=200, help="demonstrations to record")
-    imd.add_argument("--seed", type=int, default=0, help="seed of the scripted demonstrator")
+    imd.add_argument("--seed", type=_seed, default=0, help="seed of the scripted demonstrator")
     imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
     itr = ils.add_parser("train", formatter_class=_Help, help="train a policy on demonstrations (resumable)")
     itr.add_argument("policy", choices=POLICIES, help="the policy (cdp-* = dp-* + the contraction term)")
@@ -159,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()  # this process trains or samples: keep freed tensor memory (cdp.runtime)
     from .runlog import RunBusy, RunInterrupted
+    from .sweep import SweepFailed
 
     try:
         return _run(args)
     except (ValueError, KeyError, FileNotFoundError, RunBusy) as e:  # bad input: one clear line, no traceback
         print(f"cdp: error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, SweepFailed) as e:  # a run that diverged, a grid with failed runs
+        print(f"cdp: error: {e}", file=sys.stderr)
+        return 1
     except RunInterrupted as e:  # SIGTERM / Ctrl-C: the run checkpointed its step first
         print(f"cdp: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -186,16 +197,22 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "rl" and args.rl_command == "make-data":
         from .data.generate import default_agent_dir, make_dataset
 
+        import minari
+
+        from .data.generate import dataset_id
+
+        kept = dataset_id(args.task, args.quality) in minari.list_local_datasets() and not args.overwrite
         did = make_dataset(args.task, args.quality, args.agent or default_agent_dir(args.task, 0), args.steps, args.seed,
                            overwrite=args.overwrite)
-        print(f"Minari dataset {did} is in the local store")
+        print(f"Minari dataset {did} " + ("was already in the local store: kept (--overwrite makes it again)"
+                                          if kept else "is in the local store"))
     elif args.command == "rl" and args.rl_command == "train":
         from .rl.trainer import TrainConfig, train
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           data_cut=args.data_cut, window=args.window, gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device)
-        out = args.out or f"runs/rl/{args.dataset.replace('/', '_')}/{cfg.run_name()}"
+        out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
         print(f"run folder: {out}")

@@ -25,6 +25,8 @@ from torch import Tensor
 
 from .contraction import max_sym_eig, separation_and_bound
 from .diffusion import VPSchedule, sample
+from .io import config_from_json, read_json
+from .runlog import load_checkpoint
 from .diffusion.schedule import broadcast_to
 from .io import atomic_write
 
@@ -50,7 +52,9 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = read_json(run / "config.json", "run config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{run / 'config.json'}: not a run config")
     rng = np.random.default_rng(seed)
     if "policy" in cfg:  # imitation
         from .il.policy import DiffusionPolicy, load_policy
@@ -58,7 +62,7 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
         from .il.trainer import ILTrainConfig, load_demos
         from .il.windows import ChunkWindows
 
-        icfg = ILTrainConfig(**cfg)
+        icfg = config_from_json(ILTrainConfig, run / "config.json", "an imitation")
         pol = load_policy(run / "policy")
         if not isinstance(pol, DiffusionPolicy):
             raise ValueError(f"{run}: {icfg.policy} is not a diffusion policy; nothing to diagnose")
@@ -72,12 +76,12 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
     from .rl.edp import EDP
     from .rl.trainer import TrainConfig, load_dataset, make_agent
 
-    tcfg = TrainConfig(**cfg)
+    tcfg = config_from_json(TrainConfig, run / "config.json", "an offline-RL")
     data, _ = load_dataset(tcfg.dataset)
     agent = make_agent(tcfg, data.obs_dim, data.act_dim)
     if not isinstance(agent, EDP):
         raise ValueError(f"{run}: {tcfg.algo} has no diffusion actor with a sampling flow to diagnose")
-    agent.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["agent"])
+    agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
     idx = rng.integers(0, len(data), states)
     return Flow(f"{tcfg.dataset}/{tcfg.run_name()}", agent.actor_ema, agent.cfg.schedule,
                 agent.cfg.prediction, torch.as_tensor(data.observations[idx]), torch.as_tensor(data.actions[idx]),

@@ -37,10 +37,22 @@ def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defa
         skip = {budget_key, *free}
         old = {k: v for k, v in filled.items() if k not in skip}
         new = {k: v for k, v in config.items() if k not in skip}
+        for k in ("dataset",):  # a file named by a relative and by an absolute path is the same data
+            if k in old and k in new and old[k] != new[k] and _same_file(old[k], new[k]):
+                new[k] = old[k]
         if old != new:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             raise ValueError(f"{folder} holds a run with another config (differs in {diff}); use a new folder")
     atomic_write(path, json.dumps(config, indent=2).encode())
+
+
+def _same_file(a: object, b: object) -> bool:
+    """``a`` and ``b`` are paths to one existing file (either may be relative to the working
+    folder)."""
+    try:
+        return isinstance(a, str) and isinstance(b, str) and Path(a).is_file() and Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def dataclass_defaults(cls: type) -> dict:
@@ -54,3 +66,105 @@ def dataclass_defaults(cls: type) -> dict:
         elif f.default_factory is not MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def read_json(path: str | Path, what: str = "file") -> object:
+    """``json.loads`` of ``path``; an unreadable or invalid file is one ``ValueError`` naming it
+    (a missing one stays ``FileNotFoundError``)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
+
+
+def config_from_json(cls: type, path: str | Path, kind: str) -> object:
+    """A run's config dataclass ``cls`` from its ``config.json``; one ``ValueError`` naming the
+    file for invalid JSON, keys of another kind of run (``kind`` names what ``cls`` is for), or
+    a value ``cls`` rejects."""
+    from dataclasses import fields
+
+    raw = read_json(path, "run config")
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: empty or not a run config")
+    names = {f.name for f in fields(cls)}
+    unknown, missing = sorted(set(raw) - names), sorted(f.name for f in fields(cls) if f.name not in raw and _required(f))
+    if unknown or missing:
+        raise ValueError(f"{path}: not the config of {kind} run (unknown keys {unknown}, missing {missing})")
+    try:
+        check_types(cls, raw, str(path))
+        return cls(**raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _required(f) -> bool:
+    from dataclasses import MISSING
+
+    return f.default is MISSING and f.default_factory is MISSING and f.init
+
+
+def _matches(value: object, tp: object) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any or tp is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: the dataclass's own checks decide
+
+
+def _type_name(tp: object) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def check_types(cls: type, values: dict, where: str) -> None:
+    """Each value in ``values`` has its dataclass field's annotated type (an int where an int is
+    due: ``"200"`` or ``0.5`` is not a step count; a list of ints for ``tuple[int, ...]``), or one
+    ``ValueError`` naming ``where`` and the key."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for k, v in values.items():
+        if k in hints and not _matches(v, hints[k]):
+            raise ValueError(f"{where}: {k} = {v!r} is not of type {_type_name(hints[k])}")
+
+
+def fingerprint(arrays: list) -> str:
+    """A short sha256 of numpy arrays' dtypes, shapes and bytes, in order: which data a run saw."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write
+from .io import atomic_write, read_json
 
 
 @dataclass
@@ -57,15 +57,19 @@ def load_runs(root: str | Path) -> list[Run]:
         raise FileNotFoundError(f"no results folder at {root}")
     runs = []
     for p in sorted(root.rglob("*.json")):
-        rec = json.loads(p.read_text())
+        rec = read_json(p, "run record")
         if not isinstance(rec, dict) or "config" not in rec or "summary" not in rec:
             continue
         cfg, summary = rec["config"], rec["summary"]
+        if not isinstance(cfg, dict) or not cfg or not isinstance(summary, dict):
+            raise ValueError(f"{p}: a record with an empty or malformed config / summary; restore or delete it")
+        try:
+            c = ILTrainConfig(**cfg) if "policy" in cfg else TrainConfig(**cfg)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{p}: its config is not a run config ({e})") from None
         if "policy" in cfg:  # imitation: success rates in percent
-            c = ILTrainConfig(**cfg)
             group, kind, key, scale = f"{c.task}/{Path(c.dataset).stem}", "il", "success_rate", 100.0
         else:
-            c = TrainConfig(**cfg)
             group, kind, scale = c.dataset, "rl", 1.0
             key = summary.get("metric", "d4rl_score_mean")
         if kind == "il":

@@ -28,7 +28,10 @@ from .sweep import Job, SweepConfig, is_finished, load_sweep, run_sweep
 
 #: Study name -> (title, datasets it needs as ("rl", task, quality) / ("il", task, quality)).
 STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
-    "offline_rl": ("Offline RL: EDP vs CDP (the paper's first table, two of its rows)",
+    "offline_rl_published": ("Offline RL: EDP vs CDP with the term at its published weight, 10% of transitions "
+                             "(the paper's first table and its data-scarce claim)",
+                             [("rl", "Hopper-v5", "medium-replay")]),
+    "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
                    [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
     "offline_rl_baselines": ("Offline RL baselines: BC, DQL, IDQL",
                              [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),

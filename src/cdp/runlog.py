@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,47 @@ def _lock_exclusive(path: Path, fcntl) -> int:
         if same:
             return fd
         os.close(fd)  # the previous holder removed it between our open and our lock
+
+
+class RunFinished(RunBusy):
+    """The run folder holds a finished run (another process finished it meanwhile)."""
+
+
+@contextmanager
+def open_run(out: Path, config: dict, defaults: dict, data_fingerprint: str, reenter: bool = True) -> Iterator[None]:
+    """Claim run folder ``out`` (:func:`claim_run`) and check it before training: its stored
+    config must match ``config`` (the budget may grow), and the data it trained on must be
+    ``data_fingerprint`` (``data.json``): resuming on data that changed since would mix two
+    datasets in one run. With ``reenter=False`` a run already finished at its budget raises
+    :class:`RunFinished` (a sweep started twice: the other finished it), leaving it untouched.
+    A folder this call created is removed again if training fails before its first checkpoint."""
+    from .io import read_json, save_or_check_config
+
+    fresh = not out.exists()
+    with claim_run(out):
+        try:
+            if not reenter and (out / "summary.json").is_file():
+                try:
+                    done = read_json(out / "summary.json", "run summary")
+                except ValueError:
+                    done = {}
+                if isinstance(done, dict) and done.get("step", -1) >= config["steps"]:
+                    raise RunFinished(f"{out} was finished by another process meanwhile")
+            save_or_check_config(out, config, budget_key="steps", defaults=defaults)
+            seen = out / "data.json"
+            if seen.is_file():
+                before = read_json(seen, "data record")
+                if isinstance(before, dict) and before.get("fingerprint") != data_fingerprint:
+                    raise ValueError(f"{out} trained on other data (fingerprint {before.get('fingerprint')}) than "
+                                     f"{config.get('dataset')} gives now ({data_fingerprint}): the dataset changed; "
+                                     "train in a new folder, or restore the data")
+            else:
+                atomic_write(seen, json.dumps({"fingerprint": data_fingerprint}).encode())
+            yield
+        except BaseException as e:
+            if fresh and not (out / "checkpoint.pt").exists() and not isinstance(e, RunFinished):
+                shutil.rmtree(out, ignore_errors=True)  # nothing of a run that never got going stays behind
+            raise
 
 
 def run_holder(folder: Path) -> str | None:
@@ -170,6 +212,37 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unreadable, or holding more than tensors and plain values."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``: state
+    dicts, tensors and plain values only, so a crafted file in a shared run folder cannot run
+    code. One :class:`CheckpointError` naming the file for anything else."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:  # what weights_only refuses: objects beyond tensors and plain values
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} holds objects a safe load refuses (not a cdp checkpoint, or altered): "
+                                  f"{first[:160]}; delete it to train the run again") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]}); delete it to train the run "
+                              "again, or restore it from a copy") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated, empty, not a zip
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__}); "
+                              "delete it to train the run again, or restore it from a copy") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a cdp checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
 
 
 class RunClock:
@@ -339,10 +412,14 @@ class StopSignals:
 
 
 def check_finite(step: int, losses: dict[str, float], checkpoint: Path) -> None:
-    """Stop a run whose loss went NaN or infinite, saying where the last good checkpoint is (the
-    trainers raise before saving, so the checkpoint on disk predates the bad step)."""
+    """Stop a run whose loss went NaN or infinite, saying where the last good checkpoint is, or
+    that there is none yet (the trainers raise before saving, so a checkpoint on disk predates
+    the bad step)."""
     if not all(np.isfinite(v) for v in losses.values()):
-        raise FloatingPointError(f"non-finite loss at step {step}: {losses}; last good checkpoint kept at {checkpoint}")
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
+        kept = (f"last good checkpoint kept at {checkpoint}" if checkpoint.is_file()
+                else "no checkpoint was written yet: check the data and the settings")
+        raise FloatingPointError(f"non-finite loss at step {step} ({bad}); {kept}")
 
 
 def plot_eval_curve(out: Path, key: str, ylabel: str) -> None:

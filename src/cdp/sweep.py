@@ -32,7 +32,6 @@ while another study still has runs to do.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .io import check_types, read_json
 from .runlog import RunBusy, RunInterrupted, run_holder
 from .runtime import tune_allocator
 
@@ -115,7 +115,7 @@ def _asdict(cfg) -> dict:
 
 def _run_path(kind: str, cfg) -> str:
     if kind == "rl":
-        return f"{cfg.dataset.replace('/', '_')}/{cfg.run_name()}"
+        return f"{cfg.dataset_slug()}/{cfg.run_name()}"
     if kind == "il":
         return f"{cfg.task}/{Path(cfg.dataset).stem}/{cfg.run_name()}"
     raise ValueError(f"unknown sweep kind {kind!r}")
@@ -128,7 +128,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise FileNotFoundError(f"no sweep config at {path}")
     text = path.read_text()
     if path.suffix == ".json":
-        raw = json.loads(text)
+        raw = read_json(path, "sweep config")
     else:
         import tomllib
 
@@ -153,6 +153,12 @@ def load_sweep(path: str | Path) -> SweepConfig:
         bad = sorted(set(table) - names)
         if bad:
             raise ValueError(f"{path}: unknown {where} key(s) {bad}; {kind} runs take {sorted(names)}")
+    from dataclasses import MISSING
+
+    missing = sorted(f.name for f in fields(_config_class(kind))
+                     if f.init and f.default is MISSING and f.default_factory is MISSING and f.name not in {*grid, *fixed})
+    if missing:
+        raise ValueError(f"{path}: {kind} runs need {missing}, in [fixed] or [grid]")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
@@ -170,6 +176,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
     none = lambda v: None if isinstance(v, str) and v.lower() == "none" else v  # noqa: E731 - TOML has no null
     grid = {k: [none(x) for x in v] for k, v in grid.items()}
     fixed = {k: none(v) for k, v in fixed.items()}
+    for k, vs in [*grid.items(), *((k, [v]) for k, v in fixed.items())]:
+        for v in vs:  # "200" for steps, 0.5 for a seed: refused here, before any run starts
+            check_types(_config_class(kind), {k: v}, str(path))
     sweep = SweepConfig(kind=kind, out=raw["out"], grid=grid, fixed=fixed, results=raw.get("results"),
                         workers=workers, threads=threads, gpus=float(gpus), name=raw.get("name"))
     sweep.jobs()  # every job's config is checked before any starts
@@ -183,13 +192,18 @@ def finished_summary(job: Job) -> dict | None:
     a run trained on is not part of the comparison."""
     p = Path(job.out) / "summary.json"
     if p.is_file():
-        summary = json.loads(p.read_text())
-        if summary.get("step", -1) >= job.config["steps"]:
+        try:
+            summary = read_json(p, "run summary")
+        except ValueError:  # damaged: not finished; the run rewrites it when it ends (from its checkpoint)
+            summary = {}
+        if isinstance(summary, dict) and summary.get("step", -1) >= job.config["steps"]:
             return summary
     rec = job.record_path()
     if rec is None or not rec.is_file():
         return None
-    saved = json.loads(rec.read_text())
+    saved = read_json(rec, "run record")
+    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+        raise ValueError(f"{rec}: not a run record; restore it from version control, or delete it to train the run again")
     cfg, summary = saved.get("config", {}), saved.get("summary", {})
     same = all(cfg.get(k, v) == v for k, v in job.config.items() if k != "device")
     return summary if same and summary.get("step", -1) >= job.config["steps"] else None
@@ -328,7 +342,7 @@ def _train_job(job: Job) -> str:
     if job.kind == "rl":
         from .rl.trainer import TrainConfig, record, train
 
-        train(TrainConfig(**job.config), job.out, progress=False)
+        train(TrainConfig(**job.config), job.out, progress=False, reenter=False)
         if job.results:
             record(job.out, job.results)
     elif job.kind == "il":
@@ -336,7 +350,7 @@ def _train_job(job: Job) -> str:
         from .il.trainer import record as il_record
         from .il.trainer import train as il_train
 
-        il_train(ILTrainConfig(**job.config), job.out, progress=False)
+        il_train(ILTrainConfig(**job.config), job.out, progress=False, reenter=False)
         if job.results:
             il_record(job.out, job.results)
     else:
@@ -379,6 +393,10 @@ def queue(sweeps: Sequence[SweepConfig]) -> list[Job]:
                 raise ValueError(f"two sweeps name the run folder {j.out} with different configs (they differ in "
                                  f"{diff})")
     return list(jobs.values())
+
+
+class SweepFailed(RuntimeError):
+    """Some of a sweep's jobs failed (the others ran to the end)."""
 
 
 def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
@@ -425,7 +443,8 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     bar.close()
     if errors:
         job, e = errors[0]
-        raise RuntimeError(f"{len(errors)} of {len(todo)} jobs failed; first: {job.out}: {e}") from e
+        raise SweepFailed(f"{len(errors)} of {len(todo)} jobs failed (each named above); first: {job.out}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     return [j for j in todo if j not in busy]
 
 

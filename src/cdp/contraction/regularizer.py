@@ -12,6 +12,7 @@ or, for score matching and the term together (one fused pass when the network ha
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,6 +35,16 @@ class RegularizedLoss:
     @property
     def total(self) -> Tensor:
         return self.denoising.loss.mean() + self.contraction
+
+
+def check_weights(gamma: float, margin: float | None) -> None:
+    """gamma finite and >= 0; margin None or finite and >= 0 (inf or nan would train on a
+    non-finite loss)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin) or margin < 0):
+        raise ValueError(f"margin must be a finite number >= 0 or None, got {margin!r}")
 
 
 @dataclass
@@ -61,8 +72,7 @@ class ContractionConfig:
     probes: int = 4
 
     def __post_init__(self) -> None:
-        if not self.gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma!r}")
+        check_weights(self.gamma, self.margin)
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.method not in EIG_METHODS:

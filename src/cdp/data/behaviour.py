@@ -47,12 +47,9 @@ class Snapshot:
 
 
 def _check_env(env_id: str):
-    import gymnasium as gym
+    from ..envs import make_env
 
-    try:
-        return gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"unknown Gymnasium task {env_id!r}: {e}") from None
+    return make_env(env_id)
 
 
 def load_snapshots(agent_dir: str | Path) -> list[Snapshot]:
@@ -102,7 +99,7 @@ def make_actor(env_id: str, state_dict: dict | None = None) -> torch.nn.Module:
 
 
 def load_actor(agent_dir: str | Path, snap: Snapshot, env_id: str) -> torch.nn.Module:
-    return make_actor(env_id, torch.load(Path(agent_dir) / snap.path, map_location="cpu"))
+    return make_actor(env_id, torch.load(Path(agent_dir) / snap.path, map_location="cpu", weights_only=True))
 
 
 def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = True) -> list[Snapshot]:

@@ -100,6 +100,10 @@ def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int 
     did = dataset_id(env_id, quality)
     if did in minari.list_local_datasets():
         if not overwrite:
+            held = minari.load_dataset(did).total_steps
+            if quality != "medium-replay" and held != n_steps:  # medium-replay's size is the agent's, not --steps
+                raise ValueError(f"Minari dataset {did} is in the local store with {held} transitions, not the "
+                                 f"{n_steps} asked for: pass --overwrite to make it again")
             return did
         minari.delete_dataset(did)
     episodes = generate_episodes(env_id, quality, agent_dir, n_steps, seed)

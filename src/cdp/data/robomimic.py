@@ -106,7 +106,10 @@ def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_k
         if "data" not in fh:
             raise DatasetError(f"{path} has no 'data' group: not a robomimic dataset")
         data = fh["data"]
-        env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
+        try:
+            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON ({e})") from None
         masks = {k: [n.decode() if isinstance(n, bytes) else str(n) for n in fh["mask"][k][()]]
                  for k in (fh["mask"] if "mask" in fh else [])}
         names = sorted(data.keys(), key=_demo_index)
@@ -114,6 +117,9 @@ def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_k
             if filter_key not in masks:
                 raise DatasetError(f"{path} has no mask/{filter_key} (masks: {sorted(masks)})")
             names = sorted(masks[filter_key], key=_demo_index)
+            absent = [n for n in names if n not in data]
+            if absent:
+                raise DatasetError(f"{path}: mask/{filter_key} lists {absent[:3]}, which data/ does not hold")
         if not names:
             raise DatasetError(f"{path} holds no demonstrations")
         demos = {}
@@ -141,6 +147,8 @@ def _validate(demo: Demo, where: str) -> None:
     n = len(demo)
     if demo.actions.ndim != 2 or n == 0:
         raise DatasetError(f"{where}: actions must be [N > 0, A], got {demo.actions.shape}")
+    if n < 2:
+        raise DatasetError(f"{where}: one step; a demonstration needs at least 2 (an observation that leads somewhere)")
     for k, v in [*(("obs/" + k, v) for k, v in demo.obs.items()), ("actions", demo.actions), ("rewards", demo.rewards)]:
         if v.shape[0] != n:
             raise DatasetError(f"{where}: {k} has {v.shape[0]} rows, actions have {n}")

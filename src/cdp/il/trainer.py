@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import ContractionConfig
+from ..contraction import ContractionConfig, check_weights
 from ..data.robomimic import DemoDataset, read_robomimic
-from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
+from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bcgmm import BCGMM, BCGMMConfig
@@ -82,6 +82,7 @@ class ILTrainConfig:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         check_device_name(self.device)
+        check_weights(self.gamma, self.margin)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
@@ -176,20 +177,21 @@ def _ema_decay(step: int, power: float, cap: float) -> float:
     return 0.0 if step <= 0 else min(cap, 1.0 - (1.0 + step) ** -power)
 
 
-def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train (or resume) an imitation run; returns the final summary."""
+def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
+    """Train (or resume) an imitation run; returns the final summary. ``reenter=False``: a run
+    found finished raises :class:`cdp.runlog.RunFinished` instead (see :func:`cdp.runlog.open_run`)."""
     out = Path(out_dir)
     task = get_task(cfg.task)
     demos = load_demos(cfg, task)  # bad data fails here, before anything is written
     device = resolve_device(cfg.device)
-    with claim_run(out):  # no other process trains this folder meanwhile
+    seen = fingerprint([a for name in sorted(demos.demos) for d in [demos.demos[name]]
+                        for a in [*(d.obs[k] for k in sorted(d.obs)), d.actions]])
+    with open_run(out, asdict(cfg), dataclass_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
         return _train(cfg, out, task, demos, device, progress)
 
 
 def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, device: torch.device, progress: bool) -> dict:
-    """The training loop proper, in a claimed run folder."""
-    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(ILTrainConfig))
-
+    """The training loop proper, in a claimed and checked run folder."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     policy = make_policy(cfg, task)
@@ -202,7 +204,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
     step, state = 0, None
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         policy.load_state_dict(state["policy"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -278,7 +280,7 @@ def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int =
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
     """The run's record at :meth:`ILTrainConfig.record_path` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    return write_record(run, ILTrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
+    return write_record(run, config_from_json(ILTrainConfig, run / "config.json", "an imitation").record_path(results_dir))
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: str = "policy",
@@ -290,6 +292,6 @@ def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: 
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
-    cfg = ILTrainConfig(**json.loads((run / "config.json").read_text()))
+    cfg = config_from_json(ILTrainConfig, run / "config.json", "an imitation")
     policy = load_policy(run / which).to(resolve_device(device or cfg.device))
     return evaluate(policy, get_task(cfg.task), episodes, seed)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import WINDOWS, ContractionConfig
+from ..contraction import WINDOWS, ContractionConfig, check_weights
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
-from ..io import atomic_write, dataclass_defaults, save_or_check_config
-from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, claim_run, plot_eval_curve, read_rows,
+from ..envs import make_env
+from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
+from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
@@ -65,9 +66,16 @@ class TrainConfig:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         return f"{name}-s{self.seed}"
 
+    def dataset_slug(self) -> str:
+        """The dataset as one folder name: a Minari id with ``/`` as ``_``; a file by its name
+        alone, so a relative and an absolute path to it name the same folder."""
+        if self.dataset.endswith((".hdf5", ".h5")):
+            return Path(self.dataset).stem
+        return self.dataset.replace("/", "_")
+
     def record_path(self, results_dir: str | Path) -> Path:
-        """Where this run's record goes: ``<results_dir>/<dataset, / as _>/<run name>.json``."""
-        return Path(results_dir) / self.dataset.replace("/", "_") / f"{self.run_name()}.json"
+        """Where this run's record goes: ``<results_dir>/<dataset_slug>/<run name>.json``."""
+        return Path(results_dir) / self.dataset_slug() / f"{self.run_name()}.json"
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -79,6 +87,7 @@ class TrainConfig:
         if self.window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         check_device_name(self.device)
+        check_weights(self.gamma, self.margin)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
@@ -112,9 +121,7 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
 
 
 def check_spaces(data: Transitions, env_id: str) -> None:
-    import gymnasium as gym
-
-    env = gym.make(env_id)
+    env = make_env(env_id)
     o, a = env.observation_space.shape, env.action_space.shape
     if o != (data.obs_dim,) or a != (data.act_dim,):
         raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
@@ -125,7 +132,8 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     policy acts on a batch of states per step (episode i is seeded ``seed + i``)."""
     import gymnasium as gym
 
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(episodes)])
+    make_env(env_id).close()  # a bad id: one clear error here, not inside the vector env
+    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(episodes)])
     obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
     totals = np.zeros(episodes)
     running = np.ones(episodes, dtype=bool)
@@ -140,8 +148,9 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     return totals.tolist()
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns the final summary."""
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
+    """Train (or resume) a run; returns the final summary. ``reenter=False``: a run found finished
+    raises :class:`cdp.runlog.RunFinished` instead (see :func:`cdp.runlog.open_run`)."""
     out = Path(out_dir)
     data, env_from_data = load_dataset(cfg.dataset)
     env_id = cfg.env_id or env_from_data
@@ -150,8 +159,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     check_spaces(data, env_id)
     data = data.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut)
     device = resolve_device(cfg.device)
-
-    with claim_run(out):  # no other process trains this folder meanwhile
+    make_agent(cfg, data.obs_dim, data.act_dim, "cpu")  # a setting the agent rejects: before anything is written
+    seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
+    with open_run(out, asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter):  # claimed, checked
         return _train(cfg, out, data, env_id, device, progress)
 
 
@@ -165,16 +175,14 @@ def transition_tensors(data: Transitions, device: torch.device | str = "cpu") ->
 
 
 def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool) -> dict:
-    """The training loop proper, in a claimed run folder."""
-    save_or_check_config(out, asdict(cfg), budget_key="steps", defaults=dataclass_defaults(TrainConfig))
-
+    """The training loop proper, in a claimed and checked run folder."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
     ckpt = out / "checkpoint.pt"
     state = None
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         agent.load_state_dict(state["agent"])
         rng.bit_generator.state = state["rng"]
         restore_rng_states(state, device)
@@ -227,18 +235,16 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
     """Evaluate a run folder's last checkpoint (on ``device``, default the run's own): mean and
     standard error of return and, where the task has one, of the D4RL-normalised score (the
     reference is named in the result)."""
-    import gymnasium as gym
-
     run = Path(run_dir)
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (needs config.json and checkpoint.pt)")
-    cfg = TrainConfig(**json.loads((run / "config.json").read_text()))
+    cfg = config_from_json(TrainConfig, run / "config.json", "an offline-RL")
     env_id = cfg.env_id or load_dataset(cfg.dataset)[1]
     if env_id is None:
         raise ValueError("the run names no environment")
-    env = gym.make(env_id)
+    env = make_env(env_id)
     agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0], resolve_device(device or cfg.device))
-    agent.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["agent"])
+    agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
     rets = evaluate(agent, env_id, episodes, seed)
     res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
            "return_se": float(np.std(rets) / np.sqrt(episodes))}
@@ -255,7 +261,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
 def record(run_dir: str | Path, results_dir: str | Path) -> Path:
     """The run's record at :meth:`TrainConfig.record_path` (see :func:`cdp.runlog.write_record`)."""
     run = Path(run_dir)
-    return write_record(run, TrainConfig(**json.loads((run / "config.json").read_text())).record_path(results_dir))
+    return write_record(run, config_from_json(TrainConfig, run / "config.json", "an offline-RL").record_path(results_dir))
 
 
 def summarize(out: Path, ref_source: str | None, sec_per_1k: float, train_sec_per_1k: float) -> dict:
