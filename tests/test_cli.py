@@ -68,6 +68,6 @@ def test_bad_cli_arguments(capsys):
 def test_rl_cli_bad_task_is_one_clear_line(capsys):
     assert main(["rl", "train-behaviour", "Hoppper-v5", "--steps", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cdp: error: unknown Gymnasium task 'Hoppper-v5'")
+    assert len(err) == 1 and err[0].startswith("cdp: error: unknown Gymnasium environment 'Hoppper-v5'")
     with pytest.raises(SystemExit):
         main(["rl", "make-data", "Hopper-v5", "novice"])

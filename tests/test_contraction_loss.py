@@ -257,3 +257,56 @@ def test_windowed_term_is_the_mean_over_the_windowed_rows(fused):
     high = torch.full((B,), 0.5, dtype=torch.float64)
     empty = reg.loss(fn, x0, obs, t=high, noise=noise).contraction if fused else reg(fn, a_t, high, cond=obs)
     assert empty.item() == 0.0
+
+
+def test_official_frobenius_is_the_official_mean_over_windowed_rows_and_entries():
+    """The official runs' loss_type="jacobian": ((sym J + 0.1 I)^2).mean() over the windowed rows
+    and the matrix entries, J the x0 network's exact Jacobian, by hand on a tiny network."""
+    from cdp.nets import MLP
+
+    torch.manual_seed(2)
+    net = MLP(3, state_dim=4, hidden=16).double()
+    sch = VPSchedule.discrete_cosine(50)
+    B = 16
+    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
+    obs = torch.randn(B, 4, dtype=torch.float64)
+    noise = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.tensor([1, 3, 5, 6, 20, 50, 2, 9] * 2, dtype=torch.float64) / 50
+    a_t = sch.q_sample(x0, t, noise)
+    rows = [i for i in range(B) if t[i] <= 0.1 + 1e-9]
+    squares = []
+    for i in rows:
+        J = torch.autograd.functional.jacobian(lambda a: net(a[None], t[i:i + 1], obs[i:i + 1])[0], a_t[i])
+        S = 0.5 * (J + J.T) + 0.1 * torch.eye(3, dtype=torch.float64)
+        squares.append(S.pow(2))
+    by_hand = torch.stack(squares).mean()  # over rows and entries, as the official code
+    reg = ContractionRegularizer(sch, "x0", gamma=1.0, margin=0.1, form="official_frobenius", t_max=0.1)
+    assert torch.allclose(reg(net, a_t, t, cond=obs), by_hand, atol=1e-12)
+    assert torch.allclose(reg.loss(net, x0, obs, t=t, noise=noise).contraction, by_hand, atol=1e-12)
+    lit = contraction_loss(net, a_t[rows], t[rows], sch, "x0", margin=0.1, form="literal_frobenius", cond=obs[rows])
+    assert torch.allclose(lit.mean() / 9, by_hand, atol=1e-12)  # D^2 = 9 times smaller than literal_frobenius
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_term_stats_count_the_rows_above_the_floor(fused):
+    from cdp.nets import MLP
+
+    torch.manual_seed(3)
+    net = MLP(3, state_dim=4, hidden=16).double()
+    fn = net if fused else (lambda a, tt, o: net(a, tt, o))
+    sch = VPSchedule.discrete_cosine(50)
+    B = 40
+    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
+    obs = torch.randn(B, 4, dtype=torch.float64)
+    noise = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.randint(1, 8, (B,), generator=torch.Generator().manual_seed(0)).double() / 50  # levels 1-7 of 50
+    a_t = sch.q_sample(x0, t, noise)
+    inside = t <= 0.1 + 1e-9
+    rate = contraction_loss(net, a_t[inside], t[inside], sch, "x0", margin=None, cond=obs[inside]).detach()
+    margin = -float(rate.median())  # a floor that splits the rows (rates here are about -0.99)
+    reg = ContractionRegularizer(sch, "x0", gamma=0.1, margin=margin, t_max=0.1)
+    stats = reg.loss(fn, x0, obs, t=t, noise=noise).stats
+    assert stats["rows"] == int(inside.sum()) > 2
+    assert stats["rate"] == pytest.approx(float(rate.mean()), abs=1e-10)
+    assert stats["active"] == pytest.approx(float((rate > -margin).double().mean()))
+    assert 0 < stats["active"] < 1

@@ -60,7 +60,7 @@ def test_bad_generation_input(tmp_path):
         load_snapshots(tmp_path)
     with pytest.raises(ValueError, match="algo"):
         BehaviourConfig(algo="PPO")
-    with pytest.raises(ValueError, match="unknown Gymnasium task"):
+    with pytest.raises(ValueError, match="unknown Gymnasium environment"):
         generate_episodes("Hoppper-v5", "random", tmp_path, 10)
 
 

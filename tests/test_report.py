@@ -99,6 +99,7 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     runs = load_runs(tmp_path)
     assert {r.gamma for r in runs} == {0.0, 0.1, 1.0}
     assert base_of("cdp-g1") == "edp" and base_of("cdp-unet-g1-mNone") == "dp-unet" and base_of("dp-dit") is None
+    assert base_of("cdp-g1-official_frobenius") == "edp" and base_of("cdp-iql-literal") == "edp-iql"
     lines = cdp_vs_base(runs).splitlines()
     # CDP mean 17, EDP mean 15; s.e. of (13, 21) = 4, of (10, 20) = 5
     assert lines[2].startswith("| cdp vs edp | +2.0 (±4.0 / ±5.0; n 2/2) | +8.4 | 1.00x | 1.14x |")

@@ -119,6 +119,20 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
         T.evaluate_run(tmp_path)
 
 
+@pytest.mark.slow
+def test_official_preset_trains_evaluates_and_resumes(tiny_dataset, tmp_path):
+    import cdp.rl.trainer as T
+
+    out = tmp_path / "run"
+    cfg = dict(algo="cdp", dataset=tiny_dataset, preset="official", batch_size=32, eval_every=4, eval_episodes=1,
+               checkpoint_every=2, log_every=2)
+    assert train(TrainConfig(steps=4, **cfg), out, progress=False)["evals"] == 1
+    assert json.loads((out / "config.json").read_text())["preset"] == "official"
+    assert TrainConfig(steps=4, **cfg).run_name() == "cdp-f1-official-s0"
+    assert train(TrainConfig(steps=6, **cfg), out, progress=False)["step"] == 6  # resumes with a larger budget
+    assert np.isfinite(T.evaluate_run(out, episodes=1)["return_mean"])  # evaluation applies the same transform
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     update = BC.update
 

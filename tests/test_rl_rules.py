@@ -96,3 +96,69 @@ def test_ema_copies_before_its_start_then_averages_every_few_steps():
             assert torch.equal(ema, actor)  # before the start: a copy of the actor
         else:
             assert torch.allclose(ema, 0.75 * before + 0.25 * actor, atol=1e-6)
+
+
+def test_cdp_logs_what_its_term_did_each_update():
+    from cdp.contraction import ContractionConfig
+
+    torch.manual_seed(0)
+    agent = EDP(OBS, ACT, EDPConfig(hidden=16, sample_steps=2, contraction=ContractionConfig(t_max=1.0)))
+    m = agent.update(tiny_batch())
+    assert m["contraction_rows"] == 6 and 0 <= m["contraction_active"] <= 1  # t_max = 1: every row
+    plain = EDP(OBS, ACT, EDPConfig(hidden=16, sample_steps=2)).update(tiny_batch())
+    assert not any(k.startswith("contraction_") for k in plain)
+
+
+def test_official_preset_data_transform_by_hand():
+    from cdp.rl.trainer import DataTransform, TrainConfig
+
+    ep = lambda r, o: {"observations": np.full((3, 2), o, dtype=float), "actions": np.zeros((2, 1)),  # noqa: E731
+                       "rewards": np.array([r, r]), "terminations": np.zeros(2), "truncations": np.array([0, 1])}
+    full = Transitions.from_episodes([ep(1.0, 0.0), ep(3.0, 2.0), ep(2.0, 4.0)])  # returns 2, 6, 4
+    tf = DataTransform.for_run(TrainConfig(algo="cdp", dataset="d", preset="official"), full)
+    assert tf.reward_factor == pytest.approx(1000 / (6 - 2))
+    assert np.allclose(tf.obs_mean, 2.0) and np.allclose(tf.obs_std, np.sqrt(8 / 3), atol=1e-5)
+    out = tf.data(full)
+    assert np.allclose(out.rewards, full.rewards * 250) and np.allclose(out.observations[:2], -2 / np.sqrt(8 / 3), atol=1e-5)
+    assert DataTransform.for_run(TrainConfig(algo="cdp", dataset="d"), full).data(full) is full  # the default: untouched
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig(algo="cdp", dataset="d", preset="paper")
+    with pytest.raises(ValueError, match="not bc's"):
+        TrainConfig(algo="bc", dataset="d", preset="official")
+
+
+def test_official_edp_schedules_and_q_term():
+    torch.manual_seed(0)
+    cfg = EDPConfig.official(steps=20, hidden=16, sample_steps=2, ema_start=6, lr=1e-2)
+    agent = EDP(OBS, ACT, cfg)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    ema0, orders = flat(agent.actor_ema), set()
+    seen = []
+
+    class Record(nn.Module):  # wraps a head, recording what the actor's Q term computed
+        def __init__(self, head, name):
+            super().__init__()
+            self.head, self.name = head, name
+
+        def forward(self, x):
+            out = self.head(x)
+            seen.append((self.name, out.detach().squeeze(-1)))
+            return out
+
+    agent.critic.q1, agent.critic.q2 = Record(agent.critic.q1, 1), Record(agent.critic.q2, 2)
+    for k in range(1, 13):
+        target_before, seen[:] = flat(agent.critic_target), []
+        m = agent.update(tiny_batch(seed=k))
+        # lr: cosine from 1e-2 to 0 over 20 updates
+        assert agent.actor_opt.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 + np.cos(np.pi * k / 20)) / 2)
+        # critic target: 0.995 of the way to the critic every 5 updates, untouched otherwise
+        tgt, crit = flat(agent.critic_target), flat(agent.critic)
+        assert torch.allclose(tgt, 0.005 * target_before + 0.995 * crit, atol=1e-6) if k % 5 == 0 else torch.equal(tgt, target_before)
+        # EMA: held at its initial weights until its first update at or after step 6 (every 5: step 10)
+        assert torch.equal(flat(agent.actor_ema), ema0) == (k < 10)
+        # Q term: -Q_i / mean|Q_j| with (i, j) the order the twins were called in (TD pass first: 2 calls)
+        (i, qi), (j, qj) = seen[-2:]
+        assert {i, j} == {1, 2}
+        orders.add(i)
+        assert m["q_loss"] == pytest.approx(float(-qi.mean() / qj.abs().mean()), rel=1e-5)
+    assert orders == {1, 2}  # either twin leads, by chance

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-cut", default="transitions", choices=["transitions", "trajectories"],
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
+    tr.add_argument("--preset", default="cdp", choices=["cdp", "official"],
+                    help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
+                         "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
+    tr.add_argument("--form", default="eig", choices=["eig", "official_frobenius", "frobenius", "literal",
+                                                       "literal_frobenius"],
+                    help="cdp: the term's form: the paper's eigenvalue hinge, or the official runs' "
+                         "mean((sym J + margin I)^2) (see cdp.contraction.loss)")
     tr.add_argument("--window", default="official", choices=["official", "batch"],
                     help="cdp: the term on rows with t <= 0.1, averaged over them (official), or summed over "
                          "t < 0.1 and divided by the batch (cdp 0.1)")
@@ -210,7 +217,8 @@ def _run(args: argparse.Namespace) -> int:
         from .rl.trainer import TrainConfig, train
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
-                          data_cut=args.data_cut, window=args.window, gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
+                          data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
+                          gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device)
         out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
         summary = train(cfg, out)

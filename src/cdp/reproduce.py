@@ -31,6 +31,10 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "offline_rl_published": ("Offline RL: EDP vs CDP with the term at its published weight, 10% of transitions "
                              "(the paper's first table and its data-scarce claim)",
                              [("rl", "Hopper-v5", "medium-replay")]),
+    "offline_rl_forms": ("Offline RL, 10% of transitions: the paper's hinge beside the official runs' Frobenius form",
+                         [("rl", "Hopper-v5", "medium-replay")]),
+    "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
+                            [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
                    [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
     "offline_rl_baselines": ("Offline RL baselines: BC, DQL, IDQL",

@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -153,15 +153,13 @@ def load_sweep(path: str | Path) -> SweepConfig:
         bad = sorted(set(table) - names)
         if bad:
             raise ValueError(f"{path}: unknown {where} key(s) {bad}; {kind} runs take {sorted(names)}")
-    from dataclasses import MISSING
-
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
     missing = sorted(f.name for f in fields(_config_class(kind))
                      if f.init and f.default is MISSING and f.default_factory is MISSING and f.name not in {*grid, *fixed})
     if missing:
         raise ValueError(f"{path}: {kind} runs need {missing}, in [fixed] or [grid]")
-    for k, v in grid.items():
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ValueError(f"{path}: {both} both fixed and in the grid")

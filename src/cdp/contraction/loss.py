@@ -22,6 +22,10 @@ Forms (per sample, ``S_n = sym J_n``, ``beta`` = ``margin``):
                          contracting data). Kept for ablations.
   ``literal_frobenius``  ``||S_n + beta I||_F^2``: for an x0 network with beta = 0.1 this is
                          D^2 times the official code's default ``mean((sym J_x0 + 0.1 I)^2)``.
+  ``official_frobenius`` ``mean over entries of (S_n + beta I)^2``: the official offline-RL
+                         runs' ``loss_type="jacobian"`` exactly as they normalise it
+                         (``literal_frobenius / D^2``); averaged over the windowed rows by a
+                         regulariser, it is their ``((J_sym + 0.1 I)^2).mean()``.
 
 ``margin=None`` removes the hinge (``eig``/``literal`` return the raw eigenvalue; Frobenius
 forms use beta = 0).
@@ -47,8 +51,10 @@ from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
-Form = Literal["eig", "frobenius", "literal", "literal_frobenius"]
-FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius")
+Form = Literal["eig", "frobenius", "literal", "literal_frobenius", "official_frobenius"]
+FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius", "official_frobenius")
+#: forms that are a hinge on an eigenvalue (``margin`` is their floor); the others use it as beta
+HINGE_FORMS: tuple[str, ...] = ("eig", "literal")
 Window = Literal["official", "batch"]
 WINDOWS: tuple[str, ...] = ("official", "batch")
 
@@ -165,13 +171,14 @@ def _loss(net_fn: NetFn, a_t: Tensor, t: Tensor, conds: tuple[Tensor, ...], sche
     lin = linearize(net, a_t)
     x = lin.x
     B, D = x.shape
+    per_entry = 1.0 / D**2 if form == "official_frobenius" else 1.0
     if D <= exact_max_dim:
         J = lin.jacobian(create_graph=True)
         A = s[:, None, None] * 0.5 * (J + J.transpose(1, 2)) + c[:, None, None] * torch.eye(D, dtype=x.dtype, device=x.device)
-        return A.pow(2).sum((1, 2))
+        return A.pow(2).sum((1, 2)) * per_entry
     # Hutchinson: ||A||_F^2 = E_z |A z|^2 for Rademacher z (E[z z^T] = I).
     z = torch.randint(0, 2, (probes, B, D), generator=generator, device=x.device).to(x.dtype) * 2 - 1
     Jz = torch.stack([lin.jvp(zp, create_graph=True) for zp in z])
     JTz = torch.stack([lin.vjp(zp, create_graph=True) for zp in z])
     Az = c[None, :, None] * z + s[None, :, None] * 0.5 * (Jz + JTz)
-    return Az.pow(2).sum(-1).mean(0)
+    return Az.pow(2).sum(-1).mean(0) * per_entry

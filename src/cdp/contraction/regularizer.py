@@ -13,7 +13,7 @@ or, for score matching and the term together (one fused pass when the network ha
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,7 +22,7 @@ from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denois
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
-from .loss import FORMS, WINDOWS, contraction_loss, in_window
+from .loss import FORMS, HINGE_FORMS, WINDOWS, contraction_loss, in_window
 
 
 @dataclass
@@ -31,6 +31,7 @@ class RegularizedLoss:
 
     denoising: DenoisingOutput  # per-sample denoising loss and the points it used
     contraction: Tensor  # scalar, gamma * mean L_c over the regularised rows (already weighted)
+    stats: dict[str, float] = field(default_factory=dict)  # see ContractionRegularizer.stats
 
     @property
     def total(self) -> Tensor:
@@ -108,14 +109,23 @@ class ContractionRegularizer:
 
     def per_sample(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                    generator: torch.Generator | None = None) -> Tensor:
-        """``L_c`` per sample, ``[min(B, subbatch)]``. ``net_fn(a_t, t, *cond)``."""
+        """``L_c`` per sample, ``[min(B, subbatch)]`` (0 outside the window). ``net_fn(a_t, t, *cond)``."""
+        return self._hinge(self._raw(net_fn, a_t, t, cond, generator))
+
+    def _raw(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond, generator: torch.Generator | None) -> Tensor:
+        """Per sample before the hinge: the rate itself for hinge forms, ``L_c`` for the others."""
         c = self.config
         conds = as_cond_tuple(cond, a_t.shape[0])
         if c.subbatch is not None:
             a_t, t, conds = a_t[: c.subbatch], t[: c.subbatch], tuple(x[: c.subbatch] for x in conds)
-        return contraction_loss(net_fn, a_t, t, self.schedule, self.prediction, c.margin, c.form,  # type: ignore[arg-type]
+        margin = None if c.form in HINGE_FORMS else c.margin  # hinge forms: the floor is applied after
+        return contraction_loss(net_fn, a_t, t, self.schedule, self.prediction, margin, c.form,  # type: ignore[arg-type]
                                 c.method, c.iters, cond=conds, t_max=c.t_max, window=c.window,  # type: ignore[arg-type]
                                 exact_max_dim=c.exact_max_dim, probes=c.probes, generator=generator)
+
+    def _hinge(self, raw: Tensor) -> Tensor:
+        c = self.config
+        return raw.clamp_min(-c.margin) if c.form in HINGE_FORMS and c.margin is not None else raw
 
     def weigh(self, lc: Tensor, rows: int) -> Tensor:
         """``gamma * mean`` of per-row losses ``lc [n]`` of the ``n`` regularised rows out of a
@@ -127,15 +137,33 @@ class ContractionRegularizer:
             return lc.new_zeros(())
         return c.gamma * lc.sum() / (rows if c.window == "batch" and c.t_max is not None else n)
 
+    def stats(self, raw: Tensor) -> dict[str, float]:
+        """What the term did on its ``n`` regularised rows (``raw``: per row before the hinge):
+        ``rows`` = n; for hinge forms also ``active``, the share of rows above the floor
+        ``-margin`` (the rows that carry gradient), and ``rate``, their mean normalised rate
+        ``lambda_max(sym J_F)/|h|`` (for ``eig``). Empty when no row was regularised."""
+        if raw.shape[0] == 0:
+            return {}
+        c, raw = self.config, raw.detach()
+        out = {"rows": float(raw.shape[0])}
+        if c.form in HINGE_FORMS:
+            out["rate"] = float(raw.mean())
+            out["active"] = 1.0 if c.margin is None else float((raw > -c.margin).float().mean())
+        return out
+
+    def _term(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond,
+              generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        raw = self._raw(net_fn, a_t, t, cond, generator)
+        t = torch.as_tensor(t, dtype=a_t.dtype, device=a_t.device).expand(a_t.shape[0])  # a scalar t too
+        keep = in_window(t[: raw.shape[0]], self.config.t_max, self.config.window)
+        return self.weigh(self._hinge(raw[keep]), raw.shape[0]), self.stats(raw[keep])
+
     def __call__(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                  generator: torch.Generator | None = None) -> Tensor:
         """``gamma * mean(L_c)`` over the regularised rows, a scalar to add to the training loss."""
         if self.config.gamma == 0:
             return a_t.new_zeros(())
-        per = self.per_sample(net_fn, a_t, t, cond, generator)
-        t = torch.as_tensor(t, dtype=a_t.dtype, device=a_t.device).expand(a_t.shape[0])  # a scalar t too
-        keep = in_window(t[: per.shape[0]], self.config.t_max, self.config.window)
-        return self.weigh(per[keep], per.shape[0])
+        return self._term(net_fn, a_t, t, cond, generator)[0]
 
     def loss(self, net_fn: NetFn, x0: Tensor, cond: Cond = None, *, t: Tensor | None = None,
              noise: Tensor | None = None, num_steps: int | None = None,
@@ -154,7 +182,9 @@ class ContractionRegularizer:
         if not fusable:
             out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds,  # type: ignore[arg-type]
                                  num_steps=num_steps, generator=generator)
-            return RegularizedLoss(out, self(net_fn, out.a_t, out.t, conds, generator))
+            if c.gamma == 0:
+                return RegularizedLoss(out, out.a_t.new_zeros(()))
+            return RegularizedLoss(out, *self._term(net_fn, out.a_t, out.t, conds, generator))
 
         t, noise, a_t = noisy_batch(x0, self.schedule, t, noise, num_steps, generator)
         rows = B if c.subbatch is None else min(c.subbatch, B)
@@ -185,6 +215,5 @@ class ContractionRegularizer:
             pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=index)
             q = (v * jv.reshape(n, D)).sum(-1)
         lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
-        lc = lam if c.margin is None else lam.clamp_min(-c.margin)
         out = DenoisingOutput(regression_loss(pred, x0, noise, self.prediction), a_t, t, noise, pred)
-        return RegularizedLoss(out, self.weigh(lc, rows))
+        return RegularizedLoss(out, self.weigh(self._hinge(lam), rows), self.stats(lam))

@@ -22,6 +22,7 @@ Evaluation draws ``n_candidates`` actions per state and picks one from
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +60,12 @@ class EDPConfig:
     ema_start: int = 1000
     grad_clip: float | None = None
     n_candidates: int = 100  # evaluation
-    temperature: float | None = None  # None: argmax Q over candidates
+    temperature: float | None = None  # None: argmax Q over candidates; else sample softmax(temperature * min Q)
+    init_noise_scale: float = 1.0  # action selection starts from N(0, scale^2 I) (the official runs: 0.5)
+    q_pair: str = "q1"  # actor's Q term: -Q1 / mean|Q1|, or "random": -Q_i / mean|Q_j|, (i, j) a random order each step
+    lr_decay_steps: int | None = None  # cosine decay of both learning rates to 0 over this many updates
+    target_every: int = 1  # the critic target moves towards the critic by tau every this many updates
+    ema_warmup: str = "copy"  # before ema_start: "copy" the actor into its EMA, or "hold" the EMA's initial weights
     hidden: int = 256
     contraction: ContractionConfig | None = None  # None: EDP; set: CDP
     schedule: VPSchedule = field(init=False, repr=False)
@@ -71,6 +77,12 @@ class EDPConfig:
             raise ValueError(f"critic must be 'td3' or 'iql', got {self.critic!r}")
         if self.q_action not in ("approx", "chain"):
             raise ValueError(f"q_action must be 'approx' or 'chain', got {self.q_action!r}")
+        if self.q_pair not in ("q1", "random"):
+            raise ValueError(f"q_pair must be 'q1' or 'random', got {self.q_pair!r}")
+        if self.ema_warmup not in ("copy", "hold"):
+            raise ValueError(f"ema_warmup must be 'copy' or 'hold', got {self.ema_warmup!r}")
+        if self.target_every < 1 or not 0 < self.tau <= 1 or not self.init_noise_scale > 0:
+            raise ValueError("target_every must be >= 1, tau in (0, 1], init_noise_scale > 0")
         if self.schedule_kind == "cosine":
             self.schedule = VPSchedule.discrete_cosine(self.diffusion_steps)
         elif self.schedule_kind == "linear":
@@ -84,6 +96,17 @@ class EDPConfig:
         sampling over all 5 steps, Q term through the whole chain, 50 candidates at evaluation."""
         kw = dict(prediction="eps", schedule_kind="linear", diffusion_steps=5, sampler="ddpm", sample_steps=5,
                   q_action="chain", n_candidates=50, ema_start=1000, grad_clip=None)
+        return cls(**{**kw, **overrides})
+
+    @classmethod
+    def official(cls, steps: int, **overrides) -> EDPConfig:
+        """The official CDP offline-RL runs' EDP (``scripts/cdp_rl.py`` with ``configs/edp``):
+        cosine decay of both learning rates over the ``steps`` of the run, the Q term on a random
+        ordering of the twins, the critic target moved 0.995 of the way to the critic every 5
+        updates, the EMA held at its initial weights until step 1000, and action selection from
+        noise scaled by 0.5 with one of 100 candidates drawn from softmax(300 * min Q)."""
+        kw = dict(lr_decay_steps=steps, q_pair="random", target_every=5, tau=0.995, ema_warmup="hold",
+                  init_noise_scale=0.5, temperature=300.0, n_candidates=100)
         return cls(**{**kw, **overrides})
 
 
@@ -111,7 +134,7 @@ class EDP(Agent):
     def sample_actions(self, obs: Tensor, ema: bool = True) -> Tensor:
         """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
         net = self.actor_ema if ema else self.actor
-        x_T = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
+        x_T = self.cfg.init_noise_scale * torch.randn(obs.shape[0], self.act_dim, device=obs.device)
         a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
                    self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
@@ -145,9 +168,10 @@ class EDP(Agent):
             critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
         self._step(self.critic_opt, critic_loss, self.critic)
 
+        term_stats: dict[str, float] = {}
         if self.reg is not None:
             out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
-            denoise, contraction = out.denoising, out.contraction
+            denoise, contraction, term_stats = out.denoising, out.contraction, out.stats
         else:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps)
@@ -162,18 +186,33 @@ class EDP(Agent):
                 a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
             else:  # DQL: a full reverse chain with gradients
                 a0_hat = self.sample_actions(s, ema=False)
-            q_pi = self.critic.q1(torch.cat([s, a0_hat], -1)).squeeze(-1)
-            q_loss = -q_pi.mean() / q_pi.abs().mean().detach()
+            x = torch.cat([s, a0_hat], -1)
+            heads = [self.critic.q1, self.critic.q2]
+            if cfg.q_pair == "random" and torch.rand(()) < 0.5:  # the official runs: either twin leads
+                heads.reverse()
+            q_pi = heads[0](x).squeeze(-1)
+            q_norm = q_pi if cfg.q_pair == "q1" else heads[1](x).squeeze(-1)
+            q_loss = -q_pi.mean() / q_norm.abs().mean().detach()
             actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
         self._step(self.actor_opt, actor_loss, self.actor)
 
         self.step += 1
-        self._soft_update(self.critic_target, self.critic, cfg.tau)
+        if cfg.lr_decay_steps:  # a function of the step alone: a resumed run (even with a new budget) follows it
+            frac = min(self.step, cfg.lr_decay_steps) / cfg.lr_decay_steps
+            for opt in (self.actor_opt, self.critic_opt):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        if self.step % cfg.target_every == 0:
+            self._soft_update(self.critic_target, self.critic, cfg.tau)
         if self.step % cfg.ema_every == 0:
-            self._soft_update(self.actor_ema, self.actor, 1.0 if self.step < cfg.ema_start else 1 - cfg.ema_decay)
+            if self.step >= cfg.ema_start:
+                self._soft_update(self.actor_ema, self.actor, 1 - cfg.ema_decay)
+            elif cfg.ema_warmup == "copy":
+                self._soft_update(self.actor_ema, self.actor, 1.0)
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
                 "denoise_loss": denoise.loss.mean().item(), "q_loss": q_loss.item(),
-                "contraction": contraction.detach().item()}
+                "contraction": contraction.detach().item(),
+                **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
 
     def _step(self, opt: torch.optim.Optimizer, loss: Tensor, module: torch.nn.Module) -> None:
         opt.zero_grad(set_to_none=True)

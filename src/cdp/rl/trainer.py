@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import WINDOWS, ContractionConfig, check_weights
+from ..contraction import FORMS, WINDOWS, ContractionConfig, check_weights
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
 from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
@@ -29,6 +29,11 @@ from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
 
 ALGOS = ("bc", "dql", "edp", "idql", "cdp")
+#: "official": the official CDP offline-RL runs' settings (docs/offline_rl.md): observations
+#: normalised by the dataset's mean / std, rewards scaled by 1000 / (spread of episode returns),
+#: and EDP as :meth:`EDPConfig.official` (cosine lr decay over the run, random twin Q term, the
+#: critic target and EMA schedules, action selection from noise x 0.5 and softmax(300 min Q))
+PRESETS = ("cdp", "official")
 
 
 @dataclass
@@ -48,9 +53,11 @@ class TrainConfig:
     gamma: float = 0.1  # cdp only
     t_max: float | None = 0.1  # cdp only: the official offline-RL window (t <= 0.1: 5 of 50 levels)
     window: str = "official"  # cdp only: "official" (mean over the window's rows) or "batch" (cdp 0.1's form)
-    margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge)
+    margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge); beta of Frobenius forms
+    form: str = "eig"  # cdp only: "eig" (the paper's hinge) or "official_frobenius" (the official runs' loss), ...
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
+    preset: str = "cdp"  # edp / cdp: "cdp" (this project's settings) or "official" (the official CDP runs': PRESETS)
 
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
@@ -64,6 +71,10 @@ class TrainConfig:
             name += f"-tmax{self.t_max if self.t_max is None else format(self.t_max, 'g')}"
         if self.algo == "cdp" and self.margin != 0.1:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
+        if self.algo == "cdp" and self.form != "eig":
+            name += f"-{self.form}"
+        if self.preset != "cdp":
+            name += f"-{self.preset}"
         return f"{name}-s{self.seed}"
 
     def dataset_slug(self) -> str:
@@ -86,6 +97,12 @@ class TrainConfig:
             raise ValueError(f"data_cut must be one of {DATA_CUTS}, got {self.data_cut!r}")
         if self.window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.preset == "official" and self.algo not in ("edp", "cdp"):
+            raise ValueError(f"the official preset is the official EDP / CDP runs' settings, not {self.algo}'s")
         check_device_name(self.device)
         check_weights(self.gamma, self.margin)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
@@ -115,9 +132,40 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
         return EDP(obs_dim, act_dim, EDPConfig.dql(), device)
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
-    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, window=cfg.window)
+    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, window=cfg.window, form=cfg.form)
                    if cfg.algo == "cdp" else None)
+    if cfg.preset == "official":
+        return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction), device)
     return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction), device)
+
+
+@dataclass
+class DataTransform:
+    """What a preset does to the data before training, and to observations at evaluation:
+    ``obs -> (obs - obs_mean) / obs_std``, ``reward -> reward * reward_factor``."""
+
+    obs_mean: np.ndarray | None = None
+    obs_std: np.ndarray | None = None
+    reward_factor: float = 1.0
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, full: Transitions) -> DataTransform:
+        """From the whole dataset (before the data cut), as the official runs compute them: the
+        observations' mean / std, and 1000 / (max - min episode return) for the rewards."""
+        if cfg.preset != "official":
+            return cls()
+        rets = full.episode_returns()
+        spread = float(rets.max() - rets.min())
+        return cls(full.observations.mean(0), full.observations.std(0) + 1e-6, 1000.0 / spread if spread > 0 else 1.0)
+
+    def obs(self, x: np.ndarray) -> np.ndarray:
+        return x if self.obs_mean is None else ((x - self.obs_mean) / self.obs_std).astype(np.float32)
+
+    def data(self, d: Transitions) -> Transitions:
+        if self.obs_mean is None and self.reward_factor == 1.0:
+            return d
+        return Transitions(self.obs(d.observations), d.actions, d.rewards * self.reward_factor,
+                           self.obs(d.next_observations), d.terminals, d.timeouts, d.episode)
 
 
 def check_spaces(data: Transitions, env_id: str) -> None:
@@ -127,9 +175,12 @@ def check_spaces(data: Transitions, env_id: str) -> None:
         raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
 
 
-def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> list[float]:
+def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int,
+             transform: DataTransform | None = None) -> list[float]:
     """Returns of ``episodes`` episodes run side by side in a synchronous vector env, so the
-    policy acts on a batch of states per step (episode i is seeded ``seed + i``)."""
+    policy acts on a batch of states per step (episode i is seeded ``seed + i``); the policy
+    sees observations through ``transform`` (the one its training data went through)."""
+    transform = transform or DataTransform()
     import gymnasium as gym
 
     make_env(env_id).close()  # a bad id: one clear error here, not inside the vector env
@@ -140,7 +191,7 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int) -> l
     while running.any():
         act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
         idx = np.flatnonzero(running)
-        act[idx] = agent.act(torch.as_tensor(obs[idx], dtype=torch.float32, device=agent.device)).cpu().numpy()
+        act[idx] = agent.act(torch.as_tensor(transform.obs(obs[idx]), dtype=torch.float32, device=agent.device)).cpu().numpy()
         obs, r, term, trunc, _ = envs.step(act)
         totals += np.where(running, r, 0.0)
         running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
@@ -157,12 +208,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter:
     if env_id is None:
         raise ValueError("the dataset names no environment: pass env_id")
     check_spaces(data, env_id)
-    data = data.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut)
+    transform = DataTransform.for_run(cfg, data)
+    data = transform.data(data.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut))
     device = resolve_device(cfg.device)
     make_agent(cfg, data.obs_dim, data.act_dim, "cpu")  # a setting the agent rejects: before anything is written
     seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
     with open_run(out, asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter):  # claimed, checked
-        return _train(cfg, out, data, env_id, device, progress)
+        return _train(cfg, out, data, env_id, device, progress, transform)
 
 
 def transition_tensors(data: Transitions, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -174,7 +226,8 @@ def transition_tensors(data: Transitions, device: torch.device | str = "cpu") ->
     return {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
 
 
-def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool) -> dict:
+def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool,
+           transform: DataTransform) -> dict:
     """The training loop proper, in a claimed and checked run folder."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -213,7 +266,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
                     logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     with clock.evaluating():
-                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step)
+                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step, transform=transform)
                     row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
                     if ref is not None:
                         scores = [normalized_score(r, ref).value for r in rets]
@@ -240,12 +293,13 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
         raise FileNotFoundError(f"{run} is not a run folder (needs config.json and checkpoint.pt)")
     cfg = config_from_json(TrainConfig, run / "config.json", "an offline-RL")
     env_id = cfg.env_id or load_dataset(cfg.dataset)[1]
+    transform = DataTransform.for_run(cfg, load_dataset(cfg.dataset)[0]) if cfg.preset != "cdp" else DataTransform()
     if env_id is None:
         raise ValueError("the run names no environment")
     env = make_env(env_id)
     agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0], resolve_device(device or cfg.device))
     agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
-    rets = evaluate(agent, env_id, episodes, seed)
+    rets = evaluate(agent, env_id, episodes, seed, transform)
     res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
            "return_se": float(np.std(rets) / np.sqrt(episodes))}
     try:
