@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# One intra-op thread: the suite's networks are small, and on a 2-core machine with a training
+# run on the other core torch's two spinning threads thrash (one test went from 20 s to 555 s).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
