@@ -227,20 +227,24 @@ def test_the_window_keeps_the_official_levels():
         ContractionConfig(window="rows")
 
 
+def tiny_x0_problem(seed: int, B: int):
+    """A small state-conditioned x0 MLP (act 3, obs 4, float64) on a T = 50 cosine schedule, with
+    clean actions, states and noise for a batch of ``B``: ``(net, schedule, x0, obs, noise)``."""
+    from cdp.nets import MLP
+
+    torch.manual_seed(seed)
+    net = MLP(3, state_dim=4, hidden=16).double()
+    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
+    return net, VPSchedule.discrete_cosine(50), x0, torch.randn(B, 4, dtype=torch.float64), torch.randn(B, 3, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_windowed_term_is_the_mean_over_the_windowed_rows(fused):
     """gamma * mean(L_c over the rows in the window), not a sum over the whole batch; 0 when the
     window is empty; window="batch" is the old sum / B."""
-    from cdp.nets import MLP
-
-    torch.manual_seed(1)
-    net = MLP(3, state_dim=4, hidden=16).double()
-    fn = net if fused else (lambda a, tt, o: net(a, tt, o))  # a closure has no forward_jvp: generic path
-    sch = VPSchedule.discrete_cosine(50)
     B = 40
-    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
-    obs = torch.randn(B, 4, dtype=torch.float64)
-    noise = torch.randn(B, 3, dtype=torch.float64)
+    net, sch, x0, obs, noise = tiny_x0_problem(1, B)
+    fn = net if fused else (lambda a, tt, o: net(a, tt, o))  # a closure has no forward_jvp: generic path
     t = torch.tensor([1, 5, 6, 30, 2, 50, 5, 4] * 5, dtype=torch.float64) / 50
     inside = torch.tensor([True, True, False, False, True, False, True, True] * 5)
     a_t = sch.q_sample(x0, t, noise)
@@ -262,15 +266,8 @@ def test_windowed_term_is_the_mean_over_the_windowed_rows(fused):
 def test_official_frobenius_is_the_official_mean_over_windowed_rows_and_entries():
     """The official runs' loss_type="jacobian": ((sym J + 0.1 I)^2).mean() over the windowed rows
     and the matrix entries, J the x0 network's exact Jacobian, by hand on a tiny network."""
-    from cdp.nets import MLP
-
-    torch.manual_seed(2)
-    net = MLP(3, state_dim=4, hidden=16).double()
-    sch = VPSchedule.discrete_cosine(50)
     B = 16
-    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
-    obs = torch.randn(B, 4, dtype=torch.float64)
-    noise = torch.randn(B, 3, dtype=torch.float64)
+    net, sch, x0, obs, noise = tiny_x0_problem(2, B)
     t = torch.tensor([1, 3, 5, 6, 20, 50, 2, 9] * 2, dtype=torch.float64) / 50
     a_t = sch.q_sample(x0, t, noise)
     rows = [i for i in range(B) if t[i] <= 0.1 + 1e-9]
@@ -289,16 +286,9 @@ def test_official_frobenius_is_the_official_mean_over_windowed_rows_and_entries(
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_term_stats_count_the_rows_above_the_floor(fused):
-    from cdp.nets import MLP
-
-    torch.manual_seed(3)
-    net = MLP(3, state_dim=4, hidden=16).double()
-    fn = net if fused else (lambda a, tt, o: net(a, tt, o))
-    sch = VPSchedule.discrete_cosine(50)
     B = 40
-    x0 = torch.rand(B, 3, dtype=torch.float64) * 2 - 1
-    obs = torch.randn(B, 4, dtype=torch.float64)
-    noise = torch.randn(B, 3, dtype=torch.float64)
+    net, sch, x0, obs, noise = tiny_x0_problem(3, B)
+    fn = net if fused else (lambda a, tt, o: net(a, tt, o))
     t = torch.randint(1, 8, (B,), generator=torch.Generator().manual_seed(0)).double() / 50  # levels 1-7 of 50
     a_t = sch.q_sample(x0, t, noise)
     inside = t <= 0.1 + 1e-9

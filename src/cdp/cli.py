@@ -28,6 +28,14 @@ def _positive_int(s: str) -> int:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub-)command's help with :class:`_Help`; sub-parsers take their parent's class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
 def _seed(s: str) -> int:
     v = int(s)
     if v < 0:
@@ -55,13 +63,15 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .contraction import FORMS, WINDOWS
+    from .data import DATA_CUTS
     from .il.tasks import task_names
     from .il.trainer import POLICIES
-    from .rl.trainer import ALGOS
+    from .rl.trainer import ALGOS, PRESETS
 
-    p = argparse.ArgumentParser(prog="cdp", description="Contractive Diffusion Policies", formatter_class=_Help)
+    p = _Parser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", formatter_class=_Help, help="a diffusion policy with and without contraction on 10%% of the demonstrations "
+    d = sub.add_parser("demo", help="a diffusion policy with and without contraction on 10%% of the demonstrations "
                                     "(under 10 minutes on 2 cores), then the term on a 2-D toy")
     d.add_argument("--out", default="runs/demo", help="output folder (a re-run resumes)")
     d.add_argument("--steps", type=_positive_int, default=3000, help="policy training steps")
@@ -72,55 +82,54 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=_seed, default=0, help="toy seed")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    rl = sub.add_parser("rl", formatter_class=_Help, help="offline RL: make datasets (behaviour agents, D4RL-style data), train BC / DQL / EDP / "
+    rl = sub.add_parser("rl", help="offline RL: make datasets (behaviour agents, D4RL-style data), train BC / DQL / EDP / "
                                     "IDQL / CDP, evaluate")
     rls = rl.add_subparsers(dest="rl_command", required=True)
-    tb = rls.add_parser("train-behaviour", formatter_class=_Help, help="train (or resume) an SB3 SAC behaviour agent with snapshots")
+    tb = rls.add_parser("train-behaviour", help="train (or resume) an SB3 SAC behaviour agent with snapshots")
     tb.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
     tb.add_argument("--steps", type=_positive_int, default=300_000, help="environment steps")
     tb.add_argument("--snapshot-every", type=_positive_int, default=20_000, help="save and score the actor every this many steps")
     tb.add_argument("--seed", type=_seed, default=0, help="SAC seed")
     tb.add_argument("--out", default=None, help="agent folder (default data/agents/<task>-sac-s<seed>)")
-    md = rls.add_parser("make-data", formatter_class=_Help, help="roll a D4RL-style dataset from the agent's snapshots into Minari")
+    md = rls.add_parser("make-data", help="roll a D4RL-style dataset from the agent's snapshots into Minari")
     md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
     md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"], help="D4RL-style quality")
     md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
     md.add_argument("--seed", type=_seed, default=0, help="rollout seed")
     md.add_argument("--overwrite", action="store_true", help="replace a dataset of that id in the local store")
-    tr = rls.add_parser("train", formatter_class=_Help, help="train BC / EDP / CDP on an offline dataset (resumable)")
+    tr = rls.add_parser("train", help="train BC / EDP / CDP on an offline dataset (resumable)")
     tr.add_argument("algo", choices=ALGOS, help="the algorithm (cdp = edp + the contraction term)")
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
-    tr.add_argument("--data-cut", default="transitions", choices=["transitions", "trajectories"],
+    tr.add_argument("--data-cut", default="transitions", choices=DATA_CUTS,
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
-    tr.add_argument("--preset", default="cdp", choices=["cdp", "official"],
+    tr.add_argument("--preset", default="cdp", choices=PRESETS,
                     help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
                          "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
-    tr.add_argument("--form", default="eig", choices=["eig", "official_frobenius", "frobenius", "literal",
-                                                       "literal_frobenius"],
+    tr.add_argument("--form", default="eig", choices=FORMS,
                     help="cdp: the term's form: the paper's eigenvalue hinge, or the official runs' "
                          "mean((sym J + margin I)^2) (see cdp.contraction.loss)")
-    tr.add_argument("--window", default="official", choices=["official", "batch"],
+    tr.add_argument("--window", default="official", choices=WINDOWS,
                     help="cdp: the term on rows with t <= 0.1, averaged over them (official), or summed over "
                          "t < 0.1 and divided by the batch (cdp 0.1)")
     _run_options(tr, "the data (see --data-cut)", "cdp", steps=100_000, episodes=10,
                  out="runs/rl/<dataset>/<algo>-f<fraction>-s<seed>")
-    ev = rls.add_parser("eval", formatter_class=_Help, help="evaluate a run folder's last checkpoint")
+    ev = rls.add_parser("eval", help="evaluate a run folder's last checkpoint")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10, help="evaluation episodes")
     ev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
-    il = sub.add_parser("il", formatter_class=_Help, help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
+    il = sub.add_parser("il", help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
     ils = il.add_subparsers(dest="il_command", required=True)
-    imd = ils.add_parser("make-data", formatter_class=_Help, help="scripted demonstrations in robomimic's HDF5 layout")
+    imd = ils.add_parser("make-data", help="scripted demonstrations in robomimic's HDF5 layout")
     imd.add_argument("task", help="imitation task, e.g. reach")
     imd.add_argument("quality", choices=["ph", "mh"], help="ph: one proficient operator; mh: mixed skill")
     imd.add_argument("--demos", type=_positive_int, default=200, help="demonstrations to record")
     imd.add_argument("--seed", type=_seed, default=0, help="seed of the scripted demonstrator")
     imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
-    itr = ils.add_parser("train", formatter_class=_Help, help="train a policy on demonstrations (resumable)")
+    itr = ils.add_parser("train", help="train a policy on demonstrations (resumable)")
     itr.add_argument("policy", choices=POLICIES, help="the policy (cdp-* = dp-* + the contraction term)")
     itr.add_argument("--task", required=True, choices=task_names(), help="the task the demonstrations are of")
     itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
@@ -129,33 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--sample-steps", type=_positive_int, default=10, help="sampler steps per action chunk")
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
-    iev = ils.add_parser("eval", formatter_class=_Help, help="success rate of a run folder's saved policy")
+    iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
     iev.add_argument("--episodes", type=_positive_int, default=50, help="evaluation rollouts")
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
     iev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
 
-    rp = sub.add_parser("report", formatter_class=_Help, help="markdown tables and learning curves from per-run records")
+    rp = sub.add_parser("report", help="markdown tables and learning curves from per-run records")
     rp.add_argument("results", nargs="?", help="folder of per-run records, e.g. results/rl/offline_rl_50k")
     rp.add_argument("--out", default=None, help="where report.md and the plots go (default: the results folder)")
     rp.add_argument("--sync", metavar="FILE", default=None,
                     help="instead: rewrite the tables quoted in FILE (<!-- report: ... --> blocks) from the records")
     rp.add_argument("--check", action="store_true", help="with --sync: change nothing, exit 1 if a table is stale")
 
-    dg = sub.add_parser("diagnose", formatter_class=_Help, help="contraction diagnostics of trained diffusion policies, side by side")
+    dg = sub.add_parser("diagnose", help="contraction diagnostics of trained diffusion policies, side by side")
     dg.add_argument("runs", nargs="+", help="run folders (offline-RL diffusion agents or imitation diffusion policies)")
     dg.add_argument("--out", default="runs/diagnostics", help="where diagnostics.json / .png go")
     dg.add_argument("--states", type=_positive_int, default=16, help="dataset states to probe")
     dg.add_argument("--steps", type=_positive_int, default=400, help="RK4 steps of the probability-flow ODE (log-SNR grid)")
 
-    rp = sub.add_parser("reproduce", formatter_class=_Help, help="the paper's tables and 10%%-data ablation at this machine's scale "
+    rp = sub.add_parser("reproduce", help="the paper's tables and 10%%-data ablation at this machine's scale "
                                           "(every bundled study, resumable; hours: see --quick)")
     rp.add_argument("--quick", action="store_true", help="every study shrunk (steps / 25, one seed): a pipeline check")
     rp.add_argument("--only", nargs="+", default=None, help="study names (default: all)")
     rp.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: each study's)")
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
-    sw = sub.add_parser("sweep", formatter_class=_Help, help="run a grid of training runs, one process each, resumable")
+    sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", nargs="+",
                     help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
                          "study (offline_rl, imitation_lift, ...); several share one queue, in order")

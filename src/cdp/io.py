@@ -90,7 +90,7 @@ def config_from_json(cls: type, path: str | Path, kind: str) -> object:
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: empty or not a run config")
     names = {f.name for f in fields(cls)}
-    unknown, missing = sorted(set(raw) - names), sorted(f.name for f in fields(cls) if f.name not in raw and _required(f))
+    unknown, missing = sorted(set(raw) - names), sorted(set(required_fields(cls)) - set(raw))
     if unknown or missing:
         raise ValueError(f"{path}: not the config of {kind} run (unknown keys {unknown}, missing {missing})")
     try:
@@ -100,10 +100,13 @@ def config_from_json(cls: type, path: str | Path, kind: str) -> object:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _required(f) -> bool:
-    from dataclasses import MISSING
+def required_fields(cls: type) -> list[str]:
+    """The fields of dataclass ``cls`` a caller must give (no default): the complement of
+    :func:`dataclass_defaults`."""
+    from dataclasses import fields
 
-    return f.default is MISSING and f.default_factory is MISSING and f.init
+    defaults = dataclass_defaults(cls)
+    return [f.name for f in fields(cls) if f.init and f.name not in defaults]
 
 
 def _matches(value: object, tp: object) -> bool:

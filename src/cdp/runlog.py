@@ -75,6 +75,18 @@ def _lock_exclusive(path: Path, fcntl) -> int:
         os.close(fd)  # the previous holder removed it between our open and our lock
 
 
+def finished_in_folder(out: Path, steps: int) -> dict | None:
+    """The run folder's ``summary.json`` if it says the run reached ``steps``, else None (also
+    for a damaged one: the run rewrites it from its checkpoint when it ends)."""
+    from .io import read_json
+
+    try:
+        summary = read_json(out / "summary.json", "run summary")
+    except (FileNotFoundError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("step", -1) >= steps else None
+
+
 class RunFinished(RunBusy):
     """The run folder holds a finished run (another process finished it meanwhile)."""
 
@@ -92,13 +104,8 @@ def open_run(out: Path, config: dict, defaults: dict, data_fingerprint: str, ree
     fresh = not out.exists()
     with claim_run(out):
         try:
-            if not reenter and (out / "summary.json").is_file():
-                try:
-                    done = read_json(out / "summary.json", "run summary")
-                except ValueError:
-                    done = {}
-                if isinstance(done, dict) and done.get("step", -1) >= config["steps"]:
-                    raise RunFinished(f"{out} was finished by another process meanwhile")
+            if not reenter and finished_in_folder(out, config["steps"]) is not None:
+                raise RunFinished(f"{out} was finished by another process meanwhile")
             save_or_check_config(out, config, budget_key="steps", defaults=defaults)
             seen = out / "data.json"
             if seen.is_file():

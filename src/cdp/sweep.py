@@ -37,14 +37,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .io import check_types, read_json
-from .runlog import RunBusy, RunInterrupted, run_holder
+from .io import check_types, read_json, required_fields
+from .runlog import RunBusy, RunInterrupted, finished_in_folder, run_holder
 from .runtime import tune_allocator
 
 KINDS = ("rl", "il")
@@ -156,8 +156,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
-    missing = sorted(f.name for f in fields(_config_class(kind))
-                     if f.init and f.default is MISSING and f.default_factory is MISSING and f.name not in {*grid, *fixed})
+    missing = sorted(set(required_fields(_config_class(kind))) - {*grid, *fixed})
     if missing:
         raise ValueError(f"{path}: {kind} runs need {missing}, in [fixed] or [grid]")
     both = sorted(set(grid) & set(fixed))
@@ -188,14 +187,9 @@ def finished_summary(job: Job) -> dict | None:
     job's full budget, or else the job's committed record (``results``) at that budget for the same
     config, so a fresh clone, or another machine, does not train a recorded run again. The device
     a run trained on is not part of the comparison."""
-    p = Path(job.out) / "summary.json"
-    if p.is_file():
-        try:
-            summary = read_json(p, "run summary")
-        except ValueError:  # damaged: not finished; the run rewrites it when it ends (from its checkpoint)
-            summary = {}
-        if isinstance(summary, dict) and summary.get("step", -1) >= job.config["steps"]:
-            return summary
+    summary = finished_in_folder(Path(job.out), job.config["steps"])
+    if summary is not None:
+        return summary
     rec = job.record_path()
     if rec is None or not rec.is_file():
         return None

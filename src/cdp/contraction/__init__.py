@@ -3,7 +3,7 @@
 from .diagnostics import lambda_max_along, separation_and_bound
 from .eig import EIG_METHODS, EigMethod, jacobian, max_sym_eig
 from .loss import FORMS, WINDOWS, Form, contraction_loss, in_window
-from .regularizer import ContractionConfig, ContractionRegularizer, check_weights
+from .regularizer import ContractionConfig, ContractionRegularizer
 
 __all__ = [
     "max_sym_eig", "jacobian", "EIG_METHODS", "EigMethod",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import ContractionConfig, check_weights
+from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
@@ -82,11 +82,15 @@ class ILTrainConfig:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         check_device_name(self.device)
-        check_weights(self.gamma, self.margin)
+        self.contraction_config()  # gamma, margin, t_max, sub-batch: checked as the term checks them
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         self.unet_dims = tuple(self.unet_dims)
+
+    def contraction_config(self) -> ContractionConfig:
+        """The term's settings (``cdp-*`` policies use them; checked for every policy)."""
+        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, subbatch=self.contraction_subbatch)
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
@@ -109,8 +113,7 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
         return DBC(DBCConfig(**base, pretrain_steps=cfg.dbc_pretrain_steps, dit_width=cfg.dit_width,
                              dit_depth=cfg.dit_depth))
     backbone = cfg.policy.split("-")[1]
-    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, subbatch=cfg.contraction_subbatch)
-                   if cfg.policy.startswith("cdp") else None)
+    contraction = cfg.contraction_config() if cfg.policy.startswith("cdp") else None
     return DiffusionPolicy(DiffusionPolicyConfig(**base, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
                                                  backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
@@ -184,8 +187,11 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reente
     task = get_task(cfg.task)
     demos = load_demos(cfg, task)  # bad data fails here, before anything is written
     device = resolve_device(cfg.device)
-    seen = fingerprint([a for name in sorted(demos.demos) for d in [demos.demos[name]]
-                        for a in [*(d.obs[k] for k in sorted(d.obs)), d.actions]])
+    arrays = []
+    for name in sorted(demos.demos):  # every demo's observation streams and actions, in a fixed order
+        demo = demos.demos[name]
+        arrays += [*(demo.obs[k] for k in sorted(demo.obs)), demo.actions]
+    seen = fingerprint(arrays)
     with open_run(out, asdict(cfg), dataclass_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
         return _train(cfg, out, task, demos, device, progress)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..contraction import FORMS, WINDOWS, ContractionConfig, check_weights
+from ..contraction import ContractionConfig
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
 from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
@@ -77,6 +77,11 @@ class TrainConfig:
             name += f"-{self.preset}"
         return f"{name}-s{self.seed}"
 
+    def contraction_config(self) -> ContractionConfig:
+        """The term's settings (``cdp`` uses them; checked for every algorithm)."""
+        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, window=self.window,
+                                 form=self.form)
+
     def dataset_slug(self) -> str:
         """The dataset as one folder name: a Minari id with ``/`` as ``_``; a file by its name
         alone, so a relative and an absolute path to it name the same folder."""
@@ -95,16 +100,12 @@ class TrainConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.data_cut not in DATA_CUTS:
             raise ValueError(f"data_cut must be one of {DATA_CUTS}, got {self.data_cut!r}")
-        if self.window not in WINDOWS:
-            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
-        if self.form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        self.contraction_config()  # gamma, margin, t_max, window, form: checked as the term checks them
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.preset == "official" and self.algo not in ("edp", "cdp"):
             raise ValueError(f"the official preset is the official EDP / CDP runs' settings, not {self.algo}'s")
         check_device_name(self.device)
-        check_weights(self.gamma, self.margin)
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
@@ -132,8 +133,7 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
         return EDP(obs_dim, act_dim, EDPConfig.dql(), device)
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
-    contraction = (ContractionConfig(gamma=cfg.gamma, t_max=cfg.t_max, margin=cfg.margin, window=cfg.window, form=cfg.form)
-                   if cfg.algo == "cdp" else None)
+    contraction = cfg.contraction_config() if cfg.algo == "cdp" else None
     if cfg.preset == "official":
         return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction), device)
     return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction), device)
@@ -292,8 +292,9 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (needs config.json and checkpoint.pt)")
     cfg = config_from_json(TrainConfig, run / "config.json", "an offline-RL")
-    env_id = cfg.env_id or load_dataset(cfg.dataset)[1]
-    transform = DataTransform.for_run(cfg, load_dataset(cfg.dataset)[0]) if cfg.preset != "cdp" else DataTransform()
+    data, data_env = load_dataset(cfg.dataset) if cfg.env_id is None or cfg.preset != "cdp" else (None, None)
+    env_id = cfg.env_id or data_env
+    transform = DataTransform.for_run(cfg, data) if data is not None else DataTransform()
     if env_id is None:
         raise ValueError("the run names no environment")
     env = make_env(env_id)
