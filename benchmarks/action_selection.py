@@ -10,6 +10,8 @@ Median over repeats, ms, ``torch.inference_mode``. With ``--bf16`` each row is a
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` in the same run (CPUs with AMX / AVX-512 BF16
 run bf16 matmuls several times faster; the sampled actions then carry bf16 rounding).
 
+On a CUDA device each row is also timed replayed as a CUDA graph (cdp.capture.GraphedCall).
+
     python benchmarks/action_selection.py [--quick] [--bf16] [--device cuda]
 """
 
@@ -20,6 +22,8 @@ import statistics
 
 import torch
 from _common import ms_per_call, parse
+
+from cdp.capture import GraphedCall, graphs_available
 
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
 from cdp.rl.edp import EDP, EDPConfig
@@ -37,13 +41,23 @@ def main() -> None:
     reps = 5 if args.quick else 20
     dev = args.device
     print(f"{header}; median ms per call\n")
+    graphs = graphs_available(dev) and not args.bf16
     if args.bf16:
         print("| policy | states | candidates / chunk | ms | bf16 autocast ms | speed-up |\n|---|---:|---|---:|---:|---:|")
+    elif graphs:
+        print("| policy | states | candidates / chunk | eager ms | graphed ms | speed-up |\n|---|---:|---|---:|---:|---:|")
     else:
         print("| policy | states | candidates / chunk | ms |\n|---|---:|---|---:|")
 
-    def cells(fn) -> str:
+    def cells(f, x) -> str:
+        fn = lambda: f(x)  # noqa: E731
         fp32 = median_ms(fn, reps, dev)
+        if graphs:
+            graphed = GraphedCall(f)
+            for _ in range(3):  # 2 eager warm-up calls, then recording
+                graphed(x)
+            g = median_ms(lambda: graphed(x), reps, dev)
+            return f"{fp32:.1f} | {g:.2f} | {fp32 / g:.1f}x |"
         if not args.bf16:
             return f"{fp32:.1f} |"
         with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -56,7 +70,7 @@ def main() -> None:
             agent = EDP(11, 3, EDPConfig(n_candidates=n_cand), dev)
             for states in (1, 10):
                 obs = torch.randn(states, 11, device=dev)
-                print(f"| EDP/CDP MLP (hopper 11/3) | {states} | {n_cand} candidates | {cells(lambda: agent.act(obs))}",
+                print(f"| EDP/CDP MLP (hopper 11/3) | {states} | {n_cand} candidates | {cells(agent.act, obs)}",
                       flush=True)
         for d in (7, 2):
             for name, kw in (("UNet 32-64-128", dict(backbone="unet", unet_dims=(32, 64, 128))),
@@ -64,7 +78,7 @@ def main() -> None:
                 pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=19, action_dim=d, **kw)).to(dev)
                 for states in (1, 50):
                     obs = torch.randn(states, 2, 19, device=dev)
-                    print(f"| DP {name} | {states} | 16 x {d} chunk | {cells(lambda: pol.predict_chunk(obs))}", flush=True)
+                    print(f"| DP {name} | {states} | 16 x {d} chunk | {cells(pol.predict_chunk, obs)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Imitation training step (forward + backward + AdamW) per backbone, with and without the
-contraction term (full batch and a 16-sample sub-batch), as ratios measured in one run, and the
-latency of predicting one action chunk (DDIM, 10 steps) for one state.
+"""Imitation training step (forward + backward + AdamW + EMA, as the trainer runs it) per
+backbone, with and without the contraction term (full batch and a 16-sample sub-batch), as
+ratios measured in one run, and the latency of predicting one action chunk (DDIM, 10 steps)
+for one state. On a CUDA device every step is also timed replayed as one CUDA graph
+(cdp.capture.GraphedUpdate) and the chunk as a graphed call.
 
     python benchmarks/il_step.py [--quick] [--batch 128] [--action-dim 2] [--device cuda]
 """
@@ -10,11 +12,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import copy
+
 import torch
 from _common import ms_per_call, parse
 
+from cdp.capture import GraphedCall, GraphedUpdate, graphs_available
 from cdp.contraction import ContractionConfig
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
+from cdp.il.trainer import PolicyStep
 
 BACKBONES = {
     "UNet 32-64-128": dict(backbone="unet", unet_dims=(32, 64, 128)),
@@ -35,35 +41,51 @@ def main() -> None:
     B, d, obs_dim = args.batch, args.action_dim, 7
     print(f"{header}; batch {B}, chunk 16 x {d}; "
           f"median ms per training step; chunk latency for one state (DDIM 10 steps)\n")
-    print("| backbone | variant | ms/step | ratio to DP | chunk latency (ms) |\n|---|---|---:|---:|---:|")
     dev = args.device
-    obs, act = torch.randn(B, 2, obs_dim, device=dev), torch.rand(B, 16, d, device=dev) * 2 - 1
+    graphs = graphs_available(dev)
+    if graphs:
+        print("| backbone | variant | eager ms | graphed ms | graph speed-up | eager / DP | graphed / graphed DP "
+              "| chunk latency eager / graphed (ms) |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("| backbone | variant | ms/step | ratio to DP | chunk latency (ms) |\n|---|---|---:|---:|---:|")
+    batch = {"obs": torch.randn(B, 2, obs_dim, device=dev), "act": torch.rand(B, 16, d, device=dev) * 2 - 1}
     for name, kw in BACKBONES.items():
         torch.manual_seed(0)
-        pols = {k: DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=obs_dim, action_dim=d, contraction=c, **kw)).to(dev)
-                for k, c in VARIANTS.items()}
-        opts = {k: torch.optim.AdamW(p.parameters(), 1e-4) for k, p in pols.items()}
-
-        def step(k: str) -> None:
-            loss = pols[k].compute_loss(obs, act)["loss"]
-            opts[k].zero_grad()
-            loss.backward()
-            opts[k].step()
-
-        for k in pols:
-            step(k)
-        times: dict[str, list[float]] = {k: [] for k in pols}
+        fns = {}
+        for k, c in VARIANTS.items():
+            for mode in ("eager", "graphed") if graphs else ("eager",):
+                pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=obs_dim, action_dim=d, contraction=c,
+                                                            **kw)).to(dev)
+                step = PolicyStep(pol, copy.deepcopy(pol).requires_grad_(False), torch.optim.AdamW(pol.parameters(), 1e-4))
+                fns[(k, mode)] = GraphedUpdate(step) if mode == "graphed" else step.update
+        for fn in fns.values():
+            for _ in range(5):  # graphs: 3 eager warm-up steps, then recording
+                fn(batch)
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
         for _ in range(rounds):
-            for k in pols:
-                times[k].append(ms_per_call(lambda: step(k), inner, dev))
+            for k, fn in fns.items():
+                times[k].append(ms_per_call(lambda: fn(batch), inner, dev))
         med = {k: statistics.median(v) for k, v in times.items()}
-        one = obs[:1]
+        one = batch["obs"][:1]
+        pol = DiffusionPolicy(DiffusionPolicyConfig(obs_keys=["x"], obs_dim=obs_dim, action_dim=d, **kw)).to(dev)
         with torch.inference_mode():
-            pols["DP"].predict_chunk(one)
-            lat = ms_per_call(lambda: pols["DP"].predict_chunk(one), 10, dev)
-        for k, v in med.items():
-            print(f"| {name} | {k} | {v:.0f} | {v / med['DP']:.2f}x | {lat if k == 'DP' else float('nan'):.1f} |"
-                  .replace("| nan |", "| |"), flush=True)
+            pol.predict_chunk(one)
+            lat = ms_per_call(lambda: pol.predict_chunk(one), 10, dev)
+            if graphs:
+                chunk = GraphedCall(pol.predict_chunk)
+                for _ in range(3):
+                    chunk(one)
+                lat_g = ms_per_call(lambda: chunk(one), 10, dev)
+        for k in VARIANTS:
+            e = med[(k, "eager")]
+            if graphs:
+                g = med[(k, "graphed")]
+                lats = f"{lat:.1f} / {lat_g:.1f}" if k == "DP" else ""
+                print(f"| {name} | {k} | {e:.1f} | {g:.1f} | {e / g:.1f}x | {e / med[('DP', 'eager')]:.2f}x "
+                      f"| {g / med[('DP', 'graphed')]:.2f}x | {lats} |", flush=True)
+            else:
+                print(f"| {name} | {k} | {e:.0f} | {e / med[('DP', 'eager')]:.2f}x | {f'{lat:.1f}' if k == 'DP' else ''} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

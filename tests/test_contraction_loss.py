@@ -300,3 +300,61 @@ def test_term_stats_count_the_rows_above_the_floor(fused):
     assert stats["rate"] == pytest.approx(float(rate.mean()), abs=1e-10)
     assert stats["active"] == pytest.approx(float((rate > -margin).double().mean()))
     assert 0 < stats["active"] < 1
+
+
+@pytest.mark.parametrize("overrides", [{"t_max": 0.1}, {"t_max": 0.1, "window": "batch"}, {"t_max": 0.1, "subbatch": 25},
+                                       {}, {"t_max": 0.1, "margin": None}])
+@pytest.mark.parametrize("single_pass_rows", [0, 10**9])
+def test_fixed_shape_term_equals_the_gathered_one(overrides, single_pass_rows):
+    """static=True (every row through the fused pass, the window as a mask: what a CUDA graph
+    records) gives the gathered path's term, parameter gradients and stats; 0 on an empty window."""
+    B = 40
+    net, sch, x0, obs, noise = tiny_x0_problem(4, B)
+    t = torch.tensor([1, 5, 6, 30, 2, 50, 5, 4] * 5, dtype=torch.float64) / 50
+    reg = ContractionRegularizer(sch, "x0", gamma=0.3, **overrides)
+    reg.single_pass_rows = single_pass_rows
+    got = {}
+    for static in (False, True):
+        out = reg.loss(net, x0, obs, t=t, noise=noise, static=static)
+        grads = torch.autograd.grad(out.total, list(net.parameters()))
+        got[static] = out, grads
+    (g, gg), (s, sg) = got[False], got[True]
+    assert abs(g.contraction.item()) > 1e-4
+    assert torch.allclose(s.contraction, g.contraction, atol=1e-12)
+    assert torch.allclose(s.denoising.loss, g.denoising.loss, atol=1e-12)
+    for a, b in zip(gg, sg):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert g.stats.keys() == s.stats.keys()
+    for k in g.stats:
+        assert float(s.stats[k]) == pytest.approx(float(g.stats[k]), abs=1e-10)
+    if "t_max" in overrides:
+        high = torch.full((B,), 0.5, dtype=torch.float64)
+        empty = reg.loss(net, x0, obs, t=high, noise=noise, static=True)
+        assert empty.contraction.item() == 0.0 and float(empty.stats["rows"]) == 0.0
+
+
+def test_top_eigenvector_by_squaring_matches_eigh():
+    """The graph-safe solver (no host reads) against LAPACK: spectra whose most negative eigenvalue
+    dominates, a near-degenerate top pair, a multiple of I, float64 and float32."""
+    from cdp.contraction.eig import top_eigvec_exact, top_eigvec_squaring
+
+    g = torch.Generator().manual_seed(0)
+    for D in (2, 3, 6, 8):
+        Q = torch.linalg.qr(torch.randn(200, D, D, dtype=torch.float64, generator=g))[0]
+        ev = torch.randn(200, D, dtype=torch.float64, generator=g) * 3
+        ev[:, 0] -= 60 * torch.rand(200, dtype=torch.float64, generator=g)  # a dominant negative eigenvalue
+        ev[:50, 1] = ev[:50].max(1).values - 1e-4  # a near-degenerate top pair
+        S = Q @ torch.diag_embed(ev) @ Q.transpose(1, 2)
+        top, v = top_eigvec_squaring(S)
+        ref = torch.linalg.eigvalsh(S)[:, -1]
+        assert torch.allclose(top, ref, rtol=1e-8, atol=1e-8)
+        assert torch.allclose(v.norm(dim=1), torch.ones(200, dtype=torch.float64))
+        assert torch.allclose(torch.einsum("bij,bj->bi", S, v), top[:, None] * v, atol=1e-3)  # an eigenvector
+        top32 = top_eigvec_squaring(S.float())[0]
+        assert torch.allclose(top32.double(), ref, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(top_eigvec_exact(S, solver="squaring")[0], top_eigvec_exact(S, solver="eigh")[0], atol=1e-8)
+    I = 2.5 * torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
+    top, v = top_eigvec_squaring(I)
+    assert torch.allclose(top, torch.full((3,), 2.5, dtype=torch.float64)) and torch.isfinite(v).all()
+    with pytest.raises(ValueError, match="solver must be"):
+        top_eigvec_exact(I, solver="qr")

@@ -6,10 +6,14 @@ agent's update and action selection, an imitation policy, and a run trained on t
 resumed on the CPU.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from conftest import random_sym_spectrum_map
+
+from cdp.capture import GraphedCall, GraphedUpdate, host_floats
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -55,22 +59,9 @@ def test_fused_contraction_loss_and_its_gradient_equal_the_cpu(prediction):
 
 @pytest.mark.parametrize("algo", ["bc", "edp", "cdp", "dql", "idql"])
 def test_agents_update_and_act_on_the_gpu(algo):
-    from cdp.contraction import ContractionConfig
-    from cdp.rl.bc import BC, BCConfig
-    from cdp.rl.edp import EDP, EDPConfig
-    from cdp.rl.iql import IDQL, IDQLConfig
-
-    small = dict(hidden=32, sample_steps=3, n_candidates=5)
-    agent = {"bc": lambda: BC(11, 3, BCConfig(hidden=32), CUDA),
-             "edp": lambda: EDP(11, 3, EDPConfig(**small), CUDA),
-             "cdp": lambda: EDP(11, 3, EDPConfig(contraction=ContractionConfig(gamma=0.1, t_max=0.5), **small), CUDA),
-             "dql": lambda: EDP(11, 3, EDPConfig.dql(hidden=32), CUDA),
-             "idql": lambda: IDQL(11, 3, IDQLConfig(**small), CUDA)}[algo]()
-    g = torch.Generator().manual_seed(0)
-    batch = {"obs": torch.randn(64, 11, generator=g), "act": torch.rand(64, 3, generator=g) * 2 - 1,
-             "rew": torch.randn(64, generator=g), "next_obs": torch.randn(64, 11, generator=g), "done": torch.zeros(64)}
-    batch = {k: v.to(CUDA) for k, v in batch.items()}
-    hist = [agent.update(batch) for _ in range(60)]
+    agent = small_agent(algo)
+    batch = gpu_batch(0)
+    hist = [host_floats(agent.update(batch)) for _ in range(60)]
     assert all(np.isfinite(v) for h in hist for v in h.values())
     if algo == "cdp":
         assert any(h["contraction"] != 0.0 for h in hist)  # the term ran
@@ -111,3 +102,89 @@ def test_a_run_trained_on_the_gpu_resumes_on_the_cpu(tiny_dataset, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 8 and summary["evals"] == 2
     assert [(leg["from"], leg["to"], leg["where"].split()[0]) for leg in summary["legs"]] == [(0, 4, "cuda"), (4, 8, "cpu")]
+
+
+def small_agent(algo: str):
+    from cdp.contraction import ContractionConfig
+    from cdp.rl.bc import BC, BCConfig
+    from cdp.rl.edp import EDP, EDPConfig
+    from cdp.rl.iql import IDQL, IDQLConfig
+
+    small = dict(hidden=32, sample_steps=3, n_candidates=5)
+    return {"bc": lambda: BC(11, 3, BCConfig(hidden=32), CUDA),
+            "edp": lambda: EDP(11, 3, EDPConfig(**small), CUDA),
+            "cdp": lambda: EDP(11, 3, EDPConfig(contraction=ContractionConfig(t_max=0.1), **small), CUDA),
+            "cdp-every-t": lambda: EDP(11, 3, EDPConfig(contraction=ContractionConfig(), **small), CUDA),
+            "cdp-official": lambda: EDP(11, 3, EDPConfig.official(20, contraction=ContractionConfig(t_max=0.1), **small), CUDA),
+            "edp-iql": lambda: EDP(11, 3, EDPConfig(critic="iql", **small), CUDA),
+            "dql": lambda: EDP(11, 3, EDPConfig.dql(hidden=32), CUDA),
+            "idql": lambda: IDQL(11, 3, IDQLConfig(contraction=ContractionConfig(t_max=0.1), **small), CUDA)}[algo]()
+
+
+def gpu_batch(seed: int, n: int = 64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    b = {"obs": torch.randn(n, 11, generator=g), "act": torch.rand(n, 3, generator=g) * 2 - 1,
+         "rew": torch.randn(n, generator=g), "next_obs": torch.randn(n, 11, generator=g),
+         "done": (torch.rand(n, generator=g) < 0.1).float()}
+    return {k: v.to(CUDA) for k, v in b.items()}
+
+
+@pytest.mark.parametrize("algo", ["bc", "edp", "cdp", "cdp-every-t", "cdp-official", "edp-iql", "dql", "idql"])
+def test_a_graphed_update_equals_the_eager_one(algo):
+    """GraphedUpdate (3 eager warm-up steps, then one recorded graph replayed) trains as the eager
+    update does from the same weights and generator states: the same losses at every step and the
+    same weights after 10 steps, to float tolerance (the term's window is a mask in the graph and a
+    gather eagerly: sums in another order)."""
+    eager = small_agent(algo)
+    graphed = copy.deepcopy(eager)
+    step = GraphedUpdate(graphed)
+    batches = [gpu_batch(k) for k in range(10)]
+    runs = {}
+    for name, fn in (("eager", eager.update), ("graphed", step)):
+        torch.manual_seed(1), torch.cuda.manual_seed(1)
+        runs[name] = [host_floats(fn(b)) for b in batches]
+    assert step.graph is not None and graphed.step == eager.step == 10
+    for me, mg in zip(runs["eager"], runs["graphed"]):
+        assert me.keys() <= mg.keys()
+        for k in me:
+            assert mg[k] == pytest.approx(me[k], rel=1e-3, abs=1e-5), k
+    if algo.startswith("cdp"):
+        assert any(m["contraction"] != 0 for m in runs["graphed"][3:])  # the term ran inside the graph
+    for k in eager.state_keys():
+        a, b = getattr(eager, k), getattr(graphed, k)
+        if isinstance(a, torch.nn.Module):
+            for x, y in zip(a.parameters(), b.parameters()):
+                assert torch.allclose(x, y, atol=2e-4, rtol=1e-3), k
+
+
+@pytest.mark.parametrize("temperature", [None, 300.0])
+def test_graphed_action_selection_draws_what_eager_selection_draws(temperature):
+    from cdp.rl.edp import EDP, EDPConfig
+
+    agent = EDP(11, 3, EDPConfig(hidden=32, n_candidates=50, temperature=temperature), CUDA)
+    obs = torch.randn(6, 11, device=CUDA)
+    torch.cuda.manual_seed(3)
+    eager = [agent.act(obs) for _ in range(5)]
+    torch.cuda.manual_seed(3)
+    act = GraphedCall(agent.act)
+    graphed = [act(obs) for _ in range(5)]
+    assert len(act.graphs) == 1
+    assert not torch.equal(eager[3], eager[4])  # fresh noise every call, in the graph too
+    for e, g in zip(eager, graphed):
+        assert torch.allclose(e, g, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_graphed_run_resumes_eagerly_on_the_cpu(tiny_dataset, tmp_path):
+    """A run trained under graphs on the GPU (its optimiser capturable, its lr a tensor) resumes
+    on the CPU: the checkpoint holds a portable optimiser state."""
+    import json
+
+    from cdp.cli import main
+
+    run = tmp_path / "run"
+    args = ["rl", "train", "cdp", "--dataset", tiny_dataset, "--eval-every", "6", "--eval-episodes", "2",
+            "--out", str(run)]
+    assert main([*args, "--steps", "6", "--device", "cuda"]) == 0
+    assert main([*args, "--steps", "9", "--device", "cpu"]) == 0
+    assert json.loads((run / "summary.json").read_text())["step"] == 9

@@ -138,7 +138,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_d
 
     def update_nan_at_5(self, batch):
         out = update(self, batch)
-        return {**out, "loss": float("nan")} if self.step == 5 else out
+        return {**out, "loss": torch.tensor(float("nan"))} if self.step == 5 else out
 
     monkeypatch.setattr(BC, "update", update_nan_at_5)
     out = tmp_path / "run"

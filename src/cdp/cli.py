@@ -58,6 +58,9 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
     p.add_argument("--eval-episodes", type=_positive_int, default=episodes, help="episodes per evaluation")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the data cut, initialisation and sampling")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
+    p.add_argument("--eager", action="store_true",
+                   help="on a CUDA device, run every training step eagerly instead of replaying it as a CUDA graph "
+                        "(the CPU always runs eagerly)")
     p.add_argument("--out", default=None, help=f"run folder (default {out})")
     p.add_argument("--results", default=None, help="also write a small per-run record under this folder")
 
@@ -228,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
-                          eval_episodes=args.eval_episodes, seed=args.seed, device=args.device)
+                          eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, graphs=not args.eager)
         out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
         summary = train(cfg, out)
         print(json.dumps(summary, indent=2))
@@ -253,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
                              filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                             device=args.device)
+                             device=args.device, graphs=not args.eager)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")

@@ -24,7 +24,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 
 def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defaults: dict | None = None,
-                         free: tuple[str, ...] = ("device",)) -> None:
+                         free: tuple[str, ...] = ("device", "graphs")) -> None:
     """Write ``folder/config.json``; if one is there (a run being resumed), it must match
     ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget) and
     the ``free`` keys (where it runs, not what it computes). A key the stored config lacks (a

@@ -34,6 +34,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..capture import capturing
+
 EigMethod = Literal["auto", "exact", "power", "lanczos"]
 EIG_METHODS: tuple[str, ...] = ("auto", "exact", "power", "lanczos")
 
@@ -62,7 +64,7 @@ def check_input(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be [B, *shape] with B >= 1 and a non-empty shape, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
-    if not torch.isfinite(x).all():
+    if not capturing() and not torch.isfinite(x).all():  # a host read: not while a graph records
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -191,11 +193,50 @@ def unit_tangents(x: Tensor) -> Tensor:
     return torch.eye(D, dtype=x.dtype, device=x.device).unsqueeze(1).expand(D, B, D)
 
 
-def top_eigvec_exact(J: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(top eigenvalue [B], unit eigenvector [B, D])`` of ``scale * sym(J)``, ``J [B, D, D]``."""
+def top_eigvec_exact(J: Tensor, scale: Tensor | None = None, solver: str = "auto") -> tuple[Tensor, Tensor]:
+    """``(top eigenvalue [B], unit eigenvector [B, D])`` of ``scale * sym(J)``, ``J [B, D, D]``.
+
+    ``solver``: ``"eigh"`` (LAPACK / cuSOLVER), ``"squaring"`` (:func:`top_eigvec_squaring`: no
+    host synchronisation, so it runs inside a CUDA graph), ``"auto"``: squaring on a GPU, eigh
+    elsewhere (``torch.linalg.eigh`` checks its error codes on the host after every call, which
+    on a GPU waits for the queue and cannot be captured)."""
     S = 0.5 * (J + J.transpose(1, 2))
-    evals, evecs = torch.linalg.eigh(S if scale is None else scale[:, None, None] * S)
+    S = S if scale is None else scale[:, None, None] * S
+    if solver == "auto":
+        solver = "eigh" if S.device.type == "cpu" else "squaring"
+    if solver == "squaring":
+        return top_eigvec_squaring(S)
+    if solver != "eigh":
+        raise ValueError(f"solver must be 'auto', 'eigh' or 'squaring', got {solver!r}")
+    evals, evecs = torch.linalg.eigh(S)
     return evals[:, -1], evecs[:, :, -1]
+
+
+def top_eigvec_squaring(S: Tensor, squarings: int = 24) -> tuple[Tensor, Tensor]:
+    """Top eigenpair of small symmetric matrices ``S [B, D, D]`` with tensor ops only (no data-
+    dependent shapes or host reads).
+
+    Shifted by a Gershgorin lower bound ``c <= lambda_min`` (less a small margin),
+    ``M = S - c I`` is positive semi-definite with ``lambda_max - c`` its largest eigenvalue, so
+    ``M^(2^k) / ||M^(2^k)||`` (``k`` normalised squarings) tends to ``u u^T`` for the top
+    eigenvector ``u``: its largest column, normalised, is ``+-u``. The error falls like
+    ``(mu_2 / mu_1)^(2^k)``, ``mu_i`` the shifted eigenvalues; a gap below float precision
+    leaves a vector of the near-degenerate top space, whose Rayleigh quotient is still the top
+    eigenvalue to that precision. Returns ``(v^T S v [B], v [B, D])``."""
+    B, D = S.shape[0], S.shape[-1]
+    eye = torch.eye(D, dtype=S.dtype, device=S.device)
+    radius = (S.abs() * (1 - eye)).sum(-1)
+    c = (S.diagonal(dim1=1, dim2=2) - radius).amin(-1)
+    scale = S.abs().amax((1, 2)).clamp_min(torch.finfo(S.dtype).tiny)
+    M = S - (c - 1e-3 * scale)[:, None, None] * eye  # the margin keeps M != 0 for S = a I
+    tiny = torch.finfo(S.dtype).tiny
+    for _ in range(squarings):
+        M = M / M.abs().amax((1, 2), keepdim=True).clamp_min(tiny)
+        M = M @ M
+    col = M.norm(dim=1)  # [B, D]: column norms
+    v = M.gather(2, col.argmax(-1)[:, None, None].expand(B, D, 1)).squeeze(2)
+    v = _normalize(v)
+    return torch.einsum("bi,bij,bj->b", v, S, v), v
 
 
 class SymJacobian:
@@ -231,7 +272,7 @@ def power_top_eigvec(mv: Callable[[Tensor], Tensor], x: Tensor, iters: int,
     v = _power(mv, _randn_like(x, generator), iters)
     mu = _rayleigh(mv, v)
     neg = mu < 0
-    if neg.any():
+    if capturing() or neg.any():  # recording a graph: no host read, the second phase always runs
         # A negative eigenvalue dominates: on S - mu I (mu ~ lambda_min) the top eigenvalue is
         # lambda_max - mu >= 0 and dominates. Samples with mu >= 0 keep their vector.
         w = _power(mv, _randn_like(x, generator), iters, shift=torch.where(neg, mu, torch.zeros_like(mu)))
@@ -263,7 +304,7 @@ def lanczos_top_eigvec(mv: Callable[[Tensor], Tensor], x: Tensor, iters: int,
         b = w.norm(dim=-1)
         scale = torch.maximum(a.abs(), Tm[:, j, j - 1].abs() if j > 0 else a.abs()).clamp_min(1.0)
         broke = b <= tol * scale
-        if broke.any():
+        if capturing() or broke.any():  # recording a graph: no host read, the restart vector always drawn
             r = _randn_like(x, generator)
             for _ in range(2):
                 r = r - torch.einsum("bk,bkd->bd", torch.einsum("bkd,bd->bk", Q[:, : j + 1], r), Q[:, : j + 1])
@@ -272,8 +313,8 @@ def lanczos_top_eigvec(mv: Callable[[Tensor], Tensor], x: Tensor, iters: int,
         Tm[:, j, j + 1] = b
         Tm[:, j + 1, j] = b
         q = _normalize(w)
-    evals, evecs = torch.linalg.eigh(Tm)
-    return evals[:, -1], _normalize(torch.einsum("bkd,bk->bd", Q, evecs[:, :, -1]))
+    top, y = top_eigvec_exact(Tm)  # Tm is symmetric: its own symmetric part
+    return top, _normalize(torch.einsum("bkd,bk->bd", Q, y))
 
 
 def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -331,6 +372,6 @@ def max_sym_eig(
         lam = lam if scale is None else scale * lam
     else:
         lam = lam.detach()
-    if not torch.isfinite(lam).all():
+    if not capturing() and not torch.isfinite(lam).all():
         raise FloatingPointError("max_sym_eig: non-finite eigenvalue (fn produced NaN/inf derivatives)")
     return (lam, v.reshape(x.shape)) if return_vector else lam

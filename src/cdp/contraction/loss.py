@@ -47,6 +47,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..capture import capturing
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
@@ -113,13 +114,19 @@ def contraction_loss(
         t = t.expand(B)
     if t.shape != (B,):
         raise ValueError(f"t must be a scalar or [B] = [{B}], got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all() or (t <= 0).any() or (t > 1).any():
+    if not capturing() and (not torch.isfinite(t).all() or (t <= 0).any() or (t > 1).any()):
         raise ValueError("t must be finite and in (0, 1]")
     resolve_method(method, a_t[0].numel(), exact_max_dim)  # validate the name early
 
     conds = as_cond_tuple(cond, B)
 
     keep = in_window(t, t_max, window)
+    if t_max is not None and capturing():
+        # fixed shapes: every row computed, those outside zeroed (random search starts are drawn
+        # for every row, so a Lanczos / power estimate differs from the eager one by its own noise)
+        lc = _loss(net_fn, a_t, t, conds, schedule, prediction, margin, form, method, iters, exact_max_dim, probes,
+                   generator)
+        return torch.where(keep, lc, torch.zeros_like(lc))
     if t_max is not None:
         out = a_t.new_zeros(B)
         if keep.any():

@@ -21,6 +21,7 @@ from torch import Tensor
 from ..diffusion.loss import DenoisingOutput, check_trainable_prediction, denoising_loss, noisy_batch, regression_loss
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
+from ..capture import capturing
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
 from .loss import FORMS, HINGE_FORMS, WINDOWS, contraction_loss, in_window
 
@@ -31,7 +32,7 @@ class RegularizedLoss:
 
     denoising: DenoisingOutput  # per-sample denoising loss and the points it used
     contraction: Tensor  # scalar, gamma * mean L_c over the regularised rows (already weighted)
-    stats: dict[str, float] = field(default_factory=dict)  # see ContractionRegularizer.stats
+    stats: dict[str, Tensor] = field(default_factory=dict)  # 0-d tensors, see ContractionRegularizer.stats
 
     @property
     def total(self) -> Tensor:
@@ -127,28 +128,38 @@ class ContractionRegularizer:
         c = self.config
         return raw.clamp_min(-c.margin) if c.form in HINGE_FORMS and c.margin is not None else raw
 
-    def weigh(self, lc: Tensor, rows: int) -> Tensor:
+    def weigh(self, lc: Tensor, rows: int, keep: Tensor | None = None) -> Tensor:
         """``gamma * mean`` of per-row losses ``lc [n]`` of the ``n`` regularised rows out of a
         (sub-)batch of ``rows``: over the ``n`` rows (0 when n = 0), or over ``rows`` with
-        ``window="batch"``."""
+        ``window="batch"``. With a mask ``keep [n]`` the regularised rows are those it marks
+        (the same value with fixed shapes: what a CUDA graph needs)."""
         c = self.config
+        if keep is not None:
+            total = torch.where(keep, lc, torch.zeros_like(lc)).sum()
+            if c.window == "batch" and c.t_max is not None:
+                return c.gamma * total / rows
+            return c.gamma * total / keep.sum().clamp_min(1).to(lc.dtype)
         n = lc.shape[0]
         if n == 0:
             return lc.new_zeros(())
         return c.gamma * lc.sum() / (rows if c.window == "batch" and c.t_max is not None else n)
 
-    def stats(self, raw: Tensor) -> dict[str, float]:
-        """What the term did on its ``n`` regularised rows (``raw``: per row before the hinge):
-        ``rows`` = n; for hinge forms also ``active``, the share of rows above the floor
-        ``-margin`` (the rows that carry gradient), and ``rate``, their mean normalised rate
-        ``lambda_max(sym J_F)/|h|`` (for ``eig``). Empty when no row was regularised."""
+    def stats(self, raw: Tensor, keep: Tensor | None = None) -> dict[str, Tensor]:
+        """What the term did on its ``n`` regularised rows (``raw``: per row before the hinge;
+        with a mask ``keep``, the rows it marks), as 0-d tensors: ``rows`` = n; for hinge
+        forms also ``active``, the share of rows above the floor ``-margin`` (the rows that
+        carry gradient), and ``rate``, their mean normalised rate ``lambda_max(sym J_F)/|h|``
+        (for ``eig``); 0 when the mask marks none. Empty when no row was regularised."""
         if raw.shape[0] == 0:
             return {}
         c, raw = self.config, raw.detach()
-        out = {"rows": float(raw.shape[0])}
+        w = torch.ones_like(raw) if keep is None else keep.to(raw.dtype)
+        n = w.sum()
+        out = {"rows": n}
         if c.form in HINGE_FORMS:
-            out["rate"] = float(raw.mean())
-            out["active"] = 1.0 if c.margin is None else float((raw > -c.margin).float().mean())
+            out["rate"] = (w * torch.where(w > 0, raw, torch.zeros_like(raw))).sum() / n.clamp_min(1)
+            above = (raw > -c.margin).to(raw.dtype) if c.margin is not None else torch.ones_like(raw)
+            out["active"] = (w * above).sum() / n.clamp_min(1)
         return out
 
     def _term(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond,
@@ -156,6 +167,8 @@ class ContractionRegularizer:
         raw = self._raw(net_fn, a_t, t, cond, generator)
         t = torch.as_tensor(t, dtype=a_t.dtype, device=a_t.device).expand(a_t.shape[0])  # a scalar t too
         keep = in_window(t[: raw.shape[0]], self.config.t_max, self.config.window)
+        if capturing():  # fixed shapes: the window as a mask
+            return self.weigh(self._hinge(raw), raw.shape[0], keep), self.stats(raw, keep)
         return self.weigh(self._hinge(raw[keep]), raw.shape[0]), self.stats(raw[keep])
 
     def __call__(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
@@ -167,12 +180,16 @@ class ContractionRegularizer:
 
     def loss(self, net_fn: NetFn, x0: Tensor, cond: Cond = None, *, t: Tensor | None = None,
              noise: Tensor | None = None, num_steps: int | None = None,
-             generator: torch.Generator | None = None) -> RegularizedLoss:
+             generator: torch.Generator | None = None, static: bool | None = None) -> RegularizedLoss:
         """Denoising loss on clean actions ``x0 [B, ...]`` plus ``gamma * mean L_c`` at the same
         ``(a_t, t)``. Same values as :func:`denoising_loss` followed by ``self(...)``; when
         ``net_fn`` has ``forward_jvp`` and the term is the exact eigenvalue hinge, both come from
         one forward pass: the eigenvector is found on the (sub-)batch without a graph, then one
-        pass gives the network output for every row and ``J v`` for the regularised rows."""
+        pass gives the network output for every row and ``J v`` for the regularised rows.
+
+        ``static``: compute the fused term on every row of the (sub-)batch and average over the
+        window by a mask (fixed shapes, no host reads: what a CUDA graph records) instead of
+        gathering the rows inside it; the same value. Default: while a graph is recorded."""
         check_trainable_prediction(self.prediction)
         B = x0.shape[0] if x0.ndim else 0
         conds = as_cond_tuple(cond, B)
@@ -189,17 +206,23 @@ class ContractionRegularizer:
         t, noise, a_t = noisy_batch(x0, self.schedule, t, noise, num_steps, generator)
         rows = B if c.subbatch is None else min(c.subbatch, B)
         idx = torch.arange(rows, device=x0.device)
-        if c.t_max is not None:
+        keep = None
+        if static is None:
+            static = capturing()
+        if static:  # fixed shapes: every row of the (sub-)batch, the window as a mask
+            keep = in_window(t[:rows], c.t_max, c.window)
+        elif c.t_max is not None:
             idx = idx[in_window(t[:rows], c.t_max, c.window)]
-        if idx.numel() == 0:
-            out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
-            return RegularizedLoss(out, a_t.new_zeros(()))
-        n, D = idx.numel(), x0[0].numel()
-        ts = t[idx]
+            if idx.numel() == 0:
+                out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
+                return RegularizedLoss(out, a_t.new_zeros(()))
+        n, D = idx.shape[0], x0[0].numel()
+        ts = t[idx] if n < B else t
         f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)
         sgn = torch.sign(h).to(x0.dtype)
-        basis = unit_tangents(a_t[idx].reshape(n, D)).reshape(D, n, *x0.shape[1:])
         index = None if n == B else idx  # every row regularised: the network's pass needs no gather
+        a_rows = a_t if index is None else a_t[idx]
+        basis = unit_tangents(a_rows.reshape(n, D)).reshape(D, n, *x0.shape[1:])
         if n * D <= self.single_pass_rows:
             # small: one pass with all D tangents; J keeps its graph, v comes from its values
             pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=index)
@@ -209,11 +232,11 @@ class ContractionRegularizer:
         else:
             # large: search without a graph, then one pass with the single tangent v
             with torch.no_grad():
-                sub = tuple(x[idx] for x in conds)  # only this graph-free search pass runs on the rows alone
-                jt = net_fn.forward_jvp(a_t[idx], ts, *sub, tangent=basis)[1]
+                sub = conds if index is None else tuple(x[idx] for x in conds)  # this graph-free pass runs on the rows alone
+                jt = net_fn.forward_jvp(a_rows, ts, *sub, tangent=basis)[1]
                 v = top_eigvec_exact(jt.reshape(D, n, D).permute(1, 2, 0), sgn)[1]
             pred, jv = net_fn.forward_jvp(a_t, t, *conds, tangent=v.reshape(1, n, *x0.shape[1:]), index=index)
             q = (v * jv.reshape(n, D)).sum(-1)
         lam = (f / h.abs()).to(x0.dtype) + sgn * q  # Hellmann-Feynman: v^T J v with v held fixed
         out = DenoisingOutput(regression_loss(pred, x0, noise, self.prediction), a_t, t, noise, pred)
-        return RegularizedLoss(out, self.weigh(self._hinge(lam), rows), self.stats(lam))
+        return RegularizedLoss(out, self.weigh(self._hinge(lam), rows, keep), self.stats(lam, keep))

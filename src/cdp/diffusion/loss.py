@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..capture import capturing
 from .parameterization import Cond, NetFn, as_cond_tuple
 from .schedule import Prediction, VPSchedule, check_prediction
 
@@ -34,7 +35,7 @@ def noisy_batch(
     """Checked ``(t [B], noise [B, ...], a_t [B, ...])`` for clean actions ``x0 [B, ...]``."""
     if x0.ndim < 2:
         raise ValueError(f"x0 must be [B, ...] with at least 2 dims, got shape {tuple(x0.shape)}")
-    if not torch.isfinite(x0).all():
+    if not capturing() and not torch.isfinite(x0).all():  # a host read: not while a graph records
         raise ValueError("x0 contains NaN or inf")
     B = x0.shape[0]
     if t is None:

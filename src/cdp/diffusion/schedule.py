@@ -65,7 +65,8 @@ class VPSchedule:
     cosine_t_scale: float = 0.9946
     log_alpha_knots: tuple[float, ...] | None = None  # discrete only: log alpha(i/T), i = 0..T
     _knots: Tensor | None = field(default=None, init=False, repr=False, compare=False)
-    # samplers memoise their time grids and (alpha, sigma) tables here, keyed by every parameter
+    # samplers memoise their time grids and (alpha, sigma) tables here, keyed by every parameter;
+    # the discrete knots are kept here per device and dtype
     _grid_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -221,8 +222,15 @@ class VPSchedule:
         return (self.cosine_t_scale * t + self.cosine_s) / (1 + self.cosine_s) * math.pi / 2
 
     def _knots_like(self, t: Tensor) -> Tensor:
+        """The knots on ``t``'s device and dtype, copied there once (a host-to-GPU copy per call
+        would wait for the GPU, and cannot run inside a CUDA graph)."""
         assert self._knots is not None
-        return self._knots.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float32)
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+        key = ("knots", t.device, dtype)
+        hit = self._grid_cache.get(key)
+        if hit is None:
+            hit = self._grid_cache[key] = self._knots.to(device=t.device, dtype=dtype)
+        return hit
 
 
 def _tensor(t: Tensor | float) -> Tensor:

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..capture import GraphedUpdate, graphs_available, host_floats, portable_state
 from ..contraction import ContractionConfig
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
+from ..update import Update, soft_update, zero_step
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
@@ -72,6 +74,7 @@ class ILTrainConfig:
     n_action_steps: int = 8  # Ta, diffusion policies
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
+    graphs: bool = True  # dp-* / cdp-* on a CUDA device: each step replayed as a CUDA graph (cdp.capture)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -196,6 +199,30 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reente
         return _train(cfg, out, task, demos, device, progress)
 
 
+class PolicyStep(Update):
+    """One imitation training step in the three parts of :class:`cdp.update.Update`: ``compute``
+    is the loss, its backward pass and the optimiser step; ``advance`` moves the step and the EMA
+    copy (Diffusion Policy's warm-up decay, a function of the step)."""
+
+    def __init__(self, policy: ChunkPolicy, ema: ChunkPolicy, opt: torch.optim.Optimizer, step: int = 0,
+                 ema_power: float = 0.75, ema_max: float = 0.9999) -> None:
+        self.policy, self.ema, self.opt, self.step = policy, ema, opt, step
+        self.ema_power, self.ema_max = ema_power, ema_max
+        self.device = next(policy.parameters()).device
+
+    def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        losses = self.policy.compute_loss(batch["obs"], batch["act"])
+        zero_step(self.opt, losses["loss"])
+        return {k: v.detach() for k, v in losses.items()}
+
+    def advance(self) -> None:
+        self.step += 1
+        soft_update(self.ema, self.policy, 1 - _ema_decay(self.step, self.ema_power, self.ema_max))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt]
+
+
 def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, device: torch.device, progress: bool) -> dict:
     """The training loop proper, in a claimed and checked run folder."""
     torch.manual_seed(cfg.seed)
@@ -218,12 +245,16 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         rng.bit_generator.state = state["rng"]
         restore_rng_states(state, device)
 
+    trainer = PolicyStep(policy, ema, opt, step, cfg.ema_power, cfg.ema_max)
+    update = trainer.update
+    if cfg.graphs and isinstance(policy, DiffusionPolicy) and graphs_available(device):
+        update = GraphedUpdate(trainer)
     logs = RunLogs(out, step)
     clock = RunClock(state, step, where_label(device))
     eval_envs: list = []
 
     def save() -> None:
-        save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": portable_state(opt),
                                "step": step, "rng": rng.bit_generator.state, **rng_states(device),
                                **clock.state(step)})
 
@@ -233,17 +264,9 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         try:
             while step < cfg.steps:
                 obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
-                losses = policy.compute_loss(obs.to(device), act.to(device))
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                check_finite(step + 1, values, ckpt)
-                opt.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                opt.step()
-                step += 1
-                with torch.no_grad():
-                    d = _ema_decay(step, cfg.ema_power, cfg.ema_max)
-                    for pe, p in zip(ema.parameters(), policy.parameters()):
-                        pe.lerp_(p, 1 - d)
+                values = host_floats(update({"obs": obs.to(device), "act": act.to(device)}))
+                step = trainer.step
+                check_finite(step, values, ckpt)  # before any save: a checkpoint on disk predates the bad step
                 bar.update(1)
                 if step % cfg.log_every == 0:
                     logs.log("train", step, values, seconds=time.perf_counter() - clock.t0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..update import zero_step
 from .agent import Agent
 from .critics import mlp
 
@@ -28,13 +29,10 @@ class BC(Agent):
     def act(self, obs: Tensor) -> Tensor:
         return torch.tanh(self.policy(obs))
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         loss = (torch.tanh(self.policy(batch["obs"])) - batch["act"]).pow(2).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step += 1
-        return {"bc_loss": loss.item()}
+        zero_step(self.opt, loss)
+        return {"bc_loss": loss.detach()}
 
     def state_keys(self) -> list[str]:
         return ["policy", "opt"]

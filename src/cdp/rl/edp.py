@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..capture import set_lr
 from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, denoising_loss, sample, to_x0
 from ..nets import MLPDenoiser
-from .agent import Agent
+from ..update import soft_update, zero_step
+from .agent import Agent, draw_one
 from .critics import TwinQ
 from .iql import IQLCritic
 
@@ -128,6 +130,7 @@ class EDP(Agent):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         self.reg = (ContractionRegularizer(cfg.schedule, cfg.prediction, cfg.contraction)  # type: ignore[arg-type]
                     if cfg.contraction is not None and cfg.contraction.gamma > 0 else None)
+        self._swap = torch.zeros((), dtype=torch.bool, device=self.device)  # q_pair "random": this step's coin
         self.step = 0
 
     # ------------------------------------------------------------------ sampling
@@ -149,26 +152,30 @@ class EDP(Agent):
         if self.cfg.temperature is None:
             idx = q.argmax(1)
         else:
-            idx = torch.multinomial(torch.softmax(self.cfg.temperature * q, 1), 1).squeeze(1)
+            idx = draw_one(torch.softmax(self.cfg.temperature * q, 1))
         return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     # ------------------------------------------------------------------ update
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def prepare(self) -> None:
+        if self.cfg.q_pair == "random":  # the official runs: either twin leads, a host coin per step
+            self._swap.fill_(bool(torch.rand(()) < 0.5))
+
+    def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
 
         if cfg.critic == "iql":  # in-sample: no policy actions in the critic's targets
             v_loss, critic_loss = self.iql.losses(s, a, r, s2, d)
-            self._step(self.v_opt, v_loss, self.iql.v)
+            zero_step(self.v_opt, v_loss, cfg.grad_clip, list(self.iql.v.parameters()))
         else:
             with torch.no_grad():
                 a2 = self.sample_actions(s2)
                 y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
             q1, q2 = self.critic(s, a)
             critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
-        self._step(self.critic_opt, critic_loss, self.critic)
+        zero_step(self.critic_opt, critic_loss, cfg.grad_clip, list(self.critic.parameters()))
 
-        term_stats: dict[str, float] = {}
+        term_stats: dict[str, Tensor] = {}
         if self.reg is not None:
             out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
             denoise, contraction, term_stats = out.denoising, out.contraction, out.stats
@@ -187,45 +194,34 @@ class EDP(Agent):
             else:  # DQL: a full reverse chain with gradients
                 a0_hat = self.sample_actions(s, ema=False)
             x = torch.cat([s, a0_hat], -1)
-            heads = [self.critic.q1, self.critic.q2]
-            if cfg.q_pair == "random" and torch.rand(()) < 0.5:  # the official runs: either twin leads
-                heads.reverse()
-            q_pi = heads[0](x).squeeze(-1)
-            q_norm = q_pi if cfg.q_pair == "q1" else heads[1](x).squeeze(-1)
+            q_pi = self.critic.q1(x).squeeze(-1)
+            if cfg.q_pair == "q1":
+                q_norm = q_pi
+            else:  # lead and normaliser swap with the step's coin (a device flag: no host branch)
+                q_other = self.critic.q2(x).squeeze(-1)
+                q_pi, q_norm = torch.where(self._swap, q_other, q_pi), torch.where(self._swap, q_pi, q_other)
             q_loss = -q_pi.mean() / q_norm.abs().mean().detach()
             actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
-        self._step(self.actor_opt, actor_loss, self.actor)
+        zero_step(self.actor_opt, actor_loss, cfg.grad_clip, list(self.actor.parameters()))
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "denoise_loss": denoise.loss.mean().detach(), "q_loss": q_loss.detach(),
+                "contraction": contraction.detach(),
+                **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
 
+    def advance(self) -> None:
+        cfg = self.cfg
         self.step += 1
         if cfg.lr_decay_steps:  # a function of the step alone: a resumed run (even with a new budget) follows it
             frac = min(self.step, cfg.lr_decay_steps) / cfg.lr_decay_steps
             for opt in (self.actor_opt, self.critic_opt):
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+                set_lr(opt, cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)))
         if self.step % cfg.target_every == 0:
-            self._soft_update(self.critic_target, self.critic, cfg.tau)
+            soft_update(self.critic_target, self.critic, cfg.tau)
         if self.step % cfg.ema_every == 0:
             if self.step >= cfg.ema_start:
-                self._soft_update(self.actor_ema, self.actor, 1 - cfg.ema_decay)
+                soft_update(self.actor_ema, self.actor, 1 - cfg.ema_decay)
             elif cfg.ema_warmup == "copy":
-                self._soft_update(self.actor_ema, self.actor, 1.0)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "denoise_loss": denoise.loss.mean().item(), "q_loss": q_loss.item(),
-                "contraction": contraction.detach().item(),
-                **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
-
-    def _step(self, opt: torch.optim.Optimizer, loss: Tensor, module: torch.nn.Module) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
-        opt.step()
-
-    @staticmethod
-    @torch.no_grad()
-    def _soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-        for tp, sp in zip(target.parameters(), source.parameters()):
-            tp.lerp_(sp, tau)
+                soft_update(self.actor_ema, self.actor, 1.0)
 
     # ------------------------------------------------------------------ checkpoints
     def state_keys(self) -> list[str]:

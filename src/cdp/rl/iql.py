@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, denoising_loss, sample
 from ..nets import MLPDenoiser
-from .agent import Agent
+from ..update import soft_update, zero_step
+from .agent import Agent, draw_one
 from .critics import TwinQ, mlp
 
 
@@ -53,8 +54,7 @@ class IQLCritic(nn.Module):
 
     @torch.no_grad()
     def update_target(self) -> None:
-        for tp, p in zip(self.q_target.parameters(), self.q.parameters()):
-            tp.lerp_(p, self.polyak)
+        soft_update(self.q_target, self.q, self.polyak)
 
 
 @dataclass
@@ -86,28 +86,23 @@ class IDQL(Agent):
                     if cfg.contraction is not None and cfg.contraction.gamma > 0 else None)
         self.step = 0
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         s, a = batch["obs"], batch["act"]
         v_loss, q_loss = self.critic.losses(s, a, batch["rew"], batch["next_obs"], batch["done"])
-        for opt, loss in ((self.v_opt, v_loss), (self.q_opt, q_loss)):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        zero_step(self.v_opt, v_loss)
+        zero_step(self.q_opt, q_loss)
         self.critic.update_target()
         if self.reg is not None:
             out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
-            actor_loss, contraction = out.total, out.contraction.detach()
+            denoise, contraction = out.denoising.loss.mean(), out.contraction
         else:
-            actor_loss = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
-                                        num_steps=cfg.diffusion_steps).loss.mean()
+            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
+                                     num_steps=cfg.diffusion_steps).loss.mean()
             contraction = torch.zeros((), device=s.device)
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.step += 1
-        return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "denoise_loss": actor_loss.item() - contraction.item(),
-                "contraction": contraction.item()}
+        zero_step(self.actor_opt, denoise + contraction)
+        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "denoise_loss": denoise.detach(),
+                "contraction": contraction.detach()}
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
@@ -117,7 +112,7 @@ class IDQL(Agent):
                       "dpm_solver++", self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0).clamp(-1, 1)  # type: ignore[arg-type]
         adv = (self.critic.q_target.min_q(rep, cand) - self.critic.value(rep)).view(B, N)
         w = torch.where(adv < 0, 1 - self.cfg.tau, self.cfg.tau)
-        idx = torch.multinomial(w / w.sum(1, keepdim=True), 1).squeeze(1)
+        idx = draw_one(w / w.sum(1, keepdim=True))
         return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     def state_keys(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..capture import GraphedCall, GraphedUpdate, graphs_available, host_floats
 from ..contraction import ContractionConfig
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
@@ -57,6 +59,7 @@ class TrainConfig:
     form: str = "eig"  # cdp only: "eig" (the paper's hinge) or "official_frobenius" (the official runs' loss), ...
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
+    graphs: bool = True  # on a CUDA device: the update and action selection replayed as CUDA graphs (cdp.capture)
     preset: str = "cdp"  # edp / cdp: "cdp" (this project's settings) or "official" (the official CDP runs': PRESETS)
 
     def run_name(self) -> str:
@@ -176,11 +179,15 @@ def check_spaces(data: Transitions, env_id: str) -> None:
 
 
 def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int,
-             transform: DataTransform | None = None) -> list[float]:
+             transform: DataTransform | None = None, policy: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> list[float]:
     """Returns of ``episodes`` episodes run side by side in a synchronous vector env, so the
     policy acts on a batch of states per step (episode i is seeded ``seed + i``); the policy
-    sees observations through ``transform`` (the one its training data went through)."""
+    sees observations through ``transform`` (the one its training data went through).
+    ``policy``: what maps states to actions (default ``agent.act``; a trainer passes its graphed
+    version)."""
     transform = transform or DataTransform()
+    policy = policy or agent.act
     import gymnasium as gym
 
     make_env(env_id).close()  # a bad id: one clear error here, not inside the vector env
@@ -191,7 +198,7 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int,
     while running.any():
         act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
         idx = np.flatnonzero(running)
-        act[idx] = agent.act(torch.as_tensor(transform.obs(obs[idx]), dtype=torch.float32, device=agent.device)).cpu().numpy()
+        act[idx] = policy(torch.as_tensor(transform.obs(obs[idx]), dtype=torch.float32, device=agent.device)).cpu().numpy()
         obs, r, term, trunc, _ = envs.step(act)
         totals += np.where(running, r, 0.0)
         running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
@@ -246,6 +253,9 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
     except KeyError:
         ref = None
 
+    update, act = agent.update, agent.act
+    if cfg.graphs and graphs_available(device):
+        update, act = GraphedUpdate(agent), GraphedCall(agent.act)
     logs = RunLogs(out, agent.step)
     clock = RunClock(state, agent.step, where_label(device))
 
@@ -258,7 +268,7 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
         try:
             while agent.step < cfg.steps:
                 idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
-                metrics = agent.update({k: v[idx] for k, v in tensors.items()})
+                metrics = host_floats(update({k: v[idx] for k, v in tensors.items()}))
                 check_finite(agent.step, metrics, ckpt)
                 bar.update(1)
                 step = agent.step
@@ -266,7 +276,8 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
                     logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     with clock.evaluating():
-                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step, transform=transform)
+                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step, transform=transform,
+                                        policy=act)
                     row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
                     if ref is not None:
                         scores = [normalized_score(r, ref).value for r in rets]
