@@ -5,7 +5,7 @@
 set -uo pipefail
 out=${1:-gpu_logs}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+export PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
   python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"; } 2>&1 | tee "$out/env.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_capture.py 2>&1 | tee "$out/tests.txt"

@@ -99,6 +99,8 @@ class ContractionRegularizer:
     #: D tangents with a graph beats a graph-free search pass plus a one-tangent pass (CPU:
     #: kernel-launch overhead dominates small passes; flops dominate large ones).
     single_pass_rows: int = 256
+    #: the same on a GPU, where a pass costs its kernel launches and the rows are nearly free
+    single_pass_rows_gpu: int = 1 << 16
 
     def __init__(self, schedule: VPSchedule, prediction: Prediction = "eps",
                  config: ContractionConfig | None = None, **overrides) -> None:
@@ -223,7 +225,7 @@ class ContractionRegularizer:
         index = None if n == B else idx  # every row regularised: the network's pass needs no gather
         a_rows = a_t if index is None else a_t[idx]
         basis = unit_tangents(a_rows.reshape(n, D)).reshape(D, n, *x0.shape[1:])
-        if n * D <= self.single_pass_rows:
+        if n * D <= (self.single_pass_rows if x0.device.type == "cpu" else self.single_pass_rows_gpu):
             # small: one pass with all D tangents; J keeps its graph, v comes from its values
             pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=index)
             J = jt.reshape(D, n, D).permute(1, 2, 0)
