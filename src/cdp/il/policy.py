@@ -230,17 +230,27 @@ class DiffusionPolicy(ChunkPolicy):
         self.reg = (ContractionRegularizer(self.schedule, c.prediction, c.contraction)  # type: ignore[arg-type]
                     if c.contraction is not None and c.contraction.gamma > 0 else None)
 
-    def compute_loss(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        """obs ``[B, To, obs_dim]``, actions ``[B, Tp, d]`` (environment units)."""
+    def compute_loss(self, obs: Tensor, actions: Tensor, t: Tensor | None = None,
+                     noise: Tensor | None = None) -> dict[str, Tensor]:
+        """obs ``[B, To, obs_dim]``, actions ``[B, Tp, d]`` (environment units); the diffusion
+        times ``t [B]`` and noises ``noise [B, Tp, d]`` are drawn here unless given (as
+        :func:`draw_noise` draws them)."""
         c, x0, cond = self.config, self.act_norm(actions), self.cond(obs)
         if self.reg is not None:
-            out = self.reg.loss(self.net, x0, cond, num_steps=c.train_steps)
+            out = self.reg.loss(self.net, x0, cond, t=t, noise=noise, num_steps=c.train_steps)
             denoise, contraction = out.denoising.loss.mean(), out.contraction
         else:
-            denoise = denoising_loss(self.net, x0, self.schedule, c.prediction, cond=cond,  # type: ignore[arg-type]
+            denoise = denoising_loss(self.net, x0, self.schedule, c.prediction, cond=cond, t=t, noise=noise,  # type: ignore[arg-type]
                                      num_steps=c.train_steps).loss.mean()
             contraction = torch.zeros((), device=x0.device)
         return {"loss": denoise + contraction, "denoise": denoise, "contraction": contraction}
+
+    def draw_noise(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(t [batch], noise [batch, Tp, d])`` for ``batch`` training rows, in the order
+        :meth:`compute_loss` draws them itself (times first)."""
+        c = self.config
+        t = self.schedule.sample_t(batch, num_steps=c.train_steps, device=device)
+        return t, torch.randn(batch, c.horizon, c.action_dim, device=device)
 
     @torch.no_grad()
     def predict_chunk(self, obs: Tensor, noise: Tensor | None = None) -> Tensor:

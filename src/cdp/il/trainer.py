@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 
 from ..capture import GraphedUpdate, graphs_available, host_floats, portable_state
 from ..contraction import ContractionConfig
+from ..distributed import Group, join, leave
 from ..data.robomimic import DemoDataset, read_robomimic
 from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
-from ..update import Update, soft_update, zero_step
+from ..update import Update, soft_update
 from .bcgmm import BCGMM, BCGMMConfig
 from .dbc import DBC, DBCConfig
 from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
@@ -195,25 +196,56 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reente
         demo = demos.demos[name]
         arrays += [*(demo.obs[k] for k in sorted(demo.obs)), demo.actions]
     seen = fingerprint(arrays)
-    with open_run(out, asdict(cfg), dataclass_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
-        return _train(cfg, out, task, demos, device, progress)
+    group = join(device)  # one process, or this one of those torchrun started
+    try:
+        if group.world > 1 and not cfg.policy.startswith(("dp-", "cdp-")):
+            raise ValueError(f"training on several processes supports the diffusion policies (dp-*, cdp-*), not {cfg.policy}")
+        group.rows(cfg.batch_size)  # the batch must divide among the processes
+        if not group.is_main:  # rank 0 claims and checks the folder; the others follow its word
+            if not group.broadcast_flag(False):
+                raise RuntimeError(f"rank 0 could not open the run folder {out} (its error says why)")
+            return _train(cfg, out, task, demos, group, progress)
+        told = False
+        try:
+            with open_run(out, asdict(cfg), dataclass_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
+                told = group.broadcast_flag(True)
+                return _train(cfg, out, task, demos, group, progress)
+        finally:
+            if not told:
+                group.broadcast_flag(False)
+    finally:
+        leave(group)
 
 
 class PolicyStep(Update):
     """One imitation training step in the three parts of :class:`cdp.update.Update`: ``compute``
     is the loss, its backward pass and the optimiser step; ``advance`` moves the step and the EMA
-    copy (Diffusion Policy's warm-up decay, a function of the step)."""
+    copy (Diffusion Policy's warm-up decay, a function of the step).
+
+    With a process ``group`` of several (:mod:`cdp.distributed`) the batch given is this
+    process's share: the diffusion times and noises are drawn for the whole batch (alike in every
+    process) and sliced, the gradients and reported losses averaged over the processes."""
 
     def __init__(self, policy: ChunkPolicy, ema: ChunkPolicy, opt: torch.optim.Optimizer, step: int = 0,
-                 ema_power: float = 0.75, ema_max: float = 0.9999) -> None:
+                 ema_power: float = 0.75, ema_max: float = 0.9999, group: Group | None = None) -> None:
         self.policy, self.ema, self.opt, self.step = policy, ema, opt, step
         self.ema_power, self.ema_max = ema_power, ema_max
         self.device = next(policy.parameters()).device
+        self.group = group or Group(device=self.device)
 
     def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        losses = self.policy.compute_loss(batch["obs"], batch["act"])
-        zero_step(self.opt, losses["loss"])
-        return {k: v.detach() for k, v in losses.items()}
+        g, obs, act = self.group, batch["obs"], batch["act"]
+        if g.world > 1:
+            t, noise = self.policy.draw_noise(g.world * act.shape[0], self.device)  # type: ignore[attr-defined]
+            rows = g.rows(t.shape[0])
+            losses = self.policy.compute_loss(obs, act, t[rows], noise[rows])  # type: ignore[call-arg]
+        else:
+            losses = self.policy.compute_loss(obs, act)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        g.average_gradients(list(self.policy.parameters()))
+        self.opt.step()
+        return g.average({k: v.detach() for k, v in losses.items()})
 
     def advance(self) -> None:
         self.step += 1
@@ -223,8 +255,9 @@ class PolicyStep(Update):
         return [self.opt]
 
 
-def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, device: torch.device, progress: bool) -> dict:
-    """The training loop proper, in a claimed and checked run folder."""
+def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, group: Group, progress: bool) -> dict:
+    """The training loop proper, in a claimed and checked run folder (written by rank 0 alone)."""
+    device, main = group.device, group.is_main
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     policy = make_policy(cfg, task)
@@ -245,32 +278,40 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
         rng.bit_generator.state = state["rng"]
         restore_rng_states(state, device)
 
-    trainer = PolicyStep(policy, ema, opt, step, cfg.ema_power, cfg.ema_max)
+    group.broadcast_module(policy), group.broadcast_module(ema)  # one starting point (already alike by the seed)
+    trainer = PolicyStep(policy, ema, opt, step, cfg.ema_power, cfg.ema_max, group)
     update = trainer.update
-    if cfg.graphs and isinstance(policy, DiffusionPolicy) and graphs_available(device):
+    if cfg.graphs and group.world == 1 and isinstance(policy, DiffusionPolicy) and graphs_available(device):
         update = GraphedUpdate(trainer)
-    logs = RunLogs(out, step)
+    logs = RunLogs(out, step) if main else None
     clock = RunClock(state, step, where_label(device))
     eval_envs: list = []
 
     def save() -> None:
+        if not main:
+            return
         save_checkpoint(ckpt, {"policy": policy.state_dict(), "ema": ema.state_dict(), "opt": portable_state(opt),
                                "step": step, "rng": rng.bit_generator.state, **rng_states(device),
                                **clock.state(step)})
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.policy} {cfg.task}")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and main), desc=f"{cfg.policy} {cfg.task}")
     policy.train()
     with StopSignals() as stop:
         try:
             while step < cfg.steps:
-                obs, act = windows.batch(torch.as_tensor(rng.integers(0, len(windows), cfg.batch_size)))
+                idx = rng.integers(0, len(windows), cfg.batch_size)[group.rows(cfg.batch_size)]  # the whole batch's, this share
+                obs, act = windows.batch(torch.as_tensor(idx))
                 values = host_floats(update({"obs": obs.to(device), "act": act.to(device)}))
                 step = trainer.step
                 check_finite(step, values, ckpt)  # before any save: a checkpoint on disk predates the bad step
                 bar.update(1)
-                if step % cfg.log_every == 0:
+                if logs is not None and step % cfg.log_every == 0:
                     logs.log("train", step, values, seconds=time.perf_counter() - clock.t0)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
+                    if not main:  # rank 0 evaluates; its random draws then set every process's
+                        group.sync_rng()
+                        stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)
+                        continue
                     with clock.evaluating():
                         eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
                         res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
@@ -282,10 +323,14 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, de
                         ema.save_pretrained(out / "best")
                     bar.set_postfix(success=f"{res['success_rate']:.2f}")
                     policy.train()
+                    group.sync_rng()
                 stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)  # on a SIGTERM / SIGINT too
         finally:
             bar.close()
-            logs.close()
+            if logs is not None:
+                logs.close()
+    if not main:
+        return {}
     summary = summarize(out, *clock.per_1k_steps(step)) | {"legs": clock.legs(step)}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
     plot_eval_curve(out, "success_rate", "success rate")
