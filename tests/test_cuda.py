@@ -188,3 +188,28 @@ def test_a_graphed_run_resumes_eagerly_on_the_cpu(tiny_dataset, tmp_path):
     assert main([*args, "--steps", "6", "--device", "cuda"]) == 0
     assert main([*args, "--steps", "9", "--device", "cpu"]) == 0
     assert json.loads((run / "summary.json").read_text())["step"] == 9
+
+
+@pytest.mark.slow
+def test_seeds_trained_together_on_the_gpu_match_their_runs_alone(tiny_dataset, tmp_path):
+    """cdp.rl.ensemble on a GPU (each run's step a CUDA graph on its own stream, its own generators)
+    trains each seed as the seed trains alone (graphed too), to float tolerance."""
+    import csv
+
+    from cdp.rl.ensemble import train_ensemble
+    from cdp.rl.trainer import TrainConfig, train
+
+    kw = dict(algo="cdp", dataset=tiny_dataset, batch_size=64, eval_every=6, eval_episodes=2, checkpoint_every=6,
+              log_every=1, steps=8, device="cuda")
+    seeds = [0, 1, 2]
+    for s in seeds:
+        train(TrainConfig(seed=s, **kw), tmp_path / f"alone{s}", progress=False)
+    train_ensemble([TrainConfig(seed=s, **kw) for s in seeds], [tmp_path / f"together{s}" for s in seeds], progress=False)
+    for s in seeds:
+        a = list(csv.DictReader((tmp_path / f"alone{s}" / "metrics.csv").open()))
+        t = list(csv.DictReader((tmp_path / f"together{s}" / "metrics.csv").open()))
+        assert len(a) == len(t) == 8
+        for ra, rt in zip(a, t):
+            for k in ra:
+                if k != "seconds":
+                    assert float(rt[k]) == pytest.approx(float(ra[k]), rel=1e-3, abs=1e-5), (s, ra["step"], k)

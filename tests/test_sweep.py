@@ -98,6 +98,25 @@ def test_sweep_runs_records_and_skips_finished_runs(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_trains_a_grids_seeds_together_and_records_each(tiny_dataset, tmp_path):
+    """--ensemble-seeds: the two seeds of the grid train in one worker and leave the records and
+    logs separate runs leave."""
+    import csv
+
+    sweep = load_sweep(config(tmp_path, tiny_dataset))
+    ran = run_sweep(sweep, progress=False, ensemble_seeds=True)
+    assert len(ran) == 2 and all(is_finished(j) for j in sweep.jobs())
+    assert sorted(r.name for r in (tmp_path / "results").rglob("*.json")) == ["bc-f1-s0.json", "bc-f1-s1.json"]
+    alone = tmp_path / "alone"
+    from cdp.rl.trainer import TrainConfig, train
+
+    job = sweep.jobs()[1]
+    train(TrainConfig(**job.config), alone, progress=False)
+    strip = lambda p: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(p.open())]  # noqa: E731
+    assert strip(alone / "metrics.csv") == strip(Path(job.out) / "metrics.csv")
+
+
+@pytest.mark.slow
 def test_a_fresh_clone_skips_runs_whose_records_are_committed(tiny_dataset, tmp_path, capsys):
     """Run folders are not committed, records are: a sweep on a clone with only the records must
     not train those runs again, and a record of another config (here a smaller budget) is no

@@ -131,6 +131,8 @@ class GraphedUpdate:
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
+        if self.agent.generator is not None:  # a private generator: its draws advance on every replay too
+            graph.register_generator_state(self.agent.generator)
         with torch.cuda.graph(graph):
             self.outputs = self.agent.compute(self.inputs)
         self.graph = graph
@@ -142,8 +144,9 @@ class GraphedCall:
     the graph's output (a fresh copy, so later calls do not overwrite it). Random draws inside
     follow the device generator as in eager calls."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], warmup: int = 2) -> None:
-        self.fn, self.warmup = fn, warmup
+    def __init__(self, fn: Callable[[Tensor], Tensor], warmup: int = 2,
+                 generator: torch.Generator | None = None) -> None:
+        self.fn, self.warmup, self.generator = fn, warmup, generator  # generator: a private one fn draws from
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.seen: dict[tuple, int] = {}
 
@@ -161,6 +164,8 @@ class GraphedCall:
             static_in = x.clone()
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
+            if self.generator is not None:
+                graph.register_generator_state(self.generator)
             with torch.cuda.graph(graph):
                 static_out = self.fn(static_in)
             hit = self.graphs[key] = (graph, static_in, static_out)

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-cut", default="transitions", choices=DATA_CUTS,
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
+    tr.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                    help="several seeds of this config trained together in one process (cdp.rl.ensemble; each run "
+                         "in its own folder under --out, default runs/rl/<dataset>); overrides --seed")
     tr.add_argument("--preset", default="cdp", choices=PRESETS,
                     help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
                          "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local process pool or Ray tasks")
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
+    sw.add_argument("--ensemble-seeds", action="store_true",
+                    help="train the offline-RL runs that differ only in their seed together, one process per group "
+                         "(on a GPU their steps overlap; on a CPU separate processes go faster)")
     return p
 
 
@@ -232,14 +238,28 @@ def _run(args: argparse.Namespace) -> int:
                           data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, graphs=not args.eager)
-        out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
-        summary = train(cfg, out)
-        print(json.dumps(summary, indent=2))
-        print(f"run folder: {out}")
-        if args.results:
-            from .rl.trainer import record
+        from .rl.trainer import record
 
-            print(f"record: {record(out, args.results)}")
+        if args.seeds:
+            from dataclasses import replace
+
+            from .rl.ensemble import train_ensemble
+
+            cfgs = [replace(cfg, seed=s) for s in args.seeds]
+            parent = args.out or f"runs/rl/{cfg.dataset_slug()}"
+            outs = [f"{parent}/{c.run_name()}" for c in cfgs]
+            for c, o, summary in zip(cfgs, outs, train_ensemble(cfgs, outs)):
+                print(json.dumps(summary, indent=2))
+                print(f"run folder: {o}")
+                if args.results:
+                    print(f"record: {record(o, args.results)}")
+        else:
+            out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
+            summary = train(cfg, out)
+            print(json.dumps(summary, indent=2))
+            print(f"run folder: {out}")
+            if args.results:
+                print(f"record: {record(out, args.results)}")
     elif args.command == "rl" and args.rl_command == "eval":
         from .rl.trainer import evaluate_run
 
@@ -319,7 +339,7 @@ def _run(args: argparse.Namespace) -> int:
                 if left_now:
                     print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
             return 0
-        ran = run_sweep(sweeps, backend=args.backend, address=args.address)
+        ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")
     return 0
 

@@ -332,24 +332,32 @@ def where_label(device) -> str:
     return f"{dev}{f' ({name})' if name else ''} on {socket.gethostname()}"
 
 
-def rng_states(device) -> dict:
-    """The random-number state a checkpoint keeps: torch's CPU generator (``torch_rng``) and, on a
-    CUDA device, that device's generator (``cuda_rng``), where its noise is drawn."""
+def rng_states(device, host: "torch.Generator | None" = None, dev: "torch.Generator | None" = None) -> dict:
+    """The random-number state a checkpoint keeps: the CPU generator (``torch_rng``) and, on a
+    CUDA device, that device's generator (``cuda_rng``), where its noise is drawn. ``host`` /
+    ``dev``: a run's own generators (an ensemble member's); None: torch's default ones."""
     import torch
 
-    out = {"torch_rng": torch.get_rng_state()}
+    out = {"torch_rng": host.get_state() if host is not None else torch.get_rng_state()}
     if device.type == "cuda":
-        out["cuda_rng"] = torch.cuda.get_rng_state(device)
+        out["cuda_rng"] = dev.get_state() if dev is not None else torch.cuda.get_rng_state(device)
     return out
 
 
-def restore_rng_states(state: dict, device) -> None:
+def restore_rng_states(state: dict, device, host: "torch.Generator | None" = None,
+                       dev: "torch.Generator | None" = None) -> None:
     """Undo :func:`rng_states` (a CUDA state is skipped when the run resumes on another device)."""
     import torch
 
-    torch.set_rng_state(state["torch_rng"])
+    if host is not None:
+        host.set_state(state["torch_rng"])
+    else:
+        torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if dev is not None:
+            dev.set_state(state["cuda_rng"])
+        else:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 class RunInterrupted(RuntimeError):

@@ -32,6 +32,7 @@ while another study still has runs to do.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
@@ -65,6 +66,48 @@ class Job:
     def record_path(self) -> Path | None:
         """Where the finished run's record goes (None when the sweep keeps no records)."""
         return None if self.results is None else _config_class(self.kind)(**self.config).record_path(self.results)
+
+
+@dataclass
+class SeedGroup:
+    """Offline-RL jobs of one config that differ only in their seed, trained together in one
+    worker process (:func:`cdp.rl.ensemble.train_ensemble`): what ``--ensemble-seeds`` queues."""
+
+    members: list[Job]
+
+    @property
+    def threads(self) -> int:
+        return self.members[0].threads
+
+    @property
+    def gpus(self) -> float:
+        return self.members[0].gpus
+
+
+def group_seeds(jobs: list[Job]) -> list[Job | SeedGroup]:
+    """``jobs`` with the offline-RL ones that differ only in their seed (and share a results folder)
+    gathered into :class:`SeedGroup` s, in the order of each group's first job; imitation jobs and
+    lone seeds stay as they are."""
+    groups: dict[str, list[Job]] = {}
+    order: list[Job | str] = []
+    for j in jobs:
+        if j.kind != "rl":
+            order.append(j)
+            continue
+        key = json.dumps([{k: v for k, v in j.config.items() if k != "seed"}, j.results, j.threads, j.gpus],
+                         sort_keys=True)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(j)
+    out: list[Job | SeedGroup] = []
+    for item in order:
+        if isinstance(item, Job):
+            out.append(item)
+        else:
+            members = groups[item]
+            out.append(members[0] if len(members) == 1 else SeedGroup(members))
+    return out
 
 
 @dataclass
@@ -312,12 +355,12 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     return _median_per_kind(rates)
 
 
-def run_job(job: Job) -> str:
-    """Train one job (resuming if its folder holds a checkpoint); returns the run folder. A stop
-    signal (the sweep or its session ending) checkpoints the job's current step, then ends this
-    worker as the signal would have."""
+def run_job(job: Job | SeedGroup) -> str:
+    """Train one job, or a group of seeds together (resuming where a folder holds a checkpoint);
+    returns the (first) run folder. A stop signal (the sweep or its session ending) checkpoints
+    the current step, then ends this worker as the signal would have."""
     try:
-        return _train_job(job)
+        return _train_group(job) if isinstance(job, SeedGroup) else _train_job(job)
     except RunInterrupted as e:
         import signal
 
@@ -348,6 +391,22 @@ def _train_job(job: Job) -> str:
     else:
         raise ValueError(f"unknown sweep kind {job.kind!r}")
     return job.out
+
+
+def _train_group(group: SeedGroup) -> str:
+    import torch
+
+    from .rl.ensemble import train_ensemble
+    from .rl.trainer import TrainConfig, record
+
+    torch.set_num_threads(group.threads)
+    tune_allocator()
+    jobs = group.members
+    train_ensemble([TrainConfig(**j.config) for j in jobs], [j.out for j in jobs], progress=False, reenter=False)
+    for j in jobs:
+        if j.results:
+            record(j.out, j.results)
+    return jobs[0].out
 
 
 def init_worker(threads: int) -> None:
@@ -393,7 +452,7 @@ class SweepFailed(RuntimeError):
 
 def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
               on_done: Callable[[Job], None] | None = None, backend: str = "local",
-              address: str | None = None) -> list[Job]:
+              address: str | None = None, ensemble_seeds: bool = False) -> list[Job]:
     """Run every unfinished job and return the jobs that ran. A failing job does not stop the
     others; the first error is raised at the end. A job another process is training (``RunBusy``)
     is skipped with a message and is not among those returned. Several sweeps run as one queue
@@ -403,7 +462,8 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     job (``num_cpus = sweep.threads``) on the cluster at ``address`` (``"auto"``, ``"ray://..."``),
     on the Ray instance this process already joined, or on a local one sized to ``sweep.workers``;
     a task whose worker dies is retried and resumes from its run's checkpoint. The run folders must
-    be on storage every node sees."""
+    be on storage every node sees. ``ensemble_seeds``: the unfinished offline-RL runs of one config
+    that differ only in their seed train together, one worker per group (:func:`group_seeds`)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
@@ -428,10 +488,19 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     def live(running: list[Job]) -> None:
         bar.set_postfix_str(live_progress(running), refresh=True)
 
-    if todo and backend == "ray":
-        _run_ray(todo, workers, address, finished, live)
-    elif todo:
-        _run_local(todo, workers, finished, live)
+    units: list[Job | SeedGroup] = group_seeds(todo) if ensemble_seeds else list(todo)
+
+    def unit_done(unit: Job | SeedGroup, error: BaseException | None) -> None:
+        for job in unit.members if isinstance(unit, SeedGroup) else [unit]:
+            finished(job, error)
+
+    def unit_live(running: list[Job | SeedGroup]) -> None:
+        live([j for u in running for j in (u.members if isinstance(u, SeedGroup) else [u])])
+
+    if units and backend == "ray":
+        _run_ray(units, workers, address, unit_done, unit_live)
+    elif units:
+        _run_local(units, workers, unit_done, unit_live)
     bar.close()
     if errors:
         job, e = errors[0]
@@ -461,8 +530,7 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
 POLL_S = 15.0
 
 
-def _run_local(todo: list[Job], workers: int, finished: Callable[[Job, BaseException | None], None],
-               live: Callable[[list[Job]], None]) -> None:
+def _run_local(todo: list, workers: int, finished: Callable, live: Callable) -> None:
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
@@ -477,8 +545,7 @@ def _run_local(todo: list[Job], workers: int, finished: Callable[[Job, BaseExcep
                 finished(job, err)
 
 
-def _run_ray(todo: list[Job], workers: int, address: str | None,
-             finished: Callable[[Job, BaseException | None], None], live: Callable[[list[Job]], None]) -> None:
+def _run_ray(todo: list, workers: int, address: str | None, finished: Callable, live: Callable) -> None:
     try:
         import ray
     except ImportError:

@@ -13,10 +13,29 @@ from torch import Tensor
 
 
 class Update:
-    """Subclasses set ``step`` and ``device`` and implement :meth:`compute` and :meth:`optimizers`."""
+    """Subclasses set ``step`` and ``device`` and implement :meth:`compute` and :meth:`optimizers`.
+
+    Random draws go through ``generator`` (on ``device``) and ``host_generator`` (host-side
+    choices in ``prepare``); None, the default, is torch's own generators. Runs trained side by
+    side in one process (:mod:`cdp.rl.ensemble`) each get their own pair, so every run draws
+    what it would draw alone."""
 
     step: int = 0
     device: torch.device = torch.device("cpu")
+    generator: torch.Generator | None = None
+    host_generator: torch.Generator | None = None
+
+    def own_generators(self) -> None:
+        """Give this update private generators that continue from torch's default ones as they
+        stand now (the point a run started alone would be at)."""
+        self.host_generator = torch.Generator()
+        self.host_generator.set_state(torch.get_rng_state())
+        if self.device.type == "cuda":
+            dev = torch.Generator(self.device)
+            dev.set_state(torch.cuda.get_rng_state(self.device))
+            self.generator = dev
+        else:
+            self.generator = self.host_generator
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One training update on ``batch``; its losses as 0-d tensors on ``device``."""

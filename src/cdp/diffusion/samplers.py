@@ -160,6 +160,7 @@ def dpm_solver_sample(
     order: int = 2,
     spacing: Spacing = "logsnr",
     clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """DPM-Solver++ (data prediction) multistep, order 1 or 2 ("2M"), first order on the
@@ -168,7 +169,8 @@ def dpm_solver_sample(
     ``a_s = (sigma_s / sigma_t) a_t - alpha_s (e^{-h} - 1) D``, with ``D = x0(a_t)`` at first
     order and ``D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev``, ``r = h_prev / h`` at second order.
     ``e^{-h}`` is formed as ``(sigma_s alpha_t) / (alpha_s sigma_t)`` so the final step to
-    ``t = 0`` (``lambda = inf``) is exact: it returns ``x0``.
+    ``t = 0`` (``lambda = inf``) is exact: it returns ``x0``. Deterministic: ``generator`` is
+    accepted (one signature for every sampler) and unused.
     """
     _check(x_T, prediction)
     if order not in (1, 2):
@@ -204,12 +206,14 @@ def ode_sample(
     *,
     t_end: float = 1e-3,
     spacing: Spacing = "uniform",
+    generator: torch.Generator | None = None,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Reference integrator (classic RK4) of the probability-flow ODE
     ``da/dtau = f a + h n(a)`` (see :meth:`VPSchedule.sampling_ode_coefficients`) from
     ``t = 1`` to ``t = t_end > 0`` (the field is singular at 0). Slow and accurate: for
-    diagnostics such as trajectory separation, not for control loops.
+    diagnostics such as trajectory separation, not for control loops. Deterministic:
+    ``generator`` is accepted and unused.
     """
     _check(x_T, prediction)
     if not t_end > 0:

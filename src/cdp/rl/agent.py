@@ -35,8 +35,8 @@ class Agent(Update):
         self.step = int(sd["step"])
 
 
-def draw_one(probs: Tensor) -> Tensor:
+def draw_one(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One index per row of ``probs [B, N]`` (rows summing to 1), as ``torch.multinomial(probs,
     1)`` draws it (the same exponential race, the same random numbers) but without its host-side
     check of the probabilities, which waits for the GPU and cannot run inside a CUDA graph."""
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
+    return (probs / torch.empty_like(probs).exponential_(1, generator=generator)).argmax(-1)

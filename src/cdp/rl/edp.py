@@ -137,9 +137,10 @@ class EDP(Agent):
     def sample_actions(self, obs: Tensor, ema: bool = True) -> Tensor:
         """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
         net = self.actor_ema if ema else self.actor
-        x_T = self.cfg.init_noise_scale * torch.randn(obs.shape[0], self.act_dim, device=obs.device)
+        x_T = self.cfg.init_noise_scale * torch.randn(obs.shape[0], self.act_dim, device=obs.device,
+                                                      generator=self.generator)
         a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
-                   self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0)  # type: ignore[arg-type]
+                   self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0, generator=self.generator)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
 
     @torch.no_grad()
@@ -152,13 +153,13 @@ class EDP(Agent):
         if self.cfg.temperature is None:
             idx = q.argmax(1)
         else:
-            idx = draw_one(torch.softmax(self.cfg.temperature * q, 1))
+            idx = draw_one(torch.softmax(self.cfg.temperature * q, 1), self.generator)
         return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     # ------------------------------------------------------------------ update
     def prepare(self) -> None:
         if self.cfg.q_pair == "random":  # the official runs: either twin leads, a host coin per step
-            self._swap.fill_(bool(torch.rand(()) < 0.5))
+            self._swap.fill_(bool(torch.rand((), generator=self.host_generator) < 0.5))
 
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -177,11 +178,11 @@ class EDP(Agent):
 
         term_stats: dict[str, Tensor] = {}
         if self.reg is not None:
-            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
+            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps, generator=self.generator)
             denoise, contraction, term_stats = out.denoising, out.contraction, out.stats
         else:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
-                                     num_steps=cfg.diffusion_steps)
+                                     num_steps=cfg.diffusion_steps, generator=self.generator)
             contraction = torch.zeros((), device=s.device)
         if cfg.critic == "iql":  # advantage-weighted denoising: exp(beta (Q - V)), capped
             with torch.no_grad():

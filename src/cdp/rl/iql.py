@@ -94,11 +94,11 @@ class IDQL(Agent):
         zero_step(self.q_opt, q_loss)
         self.critic.update_target()
         if self.reg is not None:
-            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps)
+            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps, generator=self.generator)
             denoise, contraction = out.denoising.loss.mean(), out.contraction
         else:
             denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
-                                     num_steps=cfg.diffusion_steps).loss.mean()
+                                     num_steps=cfg.diffusion_steps, generator=self.generator).loss.mean()
             contraction = torch.zeros((), device=s.device)
         zero_step(self.actor_opt, denoise + contraction)
         return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "denoise_loss": denoise.detach(),
@@ -108,11 +108,12 @@ class IDQL(Agent):
     def act(self, obs: Tensor) -> Tensor:
         B, N = obs.shape[0], self.cfg.n_candidates
         rep = obs.repeat_interleave(N, 0)
-        cand = sample(lambda x, t: self.actor(x, t, rep), torch.randn(B * N, self.act_dim, device=obs.device), self.cfg.schedule,
+        x_T = torch.randn(B * N, self.act_dim, device=obs.device, generator=self.generator)
+        cand = sample(lambda x, t: self.actor(x, t, rep), x_T, self.cfg.schedule,
                       "dpm_solver++", self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0).clamp(-1, 1)  # type: ignore[arg-type]
         adv = (self.critic.q_target.min_q(rep, cand) - self.critic.value(rep)).view(B, N)
         w = torch.where(adv < 0, 1 - self.cfg.tau, self.cfg.tau)
-        idx = draw_one(w / w.sum(1, keepdim=True))
+        idx = draw_one(w / w.sum(1, keepdim=True), self.generator)
         return cand.view(B, N, -1)[torch.arange(B, device=obs.device), idx]
 
     def state_keys(self) -> list[str]:

@@ -233,66 +233,103 @@ def transition_tensors(data: Transitions, device: torch.device | str = "cpu") ->
     return {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
 
 
+class _Run:
+    """One run's training state and the body of its loop, in a claimed and checked run folder.
+    :func:`train` steps one; :func:`train_ensemble` steps several side by side. ``private_rng``:
+    the run draws from its own generators (seeded as a run alone would be), not torch's default."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device,
+                 transform: DataTransform, private_rng: bool = False) -> None:
+        self.cfg, self.out, self.env_id, self.device, self.transform = cfg, out, env_id, device, transform
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.agent = agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
+        if private_rng:
+            agent.own_generators()
+        self.ckpt = out / "checkpoint.pt"
+        state = None
+        if self.ckpt.is_file():
+            state = load_checkpoint(self.ckpt)
+            agent.load_state_dict(state["agent"])
+            self.rng.bit_generator.state = state["rng"]
+            restore_rng_states(state, device, agent.host_generator, agent.generator)
+        self.n = len(data)
+        self.tensors = transition_tensors(data, device)
+        try:
+            self.ref = d4rl_reference(env_id)
+        except KeyError:
+            self.ref = None
+        self.update, self.act = agent.update, agent.act
+        if cfg.graphs and graphs_available(device):
+            self.update, self.act = GraphedUpdate(agent), GraphedCall(agent.act, generator=agent.generator)
+        self.logs = RunLogs(out, agent.step)
+        self.clock = RunClock(state, agent.step, where_label(device))
+
+    @property
+    def done(self) -> bool:
+        return self.agent.step >= self.cfg.steps
+
+    def save(self) -> None:
+        a = self.agent
+        save_checkpoint(self.ckpt, {"agent": a.state_dict(), "rng": self.rng.bit_generator.state,
+                                    **rng_states(self.device, a.host_generator, a.generator),
+                                    **self.clock.state(a.step)})
+
+    def launch(self) -> dict[str, torch.Tensor]:
+        """Draw a batch and queue one update; its losses as device tensors (read by :meth:`finish`)."""
+        idx = torch.as_tensor(self.rng.integers(0, self.n, self.cfg.batch_size), device=self.device)
+        return self.update({k: v[idx] for k, v in self.tensors.items()})
+
+    def finish(self, losses: dict[str, torch.Tensor], stop: StopSignals) -> dict | None:
+        """Read the step's losses, log, evaluate and checkpoint on schedule; the evaluation row
+        when there was one."""
+        cfg, step = self.cfg, self.agent.step
+        metrics = host_floats(losses)
+        check_finite(step, metrics, self.ckpt)
+        if step % cfg.log_every == 0:
+            self.logs.log("train", step, metrics, seconds=time.perf_counter() - self.clock.t0)
+        row = None
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            with self.clock.evaluating():
+                rets = evaluate(self.agent, self.env_id, cfg.eval_episodes, seed=1_000_000 + step,
+                                transform=self.transform, policy=self.act)
+            row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
+            if self.ref is not None:
+                scores = [normalized_score(r, self.ref).value for r in rets]
+                row |= {"d4rl_score_mean": float(np.mean(scores)),
+                        "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
+            self.logs.log("eval", step, row)
+        stop.step_done(step, cfg.steps, cfg.checkpoint_every, self.ckpt, self.save)  # on a SIGTERM / SIGINT too
+        return row
+
+    def close(self) -> None:
+        self.logs.close()
+
+    def summary(self) -> dict:
+        step = self.agent.step
+        summary = summarize(self.out, self.ref.source if self.ref else None, *self.clock.per_1k_steps(step)) | {
+            "legs": self.clock.legs(step)}
+        atomic_write(self.out / "summary.json", json.dumps(summary, indent=2).encode())
+        plot_curve(self.out)
+        return summary
+
+
 def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device, progress: bool,
            transform: DataTransform) -> dict:
     """The training loop proper, in a claimed and checked run folder."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
-    ckpt = out / "checkpoint.pt"
-    state = None
-    if ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        agent.load_state_dict(state["agent"])
-        rng.bit_generator.state = state["rng"]
-        restore_rng_states(state, device)
-
-    tensors = transition_tensors(data, device)
-    try:
-        ref = d4rl_reference(env_id)
-    except KeyError:
-        ref = None
-
-    update, act = agent.update, agent.act
-    if cfg.graphs and graphs_available(device):
-        update, act = GraphedUpdate(agent), GraphedCall(agent.act)
-    logs = RunLogs(out, agent.step)
-    clock = RunClock(state, agent.step, where_label(device))
-
-    def save() -> None:
-        save_checkpoint(ckpt, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                               **rng_states(device), **clock.state(agent.step)})
-
-    bar = tqdm(total=cfg.steps, initial=agent.step, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
+    run = _Run(cfg, out, data, env_id, device, transform)
+    bar = tqdm(total=cfg.steps, initial=run.agent.step, disable=not progress, desc=f"{cfg.algo} {Path(cfg.dataset).name}")
     with StopSignals() as stop:
         try:
-            while agent.step < cfg.steps:
-                idx = torch.as_tensor(rng.integers(0, len(data), cfg.batch_size), device=device)
-                metrics = host_floats(update({k: v[idx] for k, v in tensors.items()}))
-                check_finite(agent.step, metrics, ckpt)
+            while not run.done:
+                row = run.finish(run.launch(), stop)
                 bar.update(1)
-                step = agent.step
-                if step % cfg.log_every == 0:
-                    logs.log("train", step, metrics, seconds=time.perf_counter() - clock.t0)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    with clock.evaluating():
-                        rets = evaluate(agent, env_id, cfg.eval_episodes, seed=1_000_000 + step, transform=transform,
-                                        policy=act)
-                    row = {"return_mean": float(np.mean(rets)), "return_se": float(np.std(rets) / np.sqrt(len(rets)))}
-                    if ref is not None:
-                        scores = [normalized_score(r, ref).value for r in rets]
-                        row |= {"d4rl_score_mean": float(np.mean(scores)),
-                                "d4rl_score_se": float(np.std(scores) / np.sqrt(len(scores)))}
-                    logs.log("eval", step, row)
+                if row is not None:
                     bar.set_postfix(ret=f"{row['return_mean']:.0f}")
-                stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)  # on a SIGTERM / SIGINT too
         finally:
             bar.close()
-            logs.close()
-    summary = summarize(out, ref.source if ref else None, *clock.per_1k_steps(agent.step)) | {"legs": clock.legs(agent.step)}
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2).encode())
-    plot_curve(out)
-    return summary
+            run.close()
+    return run.summary()
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000, device: str | None = None) -> dict:

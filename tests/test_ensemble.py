@@ -1,0 +1,82 @@
+"""Seeds trained side by side in one process leave exactly the files the same runs leave alone."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cdp.rl.ensemble import check_seeds_only, train_ensemble
+from cdp.rl.trainer import TrainConfig, train
+
+
+def rows(path, drop=("seconds",)):
+    return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(path.open())]
+
+
+def agent_weights(run):
+    sd = torch.load(run / "checkpoint.pt", weights_only=False)
+    return sd["agent"], sd["rng"], sd["torch_rng"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo,preset", [("cdp", "cdp"), ("edp", "official")])
+def test_an_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path, algo, preset):
+    kw = dict(algo=algo, dataset=tiny_dataset, preset=preset, batch_size=32, eval_every=3, eval_episodes=2,
+              checkpoint_every=3, log_every=1, fraction=0.5)
+    seeds = [0, 1]
+    alone = {s: tmp_path / "alone" / f"s{s}" for s in seeds}
+    together = {s: tmp_path / "together" / f"s{s}" for s in seeds}
+    for s in seeds:
+        train(TrainConfig(steps=6, seed=s, **kw), alone[s], progress=False)
+    if preset == "cdp":  # three steps together, then resumed together to six (the official preset's lr
+        # schedule spans the budget of the call, so a resume with a larger one follows another schedule)
+        train_ensemble([TrainConfig(steps=3, seed=s, **kw) for s in seeds], list(together.values()), progress=False)
+    sums = train_ensemble([TrainConfig(steps=6, seed=s, **kw) for s in seeds], list(together.values()), progress=False)
+    assert [x["step"] for x in sums] == [6, 6]
+    for s in seeds:
+        a, t = alone[s], together[s]
+        assert rows(a / "metrics.csv") == rows(t / "metrics.csv")
+        assert rows(a / "eval.csv") == rows(t / "eval.csv")
+        (wa, ra, ta), (wt, rt, tt) = agent_weights(a), agent_weights(t)
+        assert ra == rt and torch.equal(ta, tt)  # batch order and generator states too
+        for part in wa:
+            if isinstance(wa[part], dict) and "state" not in wa[part]:
+                for k in wa[part]:
+                    assert torch.equal(wa[part][k], wt[part][k]), (part, k)
+        assert json.loads((a / "config.json").read_text()) == json.loads((t / "config.json").read_text())
+    assert rows(alone[0] / "metrics.csv") != rows(alone[1] / "metrics.csv")  # the seeds really differ
+
+
+def test_an_ensemble_is_one_config_with_several_seeds():
+    base = dict(algo="cdp", dataset="d")
+    check_seeds_only([TrainConfig(seed=0, **base), TrainConfig(seed=1, **base)])
+    with pytest.raises(ValueError, match=r"differ in their seed alone; these differ in \['gamma'\]"):
+        check_seeds_only([TrainConfig(seed=0, **base), TrainConfig(seed=1, gamma=1.0, **base)])
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        check_seeds_only([TrainConfig(seed=0, **base), TrainConfig(seed=0, **base)])
+
+
+def test_a_sweep_groups_the_seeds_of_one_config():
+    from cdp.sweep import Job, SeedGroup, group_seeds
+
+    def job(seed, gamma=0.1, kind="rl"):
+        return Job(kind, {"algo": "cdp", "gamma": gamma, "seed": seed}, f"out/g{gamma}-s{seed}", "res")
+
+    jobs = [job(0), job(0, gamma=1.0), job(1), job(2), job(1, gamma=1.0), job(5, gamma=2.0), job(0, kind="il")]
+    units = group_seeds(jobs)
+    assert [type(u) for u in units] == [SeedGroup, SeedGroup, Job, Job]
+    assert [j.config["seed"] for j in units[0].members] == [0, 1, 2]
+    assert [j.config["seed"] for j in units[1].members] == [0, 1]
+    assert units[2].config["gamma"] == 2.0 and units[3].kind == "il"  # a lone seed and an imitation job stay single
+
+
+@pytest.mark.slow
+def test_the_cli_trains_several_seeds_in_one_process(tiny_dataset, tmp_path):
+    from cdp.cli import main
+
+    args = ["rl", "train", "edp", "--dataset", tiny_dataset, "--steps", "2", "--eval-every", "2", "--eval-episodes", "1",
+            "--seeds", "3", "4", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["edp-f1-s3", "edp-f1-s4"]
+    assert len(list((tmp_path / "res").rglob("*.json"))) == 2
