@@ -1,27 +1,25 @@
-"""Seeds in one process against one process per seed: EDP updates per second per seed.
+"""Seeds in one process against one process per seed, on the CPU: EDP updates per second per seed.
 
-One process (torch's default threads: every core): N agents, each step queued as a CUDA graph on its own stream (on the CPU, in turn),
-the losses of all N read after every step is queued (what `cdp.rl.ensemble` does). Separate: N
-processes started together (one thread each), each stepping one agent and reading its losses every step (what
-`cdp rl train` does), sharing the device. Batch 256, hopper shapes (11/3), eval and logging left
-out on both sides.
+One process (torch's default threads: every core): N agents with their own generators stepping
+in turn (what `cdp.rl.ensemble` does). Separate: N processes started together (one thread
+each), each stepping one agent (what `cdp sweep` does). Batch 256, hopper shapes (11/3), every
+step's losses read, evaluation and logging left out on both sides.
 
-    python benchmarks/ensemble.py [--seeds 10] [--steps 300] [--device cuda]
+    python benchmarks/ensemble.py [--seeds 4] [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
 import time
 
 import torch
-from _common import parse, sync
+from _common import parse
 
-from cdp.capture import GraphedUpdate, graphs_available, host_floats
+from cdp.capture import host_floats
 from cdp.rl.edp import EDP, EDPConfig
 
 
@@ -42,49 +40,35 @@ def agents_and_batch(n: int, device: torch.device):
 def together(n: int, steps: int, device: torch.device) -> float:
     """Steps per second per seed, N seeds in this process."""
     agents, batch = agents_and_batch(n, device)
-    graphs = graphs_available(device)
-    updates = [GraphedUpdate(a) if graphs else a.update for a in agents]
-    streams = [torch.cuda.Stream(device) if graphs else None for _ in agents]
-    on = lambda s: torch.cuda.stream(s) if s is not None else contextlib.nullcontext()  # noqa: E731
 
     def round_() -> None:
-        queued = []
-        for u, s in zip(updates, streams):
-            with on(s):
-                queued.append(u(batch))
-        for q, s in zip(queued, streams):
-            with on(s):
-                host_floats(q)
+        for a in agents:
+            host_floats(a.update(batch))
 
-    for _ in range(5):
+    for _ in range(3):
         round_()
-    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         round_()
-    sync(device)
     return steps / (time.perf_counter() - t0)
 
 
 def worker(steps: int, device: torch.device, start_at: float) -> float:
     torch.set_num_threads(1)  # one core per process: N processes share the machine's cores
     (agent,), batch = agents_and_batch(1, device)
-    update = GraphedUpdate(agent) if graphs_available(device) else agent.update
-    for _ in range(5):
-        host_floats(update(batch))
-    sync(device)
+    for _ in range(3):
+        host_floats(agent.update(batch))
     while time.time() < start_at:  # start the timed part together
         time.sleep(0.001)
     t0 = time.perf_counter()
     for _ in range(steps):
-        host_floats(update(batch))
-    sync(device)
+        host_floats(agent.update(batch))
     return steps / (time.perf_counter() - t0)
 
 
 def separate(n: int, steps: int, device: torch.device) -> float:
     """Steps per second per seed, N processes started together (mean over them)."""
-    start_at = time.time() + 20.0 + 2.0 * n  # time for every process to import, build and warm up
+    start_at = time.time() + 15.0 + 1.0 * n  # time for every process to import, build and warm up
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--steps", str(steps), "--device", str(device),
                                "--start-at", str(start_at)], stdout=subprocess.PIPE, text=True) for _ in range(n)]
     rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["steps_per_s"] for p in procs]
@@ -93,17 +77,20 @@ def separate(n: int, steps: int, device: torch.device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args, header = parse(ap)
+    if args.device.type != "cpu":
+        raise SystemExit("an ensemble runs on the CPU for now (cdp.rl.ensemble)")
     if args.worker:
         print(json.dumps({"steps_per_s": worker(args.steps, args.device, args.start_at)}))
         return
     print(f"{header}; EDP updates, batch 256, {args.seeds} seeds, {args.steps} timed steps each\n")
     print("| N seeds | one process: steps/s per seed | N processes: steps/s per seed | ratio |\n|---:|---:|---:|---:|")
     one = together(args.seeds, args.steps, args.device)
+    print(f"(one process: {one:.0f} steps/s per seed)", flush=True)
     sep = separate(args.seeds, args.steps, args.device)
     print(f"| {args.seeds} | {one:.0f} | {sep:.0f} | {one / sep:.2f}x |", flush=True)
 

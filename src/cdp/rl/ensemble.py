@@ -2,10 +2,14 @@
 
 Every run keeps what it would have alone: its own data cut, batch order, generators (seeded as
 the run alone seeds torch's), network, optimiser, run folder, logs, checkpoints and record; a
-run of an ensemble and the same run trained alone leave the same files. On a GPU each run's step
-(a CUDA graph) is queued on its own CUDA stream, so the small kernels of N runs overlap on the
-device instead of queueing behind each other, and the losses are read only after every run's
-step is queued. On the CPU the runs take turns.
+run of an ensemble and the same run trained alone leave the same files. The runs take turns,
+step by step.
+
+CPU only for now. On a GPU the point of an ensemble is to overlap the runs' small kernels (each
+run's CUDA graph on its own stream); that version crashed with an illegal memory access on an
+H200 (each run with its own generator registered with its graphs, evaluation graphed too), and
+which of those parts causes it is not known yet, so a CUDA device is refused rather than run
+unverified.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import contextlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..io import dataclass_defaults, fingerprint
@@ -53,6 +56,9 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
     check_spaces(full, env_id)
     transform = DataTransform.for_run(cfg0, full)
     device = resolve_device(cfg0.device)
+    if device.type != "cpu":
+        raise ValueError(f"an ensemble of seeds runs on the CPU for now, not on {device} (see cdp.rl.ensemble); "
+                         "train the seeds as separate runs there")
     make_agent(cfg0, full.obs_dim, full.act_dim, "cpu")  # a setting the agent rejects: before anything is written
     cuts = [transform.data(full.fraction(c.fraction, seed=c.seed, cut=c.data_cut)) for c in cfgs]
     with contextlib.ExitStack() as claimed:
@@ -61,22 +67,16 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
             claimed.enter_context(open_run(Path(out), asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter))
         runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True)
                 for cfg, out, data in zip(cfgs, outs, cuts)]
-        streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in runs]
         total = sum(c.steps for c in cfgs)
         bar = tqdm(total=total, initial=sum(r.agent.step for r in runs), disable=not progress,
                    desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds")
         with StopSignals() as stop:
             try:
-                while active := [(r, s) for r, s in zip(runs, streams) if not r.done]:
-                    queued = []
-                    for r, s in active:  # queue every run's step before reading any
-                        with _on(s):
-                            queued.append(r.launch())
+                while active := [r for r in runs if not r.done]:
                     stopped: RunInterrupted | None = None
-                    for (r, s), losses in zip(active, queued):
+                    for r in active:
                         try:
-                            with _on(s):
-                                r.finish(losses, stop)
+                            r.finish(r.launch(), stop)
                         except RunInterrupted as e:  # checkpoint every run before stopping
                             stopped = stopped or e
                         bar.update(1)
@@ -88,6 +88,3 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                     r.close()
         return [r.summary() for r in runs]
 
-
-def _on(stream: torch.cuda.Stream | None):
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
