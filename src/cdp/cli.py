@@ -301,7 +301,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "diagnose":
         from .diagnose import run_diagnostics
 
-        print(f"diagnostics: {run_diagnostics(args.runs, args.out, args.states, args.steps)}")
+        png = run_diagnostics(args.runs, args.out, args.states, args.steps)
+        print((png.parent / "diagnostics.md").read_text())
+        print(f"diagnostics: {png} (numbers in diagnostics.json, this table in diagnostics.md)")
     elif args.command == "reproduce":
         from .reproduce import reproduce
 

@@ -7,9 +7,15 @@ at states from its own dataset:
   measured final separation ratio against ``exp(int lambda_max(sym J_F) dtau)`` along the way;
 - **lambda_max(sym J_F)/|h| over diffusion time**, at diffused dataset actions (on the data) and
   at diffused actions drawn uniformly from ``[-2, 2]^d`` (off the data's support);
-- **action spread**: per-state standard deviation of sampled actions across sampler seeds.
+- **action spread**: per-state standard deviation of sampled actions across sampler seeds;
+- **the rate at the term's noise levels**: for a discrete schedule of T levels, at the levels
+  inside the run's window (``t <= t_max``; for EDP and DP runs, CDP's default window, so a base
+  and its CDP are read at the same levels) and three beyond it, the rate's median and the shares
+  of states above the hinge's floor ``-margin`` (the rows the hinge carries gradient on) and
+  above 0 (an expanding flow).
 
-Writes ``diagnostics.json`` and ``diagnostics.png`` (one colour per run) to ``--out``.
+Writes ``diagnostics.json``, ``diagnostics.png`` (one colour per run) and ``diagnostics.md``
+(the level table) to ``--out``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class Flow:
     actions: Tensor
     sampler: str
     sample_steps: int
+    t_max: float | None = 0.1  # the term's window (CDP's default for runs without the term)
+    floor: float = 0.1  # the hinge's margin: rows with rate > -floor carry its gradient
 
 
 def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
@@ -72,7 +80,7 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
         obs, act = w.batch(torch.as_tensor(rng.integers(0, len(w), states)))
         c = pol.config
         return Flow(f"{icfg.task}/{icfg.run_name()}", pol.net, pol.schedule, c.prediction, pol.cond(obs),
-                    pol.act_norm(act), c.sampler, c.sample_steps)
+                    pol.act_norm(act), c.sampler, c.sample_steps, icfg.t_max, icfg.margin or 0.0)
     from .rl.edp import EDP
     from .rl.trainer import TrainConfig, load_dataset, make_agent
 
@@ -83,9 +91,13 @@ def flow_from_run(run: str | Path, states: int = 16, seed: int = 0) -> Flow:
         raise ValueError(f"{run}: {tcfg.algo} has no diffusion actor with a sampling flow to diagnose")
     agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
     idx = rng.integers(0, len(data), states)
+    from .rl.trainer import DataTransform
+
+    obs = DataTransform.for_run(tcfg, data).obs(data.observations[idx])  # what the actor saw in training
+    window = tcfg if tcfg.algo == "cdp" else TrainConfig(algo="cdp", dataset=tcfg.dataset)
     return Flow(f"{tcfg.dataset}/{tcfg.run_name()}", agent.actor_ema, agent.cfg.schedule,
-                agent.cfg.prediction, torch.as_tensor(data.observations[idx]), torch.as_tensor(data.actions[idx]),
-                agent.cfg.sampler, agent.cfg.sample_steps)
+                agent.cfg.prediction, torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(data.actions[idx]),
+                agent.cfg.sampler, agent.cfg.sample_steps, window.t_max, window.margin or 0.0)
 
 
 def normalised_lambda(flow: Flow, a0: Tensor, ts: list[float], seed: int = 0, iters: int = 20) -> Tensor:
@@ -101,6 +113,43 @@ def normalised_lambda(flow: Flow, a0: Tensor, ts: list[float], seed: int = 0, it
             lam = max_sym_eig(lambda a: fb * a + hb * flow.net(a, tb, flow.cond), a_t, "auto", iters)
             out.append(lam)
     return torch.stack(out)
+
+
+def window_levels(flow: Flow) -> list[int]:
+    """The discrete levels to read (``t = i / T``): those inside the window and three beyond it
+    (about T/5, T/2 and 9T/10); without a window, 1, 2, T/10, T/2 and T. Empty for a continuous
+    schedule."""
+    if flow.schedule.kind != "discrete" or flow.schedule.log_alpha_knots is None:
+        return []
+    T = len(flow.schedule.log_alpha_knots) - 1
+    if flow.t_max is None:
+        return sorted({1, 2, max(1, T // 10), max(1, T // 2), T})
+    inside = [i for i in range(1, T + 1) if i / T <= flow.t_max * (1 + 1e-6)]
+    return sorted(set(inside) | {max(1, T // 5), max(1, T // 2), max(1, 9 * T // 10)})
+
+
+def level_rates(flow: Flow, seed: int = 0) -> list[dict]:
+    """At each of :func:`window_levels`, the rate ``lambda_max(sym J_F)/|h|`` at diffused
+    dataset actions: median, share above ``-floor`` and share above 0, over the flow's states."""
+    levels = window_levels(flow)
+    if not levels:
+        return []
+    T = len(flow.schedule.log_alpha_knots) - 1  # type: ignore[arg-type]
+    rates = normalised_lambda(flow, flow.actions, [i / T for i in levels], seed + 2)
+    return [{"level": i, "of": T, "in_window": flow.t_max is None or i / T <= flow.t_max * (1 + 1e-6),
+             "median": float(r.median()), "above_floor": float((r > -flow.floor).float().mean()),
+             "above_zero": float((r > 0).float().mean())} for i, r in zip(levels, rates)]
+
+
+def level_table(results: list[dict]) -> str:
+    """The level rows of every run as one markdown table."""
+    lines = ["| run | level (of T) | in window | median rate | share > -floor | share > 0 |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in results:
+        for row in r.get("levels", []):
+            lines.append(f"| {r['name']} | {row['level']} (of {row['of']}) | {'yes' if row['in_window'] else 'no'} | "
+                         f"{row['median']:+.3f} | {row['above_floor']:.0%} | {row['above_zero']:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 def diagnose(flow: Flow, steps: int = 400, delta: float = 1e-3, spread_samples: int = 16, seed: int = 0,
@@ -126,7 +175,8 @@ def diagnose(flow: Flow, steps: int = 400, delta: float = 1e-3, spread_samples: 
     spread = a.clamp(-1, 1).reshape(S, spread_samples, -1).std(1).mean(1)
     return {"name": flow.name, "ratio": ratio.tolist(), "bound": bound.tolist(), "t": ts,
             "lambda_on_data": on.mean(1).tolist(), "lambda_off_data": off.mean(1).tolist(),
-            "action_spread": float(spread.mean()), "bound_holds": float((ratio <= bound * (1 + tol)).float().mean())}
+            "action_spread": float(spread.mean()), "bound_holds": float((ratio <= bound * (1 + tol)).float().mean()),
+            "floor": flow.floor, "levels": level_rates(flow, seed)}
 
 
 def plot(results: list[dict]) -> bytes:
@@ -174,4 +224,5 @@ def run_diagnostics(runs: list[str], out: str | Path, states: int = 16, steps: i
     out = Path(out)
     atomic_write(out / "diagnostics.json", json.dumps(results, indent=1).encode())
     atomic_write(out / "diagnostics.png", plot(results))
+    atomic_write(out / "diagnostics.md", level_table(results).encode())
     return out / "diagnostics.png"
