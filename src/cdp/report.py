@@ -297,8 +297,8 @@ def _summary_plot(groups: dict[str, list[Run]], metric: str = "mean_last3") -> b
 
 def compute_hours(runs: list[Run]) -> float:
     """Wall-clock hours the runs took, evaluations included: each run's ``step`` × its
-    ``seconds_per_1k_steps`` (over every process that trained it; in records from before session 6
-    a resumed run's rate is its last leg's, applied to all its steps)."""
+    ``seconds_per_1k_steps`` (over every process that trained it; in records without ``legs`` a
+    resumed run's rate is its last leg's, applied to all its steps)."""
     return sum(r.summary["step"] * r.summary["seconds_per_1k_steps"] / 1000 for r in runs
                if "seconds_per_1k_steps" in r.summary and "step" in r.summary) / 3600
 

@@ -343,7 +343,7 @@ def recent_pace(job: Job, rows: int = 20) -> float | None:
 def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     """The pace the jobs training now go at (a live process holds the run's claim and logged in
     the last ``recent_s`` seconds): median seconds per 1k steps per algorithm / policy, from
-    :func:`recent_pace`. A machine's speed can change between sessions (a shared host), so this
+    :func:`recent_pace`. A machine's speed can change from one day to the next (a shared host), so this
     can differ from the finished runs' pace. A run stopped a minute ago does not count."""
     rates: dict[str, list[float]] = {}
     for j in jobs:
