@@ -29,7 +29,9 @@ BACKBONES = {
     "DiT 128 x 4": dict(backbone="dit", dit_width=128, dit_depth=4, dit_heads=4),
     "MLP 3 x 256": dict(backbone="mlp"),
 }
-VARIANTS = {"DP": None, "CDP full batch": ContractionConfig(), "CDP sub-batch 16": ContractionConfig(subbatch=16)}
+VARIANTS = {"DP": None, "CDP full batch": ContractionConfig(), "CDP sub-batch 16": ContractionConfig(subbatch=16),
+            # the exact eigenvalue (the chunk's full Jacobian) instead of Lanczos 4: benchmarks/estimator_accuracy.py
+            "CDP sub-batch 16, exact": ContractionConfig(subbatch=16, exact_max_dim=1024)}
 
 
 def main() -> None:
