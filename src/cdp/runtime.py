@@ -7,7 +7,7 @@ sampling step allocates many short-lived tensors of 0.25-2 MB (a 1000 x 256 acti
 1 MB), so without tuning each one can cost fresh page faults (the kernel zeroes every page).
 Measured here (benchmarks/action_selection.py --quick with and without --default-malloc): EDP
 action selection for 10 states x 100 candidates 97 -> 57 ms on one thread, 38 -> 33 ms on two;
-the every-t contraction step's 1.5 MB tangent batches gain too (README, "Speed"). The maths
+the every-t contraction step's 1.5 MB tangent batches gain too (docs/performance.md, "Speed"). The maths
 is untouched; the price is that the process keeps its peak heap instead of returning it.
 """
 

@@ -30,9 +30,8 @@ def _mish_derivative(z: Tensor) -> Tensor:
 class _MishFn(torch.autograd.Function):
     """``mish(z)`` for training: the forward from one ``exp`` (:func:`_tanh_softplus_`) also
     gives ``mish'(z)``, so the backward is one multiply. ``softplus`` then ``tanh`` and their three
-    backward kernels cost more on the CPU: forward + backward of a ``[256, 256]`` activation took
-    0.53 ms against 0.8-1.5 ms on the AVX2 host (``tanh`` alone ~3x an ``exp`` there; both cores
-    busy, so a range), a whole DQL update 0-8% less. A derivative of the backward (``create_graph``, ``jacrev``
+    backward kernels cost more on the CPU (``tanh`` alone is ~3x an ``exp`` on an AVX2 CPU), and
+    a whole DQL update is 0-8% faster this way. A derivative of the backward (``create_graph``, ``jacrev``
     of ``jacrev``) recomputes ``mish'`` from differentiable ops, so every order stays exact;
     forward mode never comes here (:class:`Mish` takes the composite formula under it)."""
 
