@@ -33,6 +33,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                              [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl_forms": ("Offline RL, 10% of transitions: the paper's hinge beside the official runs' Frobenius form",
                          [("rl", "Hopper-v5", "medium-replay")]),
+    "offline_rl_gamma": ("Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
+                         [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
                             [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
