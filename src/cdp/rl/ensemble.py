@@ -20,10 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import dataclass_defaults, fingerprint
-from ..runlog import RunInterrupted, StopSignals, open_run
+from ..runlog import RunInterrupted, StopSignals
 from ..runtime import resolve_device
-from .trainer import DataTransform, TrainConfig, _Run, check_spaces, load_dataset, make_agent
+from .trainer import TrainConfig, _Run, claim_run, load_run_data, run_cut
 
 
 def check_seeds_only(cfgs: list[TrainConfig]) -> None:
@@ -49,22 +48,15 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
     if len(outs) != len(cfgs):
         raise ValueError(f"{len(cfgs)} runs need {len(cfgs)} folders, got {len(outs)}")
     cfg0 = cfgs[0]
-    full, env_from_data = load_dataset(cfg0.dataset)
-    env_id = cfg0.env_id or env_from_data
-    if env_id is None:
-        raise ValueError("the dataset names no environment: pass env_id")
-    check_spaces(full, env_id)
-    transform = DataTransform.for_run(cfg0, full)
     device = resolve_device(cfg0.device)
     if device.type != "cpu":
         raise ValueError(f"an ensemble of seeds runs on the CPU for now, not on {device} (see cdp.rl.ensemble); "
                          "train the seeds as separate runs there")
-    make_agent(cfg0, full.obs_dim, full.act_dim, "cpu")  # a setting the agent rejects: before anything is written
-    cuts = [transform.data(full.fraction(c.fraction, seed=c.seed, cut=c.data_cut)) for c in cfgs]
+    full, env_id, transform = load_run_data(cfg0)
+    cuts = [run_cut(c, full, transform) for c in cfgs]
     with contextlib.ExitStack() as claimed:
         for cfg, out, data in zip(cfgs, outs, cuts):
-            seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
-            claimed.enter_context(open_run(Path(out), asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter))
+            claimed.enter_context(claim_run(cfg, Path(out), data, reenter))
         runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True)
                 for cfg, out, data in zip(cfgs, outs, cuts)]
         total = sum(c.steps for c in cfgs)

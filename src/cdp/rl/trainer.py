@@ -206,21 +206,38 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int,
     return totals.tolist()
 
 
+def load_run_data(cfg: TrainConfig) -> tuple[Transitions, str, DataTransform]:
+    """The whole dataset a config names, its evaluation task (checked against the data's spaces)
+    and the preset's transform; a setting the agent rejects fails here, before anything is
+    written."""
+    full, env_from_data = load_dataset(cfg.dataset)
+    env_id = cfg.env_id or env_from_data
+    if env_id is None:
+        raise ValueError("the dataset names no environment: pass env_id")
+    check_spaces(full, env_id)
+    make_agent(cfg, full.obs_dim, full.act_dim, "cpu")
+    return full, env_id, DataTransform.for_run(cfg, full)
+
+
+def run_cut(cfg: TrainConfig, full: Transitions, transform: DataTransform) -> Transitions:
+    """The run's share of the data (its seed's cut), transformed as its preset says."""
+    return transform.data(full.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut))
+
+
+def claim_run(cfg: TrainConfig, out: Path, data: Transitions, reenter: bool = True):
+    """:func:`cdp.runlog.open_run` for this config and the fingerprint of its data."""
+    seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
+    return open_run(out, asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter)
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
     """Train (or resume) a run; returns the final summary. ``reenter=False``: a run found finished
     raises :class:`cdp.runlog.RunFinished` instead (see :func:`cdp.runlog.open_run`)."""
     out = Path(out_dir)
-    data, env_from_data = load_dataset(cfg.dataset)
-    env_id = cfg.env_id or env_from_data
-    if env_id is None:
-        raise ValueError("the dataset names no environment: pass env_id")
-    check_spaces(data, env_id)
-    transform = DataTransform.for_run(cfg, data)
-    data = transform.data(data.fraction(cfg.fraction, seed=cfg.seed, cut=cfg.data_cut))
+    full, env_id, transform = load_run_data(cfg)
+    data = run_cut(cfg, full, transform)
     device = resolve_device(cfg.device)
-    make_agent(cfg, data.obs_dim, data.act_dim, "cpu")  # a setting the agent rejects: before anything is written
-    seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
-    with open_run(out, asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter):  # claimed, checked
+    with claim_run(cfg, out, data, reenter):  # claimed, checked
         return _train(cfg, out, data, env_id, device, progress, transform)
 
 
