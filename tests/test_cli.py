@@ -69,5 +69,9 @@ def test_rl_cli_bad_task_is_one_clear_line(capsys):
     assert main(["rl", "train-behaviour", "Hoppper-v5", "--steps", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cdp: error: unknown Gymnasium environment 'Hoppper-v5'")
-    with pytest.raises(SystemExit):
-        main(["rl", "make-data", "Hopper-v5", "novice"])
+    assert main(["rl", "make-data", "Hopper-v5", "novice"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quality must be one of" in err[0] and "'novice'" in err[0]
+    assert main(["rl", "make-data", "kitchen", "expert"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kitchen quality must be one of ('complete', 'partial', 'mixed')" in err[0]

@@ -94,9 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--snapshot-every", type=_positive_int, default=20_000, help="save and score the actor every this many steps")
     tb.add_argument("--seed", type=_seed, default=0, help="SAC seed")
     tb.add_argument("--out", default=None, help="agent folder (default data/agents/<task>-sac-s<seed>)")
-    md = rls.add_parser("make-data", help="roll a D4RL-style dataset from the agent's snapshots into Minari")
-    md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5")
-    md.add_argument("quality", choices=["random", "medium", "medium-replay", "expert"], help="D4RL-style quality")
+    md = rls.add_parser("make-data", help="roll a D4RL-style dataset from the agent's snapshots (or the scripted "
+                                          "kitchen demonstrator) into Minari")
+    md.add_argument("task", help="Gymnasium task, e.g. Hopper-v5, or kitchen")
+    md.add_argument("quality", help="D4RL-style quality: random, medium, medium-replay, expert; "
+                                    "kitchen: complete, partial, mixed")
+    md.add_argument("--episodes", type=_positive_int, default=None,
+                    help="kitchen: episodes (default 19 complete demonstrations, 200 partial / mixed)")
     md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
     md.add_argument("--seed", type=_seed, default=0, help="rollout seed")
@@ -220,15 +224,15 @@ def _run(args: argparse.Namespace) -> int:
         snaps = train_behaviour(cfg, args.out or default_agent_dir(args.task, args.seed))
         print(f"{len(snaps)} snapshots; best mean return {max(s.mean_return for s in snaps):.1f}" if snaps else "no snapshots")
     elif args.command == "rl" and args.rl_command == "make-data":
-        from .data.generate import default_agent_dir, make_dataset
-
         import minari
 
-        from .data.generate import dataset_id
+        from .data import kitchen
+        from .data.generate import dataset_id, make_task_dataset
 
-        kept = dataset_id(args.task, args.quality) in minari.list_local_datasets() and not args.overwrite
-        did = make_dataset(args.task, args.quality, args.agent or default_agent_dir(args.task, 0), args.steps, args.seed,
-                           overwrite=args.overwrite)
+        did = kitchen.dataset_id(args.quality) if args.task == "kitchen" else dataset_id(args.task, args.quality)
+        kept = did in minari.list_local_datasets() and not args.overwrite
+        did = make_task_dataset(args.task, args.quality, args.agent, args.steps, args.episodes, args.seed,
+                                overwrite=args.overwrite)
         print(f"Minari dataset {did} " + ("was already in the local store: kept (--overwrite makes it again)"
                                           if kept else "is in the local store"))
     elif args.command == "rl" and args.rl_command == "train":

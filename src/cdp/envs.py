@@ -13,6 +13,10 @@ def make_env(env_id: str, **kwargs):
     if not isinstance(env_id, str) or ":" in env_id:
         raise ValueError(f"environment id {env_id!r} is not a registered Gymnasium id ('module:Env' ids, which import "
                          "a module, are refused: import it yourself so it registers its environments)")
+    if env_id.startswith("cdp/kitchen"):
+        from .data.kitchen import register
+
+        register()
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as e:

@@ -35,6 +35,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                          [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl_gamma": ("Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
                          [("rl", "Hopper-v5", "medium-replay")]),
+    "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published "
+                           "weight, 100% and 10% of transitions", [("rl", "kitchen", "complete")]),
     "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
                             [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
@@ -96,9 +98,9 @@ def ensure_data(needs: list[tuple[str, str, str]]) -> None:
     """Make each missing dataset (Minari's local store for RL, ``data/il/`` for imitation)."""
     for kind, task, quality in needs:
         if kind == "rl":
-            from .data.generate import default_agent_dir, make_dataset
+            from .data.generate import make_task_dataset
 
-            make_dataset(task, quality, default_agent_dir(task))
+            make_task_dataset(task, quality)
         else:
             from .il.tasks import default_data_path, write_demos
 

@@ -120,3 +120,16 @@ def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int 
         description=__doc__, ref_min_score=random_ret, ref_max_score=expert_ret,
     )
     return did
+
+
+def make_task_dataset(task: str, quality: str, agent_dir: str | Path | None = None, n_steps: int = 200_000,
+                      n_episodes: int | None = None, seed: int = 0, overwrite: bool = False) -> str:
+    """``cdp rl make-data``: the scripted kitchen datasets for ``task="kitchen"`` (``n_episodes``),
+    otherwise the behaviour agent's (``n_steps``); returns the Minari id."""
+    if task == "kitchen":
+        from .kitchen import make_kitchen_dataset
+
+        return make_kitchen_dataset(quality, n_episodes, seed, overwrite)
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES} for {task}, got {quality!r}")
+    return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite)

@@ -17,13 +17,18 @@ def _load(dataset_id: str):
 
 
 def load_minari(dataset_id: str) -> Transitions:
-    """All episodes of a local Minari dataset (Box observations and actions)."""
+    """All episodes of a local Minari dataset (Box actions; Box observations, or a goal dict whose
+    ``observation`` entry is what the agent sees, as in Minari's kitchen datasets)."""
     ds = _load(dataset_id)
     episodes = [{"observations": ep.observations, "actions": ep.actions, "rewards": ep.rewards,
                  "terminations": ep.terminations, "truncations": ep.truncations} for ep in ds.iterate_episodes()]
     for i, ep in enumerate(episodes):
         if isinstance(ep["observations"], dict):
-            raise DatasetError(f"{dataset_id}: episode {i} has dict observations; only Box observations are supported")
+            # goal-conditioned layouts (Minari's kitchen): the agent sees the flat "observation" entry
+            if "observation" not in ep["observations"]:
+                raise DatasetError(f"{dataset_id}: episode {i} has dict observations without an 'observation' entry "
+                                   f"(keys {sorted(ep['observations'])}); only Box or goal-dict observations are supported")
+            ep["observations"] = ep["observations"]["observation"]
     return Transitions.from_episodes(episodes)
 
 

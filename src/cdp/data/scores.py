@@ -37,6 +37,8 @@ D4RL_REFERENCES: dict[str, ScoreReference] = {
     "hopper": ScoreReference(-20.272305, 3234.3, "D4RL hopper"),
     "walker2d": ScoreReference(1.629008, 4592.3, "D4RL walker2d"),
     "halfcheetah": ScoreReference(-280.178953, 12135.0, "D4RL halfcheetah"),
+    # kitchen: the return is the number of subtasks completed, 0-4
+    "kitchen": ScoreReference(0.0, 4.0, "D4RL kitchen"),
 }
 
 

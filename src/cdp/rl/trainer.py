@@ -126,6 +126,10 @@ def load_dataset(spec: str) -> tuple[Transitions, str | None]:
 
     tr = load_minari(spec)
     env_spec = minari.load_dataset(spec).spec.env_spec
+    if env_spec is not None and env_spec.id == "FrankaKitchen-v1":  # dict observations: the flat registered env
+        from ..data.kitchen import env_for_tasks
+
+        return tr, env_for_tasks(env_spec.kwargs.get("tasks_to_complete", ()))
     return tr, (env_spec.id if env_spec is not None else None)
 
 
