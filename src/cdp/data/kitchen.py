@@ -34,6 +34,7 @@ QUALITIES = ("complete", "partial", "mixed")
 EPISODES = {"complete": 19, "partial": 200, "mixed": 200}  # D4RL's kitchen-complete has 19 demonstrations
 # the environment turns an action a in [-1, 1] into a joint target q + 2 a dt, dt = 0.08 s
 _MAX_JOINT_STEP = 0.16
+UP = np.array([0.0, 0.0, 1.0])
 FORWARD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # gripper pointing +y, fingers along x
 
 
@@ -85,11 +86,13 @@ def env_for_tasks(tasks: Sequence[str]) -> str:
                      + "; ".join(f"{k}: {list(v)}" for k, v in ENV_IDS.items()))
 
 
-def task_done(data, task: str) -> bool:
-    """Whether a subtask's joints are within the environment's 0.3 threshold of its goal."""
+def task_done(data, task: str, margin: float = 0.0) -> bool:
+    """Whether a subtask's joints are within the environment's 0.3 threshold of its goal, less
+    ``margin`` (a skill goes on past the threshold, so the door or lever does not settle back
+    just outside it)."""
     from gymnasium_robotics.envs.franka_kitchen.kitchen_env import BONUS_THRESH, OBS_ELEMENT_GOALS, OBS_ELEMENT_INDICES
 
-    return bool(np.linalg.norm(data.qpos[OBS_ELEMENT_INDICES[task]] - OBS_ELEMENT_GOALS[task]) < BONUS_THRESH)
+    return bool(np.linalg.norm(data.qpos[OBS_ELEMENT_INDICES[task]] - OBS_ELEMENT_GOALS[task]) < BONUS_THRESH - margin)
 
 
 class Arm:
@@ -112,7 +115,7 @@ class Arm:
     def site_pos(self, name: str) -> np.ndarray:
         return self.data.site_xpos[self.model.site(name).id].copy()
 
-    def action(self, target: np.ndarray, rot: np.ndarray, grip: float, vmax: float = 0.05,
+    def action(self, target: np.ndarray, rot: np.ndarray, grip: float, vmax: float = 0.08,
                free_axis: np.ndarray | None = None) -> np.ndarray:
         """The (9,) action moving the site toward ``target`` (at most ``vmax`` m this step) and
         ``rot`` (turning about the world ``free_axis`` left free); ``grip`` +1 opens the fingers,
@@ -147,7 +150,7 @@ class Arm:
         act[7:] = grip
         return act
 
-    def move(self, target, rot, grip: float, tol: float, cap: int, vmax: float = 0.05,
+    def move(self, target, rot, grip: float, tol: float, cap: int, vmax: float = 0.08,
              free_axis: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Actions toward ``target`` until within ``tol`` m or ``cap`` steps."""
         for _ in range(cap):
@@ -174,30 +177,33 @@ class Arm:
 
 
 def _microwave(arm: Arm, rng: np.random.Generator, jitter: float) -> Iterator[np.ndarray]:
-    handle = arm.site_pos("microhandle_site") + rng.normal(0, jitter, 3)
+    handle = arm.site_pos("microhandle_site") + rng.normal(0, jitter / 3, 3)  # the fingers clear the bar by ~2 cm
     hinge = arm.data.xpos[arm.model.body("microdoorroot").id].copy()
     yield from arm.move(handle + [0, -0.12, 0], FORWARD, 1, 0.02, 30)
     yield from arm.move(handle, FORWARD, 1, 0.015, 15)
     yield from arm.hold(-1, 4)
-    # pull the handle round the hinge, turning the gripper with the door
-    for theta in np.linspace(0, -1.2, 29)[1:]:
-        if task_done(arm.data, "microwave"):
+    # pull the handle round the hinge, turning the gripper with the door (which lags the hand)
+    for theta in np.linspace(0, -1.5, 36)[1:]:
+        if task_done(arm.data, "microwave", margin=0.1):
             break
-        yield arm.action(hinge + _rot_z(theta) @ (handle - hinge), _rot_z(theta) @ FORWARD, -1)
-    yield from arm.hold(1, 3)
+        yield arm.action(hinge + _rot_z(theta) @ (handle - hinge), _rot_z(theta) @ FORWARD, -1, free_axis=UP)
+    yield from arm.hold(1, 3, free_axis=UP)
+    pos, rot = arm.pose()
+    yield from arm.move(pos + [0, -0.1, 0.15], rot, 1, 0.03, 8, free_axis=UP)  # up and out, clear of the kettle
 
 
 def _kettle(arm: Arm, rng: np.random.Generator, jitter: float) -> Iterator[np.ndarray]:
     rot, bar = _pitched(1.3), np.array([1.0, 0.0, 0.0])  # the grasp may turn about the handle's bar
     handle = arm.site_pos("kettle_site") + rng.normal(0, jitter / 3, 3)  # the grasp leaves ~1.6 cm each side
     shift = np.array([0.04, 0.4, 0.0]) + rng.normal(0, jitter, 3) * [1, 1, 0]  # bottom-left to top-left burner
-    yield from arm.move(handle - 0.12 * rot[:, 2], rot, 1, 0.015, 45)
+    yield from arm.move(handle - 0.12 * rot[:, 2] + [0, 0, 0.15], rot, 1, 0.06, 18)  # come in from above
+    yield from arm.move(handle - 0.12 * rot[:, 2], rot, 1, 0.015, 20)
     yield from arm.move(handle, rot, 1, 0.01, 20, free_axis=bar)
     yield from arm.hold(-1, 5, free_axis=bar)
     yield from arm.move(handle + [0, 0, 0.1], rot, -1, 0.015, 20, free_axis=bar)
     for s in np.linspace(0, 1, 25)[1:]:
         yield arm.action(handle + s * shift + [0, 0, 0.1], rot, -1, vmax=0.03, free_axis=bar)
-    yield from arm.move(handle + shift + [0, 0, 0.01], rot, -1, 0.015, 8, free_axis=bar)
+    yield from arm.move(handle + shift + [0, 0, 0.01], rot, -1, 0.015, 5, free_axis=bar)
     yield from arm.hold(1, 4, free_axis=bar)
     yield from arm.move(handle + shift - 0.1 * rot[:, 2] + [0, 0, 0.05], rot, 1, 0.03, 10, free_axis=bar)
 
@@ -207,9 +213,9 @@ def _light_switch(arm: Arm, rng: np.random.Generator, jitter: float) -> Iterator
     yield from arm.home(-1)
     for _ in range(2):  # a push that slid past the lever's tip is tried once more
         yield from arm.move(lever + [0.06, -0.1, 0], FORWARD, -1, 0.02, 30)
-        yield from arm.move(lever + [0.06, 0, 0], FORWARD, -1, 0.015, 15)
+        yield from arm.move(lever + [0.06, 0, 0], FORWARD, -1, 0.015, 12)
         for _ in range(20):  # push the lever's tip toward -x
-            if task_done(arm.data, "light switch"):
+            if task_done(arm.data, "light switch", margin=0.1):
                 break
             yield arm.action(lever + [-0.2, 0, 0], FORWARD, -1, vmax=0.03)
         yield from arm.move(arm.pose()[0] + [0, -0.08, 0], FORWARD, -1, 0.02, 6)
@@ -224,7 +230,7 @@ def _slide_cabinet(arm: Arm, rng: np.random.Generator, jitter: float) -> Iterato
         yield from arm.move(handle + [start - 0.06, -0.12, 0], FORWARD, -1, 0.02, 30)
         yield from arm.move(handle + [start - 0.06, 0, 0], FORWARD, -1, 0.015, 15)
         for _ in range(25):
-            if task_done(arm.data, "slide cabinet"):
+            if task_done(arm.data, "slide cabinet", margin=0.1):
                 break
             yield arm.action(handle + [0.3, 0, 0], FORWARD, -1, vmax=0.03)
         yield from arm.move(arm.pose()[0] + [0, -0.08, 0], FORWARD, -1, 0.02, 6)
