@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim", help="sampler at evaluation")
     itr.add_argument("--sample-steps", type=_positive_int, default=10, help="sampler steps per action chunk")
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
+    itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
+                     help="image tasks (lift-image): the camera encoder")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
     iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
@@ -280,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
                              filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                             device=args.device, graphs=not args.eager)
+                             device=args.device, graphs=not args.eager, encoder=args.encoder)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")

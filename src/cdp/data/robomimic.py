@@ -5,7 +5,8 @@ Layout::
 
     data/                        attrs: total (transitions), env_args (JSON string)
       demo_0/                    attrs: num_samples
-        obs/<key>                [N, ...]  low-dim observation streams, e.g. robot0_eef_pos
+        obs/<key>                [N, ...]  observation streams, e.g. robot0_eef_pos (float), agentview_image
+                                           ([N, H, W, 3] uint8)
         next_obs/<key>           [N, ...]  (optional)
         actions                  [N, A]
         rewards, dones           [N]
@@ -136,11 +137,17 @@ def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_k
             n = actions.shape[0]
             rewards = np.asarray(g["rewards"][()], dtype=np.float32) if "rewards" in g else np.zeros(n, np.float32)
             dones = np.asarray(g["dones"][()]).astype(bool) if "dones" in g else np.eye(1, n, n - 1, dtype=bool)[0]
-            demo = Demo({k: np.asarray(g["obs"][k][()], dtype=np.float32) for k in keys}, actions, rewards, dones,
+            demo = Demo({k: _obs_array(g["obs"][k][()]) for k in keys}, actions, rewards, dones,
                         np.asarray(g["states"][()]) if "states" in g else None)
             _validate(demo, f"{path}: data/{name}")
             demos[name] = demo
     return DemoDataset(demos, env_args, masks)
+
+
+def _obs_array(v: np.ndarray) -> np.ndarray:
+    """Images stay uint8 (robomimic stores them ``[N, H, W, 3]`` uint8); other streams float32."""
+    v = np.asarray(v)
+    return v if v.dtype == np.uint8 else v.astype(np.float32)
 
 
 def _validate(demo: Demo, where: str) -> None:
@@ -176,8 +183,8 @@ def write_robomimic(path: str | Path, dataset: DemoDataset) -> Path:
                 _validate(demo, name)
                 g = data.create_group(name)
                 g.attrs["num_samples"] = len(demo)
-                for k, v in demo.obs.items():
-                    g.create_dataset(f"obs/{k}", data=v)
+                for k, v in demo.obs.items():  # images compressed, as robomimic's image datasets are
+                    g.create_dataset(f"obs/{k}", data=v, **({"compression": "gzip"} if v.dtype == np.uint8 else {}))
                 g.create_dataset("actions", data=demo.actions)
                 g.create_dataset("rewards", data=demo.rewards)
                 g.create_dataset("dones", data=demo.dones.astype(np.int64))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -89,6 +89,10 @@ class ChunkPolicy(nn.Module):
         self.obs_norm.load_state_dict(MinMax.fit(obs).state_dict())
         self.act_norm.load_state_dict(MinMax.fit(actions).state_dict())
 
+    def _key_ndim(self, key: str) -> int:
+        """Dimensions of one step of a stream: 3 for an image ``[H, W, 3]``, else 1."""
+        return 3 if key in getattr(self.config, "image_keys", ()) else 1
+
     # ------------------------------------------------------------------ deployment
     def reset(self) -> None:
         self._obs.clear()
@@ -101,7 +105,8 @@ class ChunkPolicy(nn.Module):
             if missing:
                 raise KeyError(f"observation lacks {missing}; the policy reads {self.config.obs_keys}")
             parts = [torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32, device=self.device) for k in self.config.obs_keys]
-            parts = [p.reshape(1, -1) if p.ndim <= 1 else p.reshape(p.shape[0], -1) for p in parts]
+            parts = [p.reshape(1, -1) if p.ndim <= self._key_ndim(k) else p.reshape(p.shape[0], -1)
+                     for k, p in zip(self.config.obs_keys, parts)]
             x = torch.cat(parts, -1)
         else:
             x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
@@ -114,7 +119,8 @@ class ChunkPolicy(nn.Module):
     def select_action(self, obs: ObsLike) -> np.ndarray:
         """The next action: ``[d]`` for one observation, ``[B, d]`` for a batch. A new chunk is
         predicted whenever the queue is empty (every Ta steps)."""
-        single = (isinstance(obs, dict) and np.asarray(next(iter(obs.values()))).ndim == 1) or \
+        k0 = self.config.obs_keys[0]
+        single = (isinstance(obs, dict) and k0 in obs and np.asarray(obs[k0]).ndim == self._key_ndim(k0)) or \
             (not isinstance(obs, dict) and np.asarray(obs).ndim == 1)
         x = self.flat_obs(obs)
         if not self._obs:  # first step after reset: the history is this observation repeated
@@ -178,7 +184,7 @@ def _from_json(cls: type, raw: dict):
         v = raw[f.name]
         if f.name == "contraction" and v is not None:
             v = ContractionConfig(**v)
-        elif isinstance(v, list) and f.name != "obs_keys":
+        elif isinstance(v, list) and f.name not in ("obs_keys", "image_keys"):
             v = tuple(v)
         kw[f.name] = v
     return cls(**kw)
@@ -201,11 +207,38 @@ class DiffusionPolicyConfig(PolicyConfig):
     dit_heads: int = 4
     mlp_hidden: int = 256
     contraction: ContractionConfig | None = None  # None or gamma 0: plain Diffusion Policy
+    # cameras: the last obs_keys may be RGB images [H, W, 3] (uint8 values, flattened into the
+    # observation vector); each goes through its own encoder, a random crop in training and the
+    # centre crop at inference (Diffusion Policy's robomimic image setting: 84 -> 76, ResNet-18)
+    image_keys: list[str] = field(default_factory=list)
+    image_size: int = 84
+    crop: int = 76
+    encoder: str = "resnet18"
+    image_features: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
+        if self.image_keys:
+            if list(self.obs_keys[-len(self.image_keys):]) != list(self.image_keys):
+                raise ValueError(f"image_keys {self.image_keys} must be the last obs_keys ({self.obs_keys})")
+            if self.low_dim < 0:
+                raise ValueError(f"obs_dim {self.obs_dim} is smaller than {len(self.image_keys)} images of "
+                                 f"{self.image_size}x{self.image_size}x3")
+            if not 0 < self.crop <= self.image_size:
+                raise ValueError(f"crop must be in (0, image_size={self.image_size}], got {self.crop}")
+
+    @property
+    def low_dim(self) -> int:
+        """Size of the non-image part of one step's observation vector."""
+        return self.obs_dim - len(self.image_keys) * 3 * self.image_size ** 2
+
+    @property
+    def cond_dim(self) -> int:
+        """Size of the denoiser's conditioning vector (all To steps)."""
+        per_step = self.low_dim + len(self.image_keys) * self.image_features if self.image_keys else self.obs_dim
+        return self.n_obs_steps * per_step
         if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
             raise ValueError(f"n_action_steps {self.n_action_steps} does not fit: horizon {self.horizon} - "
                              f"n_obs_steps {self.n_obs_steps} + 1 actions lie ahead of the current step")
@@ -218,7 +251,11 @@ class DiffusionPolicy(ChunkPolicy):
     def __init__(self, config: DiffusionPolicyConfig) -> None:
         super().__init__(config)
         c = config
-        cond = c.n_obs_steps * c.obs_dim
+        cond = c.cond_dim
+        if c.image_keys:
+            from ..nets.vision import make_image_encoder
+
+            self.encoders = nn.ModuleDict({k: make_image_encoder(c.encoder, c.image_features) for k in c.image_keys})
         if c.backbone == "unet":
             self.net: nn.Module = UNet1D(c.action_dim, cond, dims=tuple(c.unet_dims))
         elif c.backbone == "dit":
@@ -229,6 +266,24 @@ class DiffusionPolicy(ChunkPolicy):
         self.schedule = VPSchedule.discrete_cosine(c.train_steps)
         self.reg = (ContractionRegularizer(self.schedule, c.prediction, c.contraction)  # type: ignore[arg-type]
                     if c.contraction is not None and c.contraction.gamma > 0 else None)
+
+    def cond(self, obs: Tensor) -> Tensor:
+        """``[B, To, obs_dim] -> [B, cond_dim]``: the normalised low-dim streams and, for each
+        camera, its encoder's features of the (random in training, centre at inference) crop."""
+        c = self.config
+        if not c.image_keys:
+            return super().cond(obs)
+        from ..nets.vision import crop
+
+        b, steps, low = obs.shape[0], obs.shape[1], c.low_dim
+        lo, hi = self.obs_norm.lo[:low], self.obs_norm.hi[:low]
+        parts = [2 * (obs[..., :low] - lo) / (hi - lo) - 1]
+        size = 3 * c.image_size ** 2
+        for i, key in enumerate(c.image_keys):
+            img = obs[..., low + i * size: low + (i + 1) * size].reshape(b * steps, c.image_size, c.image_size, 3)
+            img = crop(img.permute(0, 3, 1, 2) / 127.5 - 1, c.crop, random=self.training)
+            parts.append(self.encoders[key](img).reshape(b, steps, -1))
+        return torch.cat(parts, -1).reshape(b, -1)
 
     def compute_loss(self, obs: Tensor, actions: Tensor, t: Tensor | None = None,
                      noise: Tensor | None = None) -> dict[str, Tensor]:

@@ -2,7 +2,10 @@
 robomimic's names) wrapped as Gymnasium environments, with scripted demonstrators.
 
 Observations: ``robot0_eef_pos`` (3), ``robot0_eef_quat`` (4), ``robot0_gripper_qpos`` (2) and
-``object`` (robosuite's ``object-state``: Lift 10, Can 14). Actions: 7 numbers in ``[-1, 1]``,
+``object`` (robosuite's ``object-state``: Lift 10, Can 14); with ``cameras``, also
+``<camera>_image`` (``[H, W, 3]`` uint8, upright), rendered offscreen by MuJoCo (OSMesa on a
+machine without a GPU: ``apt-get install libosmesa6``; ``MUJOCO_GL`` is set to ``osmesa`` when
+that library is present and nothing else was chosen). Actions: 7 numbers in ``[-1, 1]``,
 end-effector translation (0.05 m per unit), rotation (kept 0 by the demonstrators) and the
 gripper (-1 open, +1 close). ``reset(seed=i)`` gives the i-th fixed initial state; an episode ends
 on success or at the horizon (robomimic's 400 steps for PH Lift / Can).
@@ -13,7 +16,9 @@ from, how high they hover, how long they squeeze, how fast and how noisily they 
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
+import os
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -27,6 +32,28 @@ OBS_SHAPES = {"Lift": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_
               "PickPlaceCan": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,),
                                "object": (14,)}}
 HORIZON = 400
+CAMERAS = ("agentview", "robot0_eye_in_hand")  # robomimic's image datasets: shoulder and wrist
+IMAGE_SIZE = 84
+
+
+def image_shapes(cameras: tuple[str, ...] = CAMERAS, size: int = IMAGE_SIZE) -> dict[str, tuple[int, ...]]:
+    return {f"{c}_image": (size, size, 3) for c in cameras}
+
+
+def _configure_gl() -> None:
+    """Offscreen rendering without a display: OSMesa where it is installed. robosuite reads
+    ``MUJOCO_GL`` once, when it is first imported."""
+    if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
+        os.environ["MUJOCO_GL"] = "osmesa"
+        os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+_configure_gl()  # before anything imports robosuite (only this module does, lazily)
+
+
+def rendering_available() -> bool:
+    """Whether robosuite can render cameras here (a GL backend chosen before robosuite loaded)."""
+    return os.environ.get("MUJOCO_GL") in ("osmesa", "egl")
 
 # operators: (position gain, action noise std, speed cap)
 OPERATORS = {"better": (10.0, 0.05, 1.0), "okay": (6.0, 0.15, 0.7), "worse": (4.0, 0.3, 0.5)}
@@ -37,20 +64,31 @@ class RobosuiteEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, env_name: str = "Lift", horizon: int = HORIZON) -> None:
+    def __init__(self, env_name: str = "Lift", horizon: int = HORIZON, cameras: tuple[str, ...] = (),
+                 image_size: int = IMAGE_SIZE) -> None:
+        if cameras:
+            if not rendering_available():
+                raise ValueError("camera observations need offscreen rendering: install OSMesa (apt-get install "
+                                 "libosmesa6) or set MUJOCO_GL=egl on a GPU machine, before robosuite is imported")
         import robosuite as suite
+        from robosuite import macros
         from robosuite.controllers import load_composite_controller_config
 
+        macros.IMAGE_CONVENTION = "opencv"  # upright images (robosuite's default is OpenGL's, upside down)
         logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
         if env_name not in OBS_SHAPES:
             raise ValueError(f"unknown robosuite task {env_name!r}; choose from {sorted(OBS_SHAPES)}")
-        self.env_name, self.horizon = env_name, horizon
+        self.env_name, self.horizon, self.cameras = env_name, horizon, tuple(cameras)
+        cam = dict(has_offscreen_renderer=True, use_camera_obs=True, camera_names=list(cameras),
+                   camera_heights=image_size, camera_widths=image_size) if cameras else \
+            dict(has_offscreen_renderer=False, use_camera_obs=False)
         self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
-                              has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, use_object_obs=True,
-                              control_freq=20, horizon=horizon, ignore_done=True, hard_reset=False, reward_shaping=False)
+                              has_renderer=False, use_object_obs=True, control_freq=20, horizon=horizon,
+                              ignore_done=True, hard_reset=False, reward_shaping=False, **cam)
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
-        self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32)
-                                              for k, s in OBS_SHAPES[env_name].items()})
+        boxes = {k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES[env_name].items()}
+        boxes |= {k: spaces.Box(0, 255, s, np.uint8) for k, s in image_shapes(self.cameras, image_size).items()}
+        self.observation_space = spaces.Dict(boxes)
         self.t = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
@@ -79,12 +117,15 @@ class RobosuiteEnv(gym.Env):
     def _obs(self, raw: dict) -> dict[str, np.ndarray]:
         out = {k: np.asarray(raw[k], dtype=np.float32) for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")}
         out["object"] = np.asarray(raw["object-state"], dtype=np.float32)
+        for c in self.cameras:
+            out[f"{c}_image"] = np.ascontiguousarray(raw[f"{c}_image"], dtype=np.uint8)
         return out
 
     def env_args(self) -> dict:
-        return {"env_name": self.env_name, "type": 1, "env_kwargs": {"robots": ["Panda"], "control_freq": 20,
-                                                                      "controller": "BASIC (OSC_POSE arm)",
-                                                                      "horizon": self.horizon}}
+        kw = {"robots": ["Panda"], "control_freq": 20, "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon}
+        if self.cameras:
+            kw |= {"camera_names": list(self.cameras), "use_camera_obs": True}
+        return {"env_name": self.env_name, "type": 1, "env_kwargs": kw}
 
 
 def _reseed(env, rng: np.random.Generator) -> None:
@@ -194,10 +235,16 @@ def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: b
     return make_demos("PickPlaceCan", n, quality, seed, progress)
 
 
-def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+def make_lift_image_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+    """Scripted Lift demonstrations with the shoulder and wrist cameras (84 x 84)."""
+    return make_demos("Lift", n, quality, seed, progress, cameras=CAMERAS)
+
+
+def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
+               cameras: tuple[str, ...] = ()) -> DemoDataset:
     """``n`` successful scripted demonstrations of ``env_name``, see
     :func:`cdp.il.demos.collect_demos`."""
-    env = RobosuiteEnv(env_name)
+    env = RobosuiteEnv(env_name, cameras=cameras)
     demonstrate = {"Lift": demonstrate_lift, "PickPlaceCan": demonstrate_can}[env_name]
     return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env.env_args(), progress,
                          f"{env_name} {quality} demos")

@@ -59,6 +59,15 @@ def _lift() -> TaskSpec:
                     eval_batch=10)
 
 
+def _lift_image() -> TaskSpec:
+    from . import robosuite_tasks as rs
+
+    # low-dim streams first, then the cameras (an image policy's image_keys are the last obs_keys)
+    shapes = rs.OBS_SHAPES["Lift"] | rs.image_shapes()
+    return TaskSpec("lift-image", lambda: rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS), shapes, 7, rs.HORIZON,
+                    rs.make_lift_image_demos, eval_batch=10)
+
+
 def _can() -> TaskSpec:
     from . import robosuite_tasks as rs
 
@@ -66,7 +75,8 @@ def _can() -> TaskSpec:
                     rs.make_can_demos, eval_batch=10)
 
 
-_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "reach-hard": _reach_hard, "lift": _lift, "can": _can}
+_TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "reach-hard": _reach_hard, "lift": _lift, "can": _can,
+                                              "lift-image": _lift_image}
 
 
 def task_names() -> list[str]:

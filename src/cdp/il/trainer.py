@@ -71,6 +71,8 @@ class ILTrainConfig:
     dit_width: int = 128
     dit_depth: int = 4
     dbc_pretrain_steps: int = 2000  # dbc-dit: diffusion-model stage before the policy's
+    encoder: str = "resnet18"  # image tasks, diffusion policies: "resnet18" or "cnn" (cdp.nets.vision)
+    crop: int = 76  # image tasks: random crop in training, centre crop at inference (84 x 84 images)
     horizon: int = 16  # Tp, diffusion policies (BC-GMM predicts one action)
     n_action_steps: int = 8  # Ta, diffusion policies
     seed: int = 0
@@ -80,7 +82,12 @@ class ILTrainConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {POLICIES}")
-        get_task(self.task)  # unknown task: one clear error now
+        task = get_task(self.task)  # unknown task: one clear error now
+        if any(len(s) == 3 for s in task.obs_shapes.values()) and not self.policy.startswith(("dp-", "cdp-")):
+            raise ValueError(f"{self.task} has camera observations: only the diffusion policies (dp-*, cdp-*) "
+                             f"encode images, not {self.policy}")
+        if self.encoder not in ("resnet18", "cnn"):
+            raise ValueError(f"encoder must be 'resnet18' or 'cnn', got {self.encoder!r}")
         if self.sampler not in ("ddim", "ddpm", "dpm_solver++"):
             raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm_solver++', got {self.sampler!r}")
         if not 0 < self.fraction <= 1:
@@ -98,6 +105,8 @@ class ILTrainConfig:
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
+        if self.encoder != "resnet18" and any(len(s) == 3 for s in get_task(self.task).obs_shapes.values()):
+            name += f"-{self.encoder}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
         if self.policy.startswith("cdp") and self.margin != 0.1:
@@ -118,10 +127,13 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
                              dit_depth=cfg.dit_depth))
     backbone = cfg.policy.split("-")[1]
     contraction = cfg.contraction_config() if cfg.policy.startswith("cdp") else None
+    images = [k for k, s in task.obs_shapes.items() if len(s) == 3]
+    vision = dict(image_keys=images, image_size=task.obs_shapes[images[0]][0], crop=cfg.crop,
+                  encoder=cfg.encoder) if images else {}
     return DiffusionPolicy(DiffusionPolicyConfig(**base, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
                                                  backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
-                                                 dit_depth=cfg.dit_depth, contraction=contraction))
+                                                 dit_depth=cfg.dit_depth, contraction=contraction, **vision))
 
 
 def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:

@@ -1,0 +1,171 @@
+"""Image observations: uint8 camera streams through the robomimic writer / reader, the crop,
+the image policy's conditioning, select_action and the contraction term through the encoder, and
+robosuite's offscreen cameras where this machine can render."""
+
+import numpy as np
+import pytest
+import torch
+
+from cdp.contraction import ContractionConfig
+from cdp.contraction.loss import contraction_loss
+from cdp.data.robomimic import Demo, DemoDataset, read_robomimic, write_robomimic
+from cdp.diffusion import sample
+from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig, load_policy
+from cdp.nets.vision import ResNet18, SmallCNN, crop
+
+S = 12  # image side of the small instance
+
+
+def test_images_round_trip_through_the_robomimic_layout_as_uint8(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    demo = Demo({"robot0_eef_pos": rng.normal(size=(5, 3)).astype(np.float32), "agentview_image": img},
+                rng.normal(size=(5, 7)).astype(np.float32), np.zeros(5, np.float32), np.eye(1, 5, 4, dtype=bool)[0])
+    path = write_robomimic(tmp_path / "image.hdf5", DemoDataset({"demo_0": demo}, {"env_name": "Lift"}))
+    back = read_robomimic(path).demos["demo_0"]
+    assert back.obs["agentview_image"].dtype == np.uint8 and back.obs["agentview_image"].shape == (5, 8, 8, 3)
+    np.testing.assert_array_equal(back.obs["agentview_image"], img)
+    assert back.obs["robot0_eef_pos"].dtype == np.float32
+    only = read_robomimic(path, obs_keys=["agentview_image"]).demos["demo_0"]
+    assert list(only.obs) == ["agentview_image"]
+
+
+def test_random_crop_takes_a_window_of_each_image_and_the_centre_at_inference():
+    x = torch.arange(4 * 3 * 10 * 10, dtype=torch.float32).reshape(4, 3, 10, 10)
+    out = crop(x, 7, generator=torch.Generator().manual_seed(0))
+    windows = {(i, j) for i in range(4) for j in range(4)}
+    tops = []
+    for n in range(4):  # every output is exactly one 7x7 window of its own image
+        hits = [(i, j) for i, j in windows if torch.equal(out[n], x[n, :, i:i + 7, j:j + 7])]
+        assert len(hits) == 1
+        tops.append(hits[0])
+    assert len(set(tops)) > 1  # drawn per image
+    assert torch.equal(crop(x, 7, random=False), x[:, :, 1:8, 1:8])
+    with pytest.raises(ValueError, match="larger than"):
+        crop(x, 11)
+
+
+def test_encoders_map_images_to_features_and_differ_in_size():
+    x = torch.rand(2, 3, 76, 76) * 2 - 1
+    small, resnet = SmallCNN(16), ResNet18(16)
+    assert small(x).shape == (2, 16) and resnet(x).shape == (2, 16)
+    n_small = sum(p.numel() for p in small.parameters())
+    n_res = sum(p.numel() for p in resnet.parameters())
+    assert 1.1e7 < n_res < 1.2e7 and n_small < 3e5  # ResNet-18's ~11 M against the small CNN's
+    assert not torch.allclose(small(x)[0], small(x)[1])
+
+
+def _policy(gamma: float = 0.0) -> DiffusionPolicy:
+    torch.manual_seed(0)
+    term = ContractionConfig(gamma=gamma, margin=0.1) if gamma else None
+    cfg = DiffusionPolicyConfig(obs_keys=["eef", "cam_image"], obs_dim=3 + S * S * 3, action_dim=2, n_obs_steps=2,
+                                horizon=4, n_action_steps=2, backbone="mlp", mlp_hidden=32, sample_steps=3,
+                                image_keys=["cam_image"], image_size=S, crop=10, encoder="cnn", image_features=5,
+                                contraction=term)
+    policy = DiffusionPolicy(cfg)
+    rng = np.random.default_rng(1)
+    flat = np.concatenate([rng.normal(size=(50, 3)), rng.integers(0, 256, (50, S * S * 3))], 1)
+    policy.set_stats(flat, rng.normal(size=(50, 2)))
+    return policy
+
+
+def _obs(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    return {"eef": rng.normal(size=(batch, 3)).astype(np.float32),
+            "cam_image": rng.integers(0, 256, (batch, S, S, 3), dtype=np.uint8)}
+
+
+def _cond_by_hand(policy: DiffusionPolicy, eef: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """eef [B, To, 3], img [B, To, S, S, 3] -> the conditioning, in eval mode (centre crop)."""
+    lo, hi = policy.obs_norm.lo[:3], policy.obs_norm.hi[:3]
+    low = 2 * (eef - lo) / (hi - lo) - 1
+    b, steps = img.shape[:2]
+    x = img.reshape(b * steps, S, S, 3).permute(0, 3, 1, 2) / 127.5 - 1
+    feats = policy.encoders["cam_image"](x[:, :, 1:11, 1:11]).reshape(b, steps, 5)
+    return torch.cat([low, feats], -1).reshape(b, -1)
+
+
+def test_image_policy_conditioning_and_select_action_by_hand(tmp_path):
+    policy = _policy().eval()
+    rng = np.random.default_rng(2)
+    obs = _obs(rng, 3)
+    eef, img = torch.as_tensor(obs["eef"]), torch.as_tensor(obs["cam_image"], dtype=torch.float32)
+    flat = policy.flat_obs(obs)
+    assert flat.shape == (3, 3 + S * S * 3)
+    hist = torch.stack([flat, flat], 1)  # first step after reset: the observation repeated
+    cond = _cond_by_hand(policy, torch.stack([eef, eef], 1), torch.stack([img, img], 1))
+    assert torch.allclose(policy.cond(hist), cond, atol=1e-6)
+    assert policy.config.cond_dim == cond.shape[1] == 2 * (3 + 5)
+
+    torch.manual_seed(7)
+    got = policy.select_action(obs)  # [3, 2]: the chunk's current step
+    torch.manual_seed(7)
+    x = sample(lambda a, t: policy.net(a, t, cond), torch.randn(3, 4, 2), policy.schedule, "ddim", 3, "eps", clip_x0=1.0)
+    want = policy.act_norm.inverse(x.clamp(-1, 1))[:, policy.action_start]
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5)
+    one = {k: v[0] for k, v in obs.items()}  # one unbatched observation: one action
+    policy.reset()
+    assert policy.select_action(one).shape == (2,)
+
+    policy.save_pretrained(tmp_path / "p")
+    back = load_policy(tmp_path / "p")
+    assert back.config.image_keys == ["cam_image"] and torch.allclose(back.cond(hist), cond, atol=1e-6)
+
+
+def test_the_term_reaches_the_encoder_and_equals_the_exact_value():
+    policy = _policy(gamma=0.5).eval()  # eval: the centre crop, so the conditioning is deterministic
+    rng = np.random.default_rng(3)
+    obs = _obs(rng, 6)
+    flat = policy.flat_obs(obs)
+    hist = torch.stack([flat, flat], 1)
+    actions = torch.as_tensor(rng.normal(size=(6, 4, 2)), dtype=torch.float32)
+    t = torch.full((6,), 0.05)
+    noise = torch.as_tensor(rng.normal(size=(6, 4, 2)), dtype=torch.float32)
+    out = policy.compute_loss(hist, actions, t=t, noise=noise)
+    cond = _cond_by_hand(policy, torch.stack([torch.as_tensor(obs["eef"])] * 2, 1),
+                         torch.stack([torch.as_tensor(obs["cam_image"], dtype=torch.float32)] * 2, 1))
+    a_t = policy.schedule.q_sample(policy.act_norm(actions), t, noise)
+    # the action chunk has 8 numbers: the term's exact eigenvalue path (8 <= exact_max_dim)
+    exact = contraction_loss(policy.net, a_t, t, policy.schedule, "eps", margin=0.1, method="exact", cond=cond)
+    assert torch.allclose(out["contraction"], 0.5 * exact.mean(), atol=1e-6)
+    assert out["contraction"].item() > 0  # the hinge is active somewhere on this instance
+    grads = torch.autograd.grad(out["contraction"], list(policy.encoders.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # the encoder is part of the conditioning
+
+
+def test_training_mode_crops_at_random():
+    policy = _policy().train()
+    rng = np.random.default_rng(4)
+    flat = policy.flat_obs(_obs(rng, 4))
+    hist = torch.stack([flat, flat], 1)
+    torch.manual_seed(0)
+    a = policy.cond(hist)
+    torch.manual_seed(1)
+    b = policy.cond(hist)
+    assert torch.allclose(a[:, :3], b[:, :3]) and not torch.allclose(a, b)  # low-dim the same, crops not
+
+
+def test_only_diffusion_policies_take_cameras():
+    from cdp.il.trainer import ILTrainConfig
+
+    with pytest.raises(ValueError, match="only the diffusion policies"):
+        ILTrainConfig(policy="bc-gmm", task="lift-image", dataset="x.hdf5")
+    with pytest.raises(ValueError, match="must be the last obs_keys"):
+        DiffusionPolicyConfig(obs_keys=["cam_image", "eef"], obs_dim=3 + 16 * 16 * 3, action_dim=2,
+                              image_keys=["cam_image"], image_size=16, crop=12)
+
+
+def test_robosuite_cameras_render_upright_uint8_images():
+    pytest.importorskip("robosuite")
+    from cdp.il import robosuite_tasks as rs
+
+    if not rs.rendering_available():
+        pytest.skip("no offscreen rendering here (apt-get install libosmesa6)")
+    env = rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS)
+    obs, _ = env.reset(seed=0)
+    for cam in rs.CAMERAS:
+        img = obs[f"{cam}_image"]
+        assert img.dtype == np.uint8 and img.shape == (84, 84, 3) and img.std() > 10
+    # the agent view looks down at the table: the robot (dark, grey) at the top, the table (light) below
+    view = obs["agentview_image"].astype(float).mean(2)
+    assert view[:10].mean() < view[-20:].mean()
+    assert env.observation_space["agentview_image"].dtype == np.uint8
