@@ -48,6 +48,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "imitation_lift": ("Imitation on robosuite Lift (the paper's second table)", [("il", "lift", "ph")]),
     "imitation_lift_image": ("Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
                              [("il", "lift-image", "ph")]),
+    "imitation_transport": ("Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
+                            [("il", "transport", "ph")]),
     "imitation_gamma": ("Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
                         [("il", "reach", "ph")]),
     "imitation_margin": ("The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",

@@ -68,6 +68,12 @@ def _lift_image() -> TaskSpec:
                     rs.make_lift_image_demos, eval_batch=10)
 
 
+def _transport() -> TaskSpec:
+    from . import transport as tp
+
+    return TaskSpec("transport", tp.TransportEnv, tp.OBS_SHAPES, 14, tp.HORIZON, tp.make_transport_demos, eval_batch=10)
+
+
 def _can() -> TaskSpec:
     from . import robosuite_tasks as rs
 
@@ -76,7 +82,7 @@ def _can() -> TaskSpec:
 
 
 _TASKS: dict[str, Callable[[], TaskSpec]] = {"reach": _reach, "reach-hard": _reach_hard, "lift": _lift, "can": _can,
-                                              "lift-image": _lift_image}
+                                              "lift-image": _lift_image, "transport": _transport}
 
 
 def task_names() -> list[str]:
