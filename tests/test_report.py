@@ -198,3 +198,28 @@ def test_margin_sensitivity_plots_each_margin_at_one_gamma_against_the_base(monk
     assert list(xs) == [0, 1, 2] and list(ys) == [31.0, 41.0, 11.0]  # margins 0, 0.1, none: mean over seeds
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.1", "none"]
     assert any(list(ln.get_ydata()) == [20.5, 20.5] for ln in ax.lines)  # base mean as a dashed line
+
+
+def test_records_carry_the_terms_share_between_evaluations_and_the_report_plots_it(tmp_path):
+    from cdp.runlog import term_trace, write_record as record_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"algo": "cdp", "dataset": "cdp/hopper/medium-replay-v0",
+                                                 "fraction": 1.0, "seed": 0, "steps": 300}))
+    (run / "summary.json").write_text(json.dumps({"step": 300, "final": 5.0, "best": 6.0, "metric": "d4rl_score_mean"}))
+    (run / "eval.csv").write_text("step,d4rl_score_mean\n150,4.0\n300,5.0\n")
+    rows = [(50, 0.5, -0.3), (100, 0.1, -0.2), (150, 0.3, -0.1), (200, 0.0, -0.4), (250, 0.2, -0.2), (300, 0.4, -0.3)]
+    (run / "metrics.csv").write_text("step,contraction,contraction_active,contraction_rate\n"
+                                     + "".join(f"{s},0.01,{a},{r}\n" for s, a, r in rows))
+    trace = term_trace(run, [150, 300])  # by hand: the rows in (0, 150] and (150, 300]
+    assert [t["step"] for t in trace] == [150, 300]
+    assert trace[0]["active"] == pytest.approx(0.3) and trace[0]["rate"] == pytest.approx(-0.2)
+    assert trace[1]["active"] == pytest.approx(0.2) and trace[1]["rate"] == pytest.approx(-0.3)
+    out = tmp_path / "results"
+    record_run(run, out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json")
+    assert json.loads((out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json").read_text())["term"] == trace
+    md = write_report(out).read_text()
+    assert "Where the hinge acts" in md and (out / "cdp_hopper_medium-replay-v0_term.png").stat().st_size > 1000
+    (run / "metrics.csv").write_text("step,contraction\n100,0.0\n")  # a run that does not log the stats: no trace
+    assert term_trace(run, [150, 300]) == []

@@ -40,6 +40,7 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, score) per evaluation
     gamma: float = 0.0  # contraction weight (0 for a base method)
     margin: float | None = None
+    term: list[dict] = field(default_factory=list)  # the term's stats between evaluations (record "term")
 
 
 def _method(name: str) -> str:
@@ -79,7 +80,7 @@ def load_runs(root: str | Path) -> list[Run]:
             summary = {**summary, "mean_last3": float(np.mean([v for _, v in curve[-3:]]))}
         cdp = c.policy.startswith("cdp") if kind == "il" else c.algo == "cdp"
         runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve,
-                        float(c.gamma) if cdp else 0.0, c.margin if cdp else None))
+                        float(c.gamma) if cdp else 0.0, c.margin if cdp else None, rec.get("term") or []))
     if not runs:
         raise FileNotFoundError(f"no run records under {root}")
     return runs
@@ -456,6 +457,30 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
     return _png(fig)
 
 
+def _plot_term(runs: list[Run], title: str) -> bytes | None:
+    """The share of the term's rows above the hinge floor (the rows that carry its gradient) over
+    training, one line per run that logged it; None when none did."""
+    traced = [r for r in runs if r.term]
+    if not traced:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    keys = sorted({(r.method, r.fraction) for r in traced})
+    colour = {k: f"C{i % 10}" for i, k in enumerate(keys)}
+    for r in sorted(traced, key=lambda r: (r.method, -r.fraction, r.seed)):
+        steps = [p["step"] for p in r.term if "active" in p]
+        ax.plot(steps, [100 * p["active"] for p in r.term if "active" in p], marker="o", ms=3,
+                color=colour[(r.method, r.fraction)], ls=("-", "--", ":", "-.")[r.seed % 4],
+                label=f"{r.method}, {r.fraction:.0%} data, seed {r.seed}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("rows above the floor (%)")
+    ax.set_title(f"{title}: where the hinge acts", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def runs_table(runs: list[Run]) -> str:
     """CSV, one row per run: group, method, fraction, seed, gamma, margin and every summary
     number any run records (empty where a run lacks it) — for your own analysis."""
@@ -523,6 +548,13 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    "ratio CDP / base here (the runs' own wall clock, so it carries whatever else shared the CPU; "
                    "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
         md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
+        term = _plot_term(rs, g)
+        if term is not None:
+            name = png.replace(".png", "_term.png")
+            atomic_write(out / name, term)
+            md += ["**Where the hinge acts** — the share of the term's rows above the floor (the rows that carry "
+                   "its gradient), averaged between evaluations, for the runs that log it", "",
+                   f"![{g}, the share of rows above the hinge floor over training]({name})", ""]
         for b in sorted({base_of(r.method) for r in rs} - {None}):
             family = [r for r in rs if b in (r.method, base_of(r.method))]
             for what, plot in (("gamma", _sensitivity), ("margin", _margin_sensitivity)):

@@ -468,10 +468,37 @@ def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
+TERM_STATS = ("active", "rate")  # the contraction term's logged share of rows above the floor, mean rate
+
+
+def term_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
+    """The contraction term's logged stats (``contraction_active``, ``contraction_rate`` in
+    ``metrics.csv``) averaged over each stretch between evaluations: ``[{"step", "active",
+    "rate"}]`` at the evaluation steps; empty for a run that does not log them."""
+    path = run_dir / "metrics.csv"
+    rows = read_rows(path) if path.is_file() else []
+    cols = [k for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]]
+    if not cols:
+        return []
+    out, prev = [], 0
+    for step in eval_steps:
+        part = [r for r in rows if prev < int(r["step"]) <= step and all(r.get(f"contraction_{k}") not in (None, "")
+                                                                       for k in cols)]
+        if part:
+            out.append({"step": step, **{k: sum(float(r[f"contraction_{k}"]) for r in part) / len(part) for k in cols}})
+        prev = step
+    return out
+
+
 def write_record(run_dir: Path, path: Path) -> Path:
-    """A small per-run record (config, summary, evaluation curve) at ``path``, to commit under
+    """A small per-run record (config, summary, evaluation curve and, for a run that logs the
+    contraction term's stats, their averages between evaluations) at ``path``, to commit under
     ``results/``; checkpoints stay in the run folder."""
+    evals = read_rows(run_dir / "eval.csv")
     rec = {"config": json.loads((run_dir / "config.json").read_text()),
-           "summary": json.loads((run_dir / "summary.json").read_text()), "eval": read_rows(run_dir / "eval.csv")}
+           "summary": json.loads((run_dir / "summary.json").read_text()), "eval": evals}
+    trace = term_trace(run_dir, [int(r["step"]) for r in evals])
+    if trace:
+        rec["term"] = trace
     atomic_write(path, json.dumps(rec, indent=1).encode())
     return path
