@@ -19,8 +19,12 @@ from cdp.diffusion.from_diffusers import (DiffusersDenoiser, prediction_from_sch
                                           times_from_timesteps)
 
 SIZES = {"UNet1DModel 32-64": (32, 64), "UNet1DModel 64-128-256": (64, 128, 256)}
-VARIANTS = {"plain": None, "term, full batch": ContractionConfig(), "term, sub-batch 16": ContractionConfig(subbatch=16),
-            "term, sub-batch 16, exact": ContractionConfig(subbatch=16, exact_max_dim=1024)}
+# autograd's double backward and Lanczos 4 (the generic path before finite differences; those and
+# the library's defaults: benchmarks/any_network.py)
+_AUTOGRAD = dict(products="autograd", exact_max_dim=8)
+VARIANTS = {"plain": None, "term, full batch": ContractionConfig(**_AUTOGRAD),
+            "term, sub-batch 16": ContractionConfig(subbatch=16, **_AUTOGRAD),
+            "term, sub-batch 16, exact": ContractionConfig(subbatch=16, products="autograd", exact_max_dim=1024)}
 
 
 def unet(channels: tuple[int, ...]):

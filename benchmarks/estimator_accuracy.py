@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from _common import parse
 
-from cdp.contraction import max_sym_eig
+from cdp.contraction import FiniteDifferences, max_sym_eig
+from cdp.contraction.loss import NetAt
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
 from cdp.il.tasks import get_task
 from cdp.il.windows import ChunkWindows
@@ -30,7 +31,10 @@ from cdp.il.windows import ChunkWindows
 BACKBONES = {"UNet 32-64-128": dict(backbone="unet", unet_dims=(32, 64, 128)),
              "DiT 64 x 4": dict(backbone="dit", dit_width=64, dit_depth=4, dit_heads=4)}
 METHODS = {"lanczos 4 (default)": ("lanczos", 4), "lanczos 8": ("lanczos", 8), "lanczos 16": ("lanczos", 16),
-           "power 8": ("power", 8), "exact (the D-column Jacobian)": ("exact", 1)}
+           "power 8": ("power", 8), "exact (the D-column Jacobian)": ("exact", 1),
+           # products="fd": the eigenvector from a one-sided difference Jacobian, the value the term
+           # trains on (the central-difference Rayleigh quotient, with its graph)
+           "exact, finite differences": ("exact-fd", 1)}
 
 
 def trained_policy(kw: dict, d: int, steps: int, seed: int = 0) -> tuple[DiffusionPolicy, ChunkWindows]:
@@ -83,9 +87,13 @@ def main() -> None:
             runs = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                with torch.no_grad():
-                    est = max_sym_eig(fn, a_t, method, iters, scale=sgn, generator=torch.Generator().manual_seed(2),
-                                      exact_max_dim=10**6)
+                if method == "exact-fd":
+                    est = max_sym_eig(NetAt(FiniteDifferences(pol.net), t, (cond,)), a_t, "exact", scale=sgn,
+                                      exact_max_dim=10**6).detach()
+                else:
+                    with torch.no_grad():
+                        est = max_sym_eig(fn, a_t, method, iters, scale=sgn, generator=torch.Generator().manual_seed(2),
+                                          exact_max_dim=10**6)
                 runs.append(time.perf_counter() - t0)
             times[label] = statistics.median(runs)
             errs[label] = ((est - exact).abs() / exact.abs().clamp_min(1e-12)).numpy()

@@ -29,9 +29,13 @@ BACKBONES = {
     "DiT 128 x 4": dict(backbone="dit", dit_width=128, dit_depth=4, dit_heads=4),
     "MLP 3 x 256": dict(backbone="mlp"),
 }
-VARIANTS = {"DP": None, "CDP full batch": ContractionConfig(), "CDP sub-batch 16": ContractionConfig(subbatch=16),
+# the bundled trainers' estimator (Lanczos 4 through autograd: products="native", exact_max_dim=8);
+# finite differences and the library's defaults: benchmarks/any_network.py
+_TRAINERS = dict(products="native", exact_max_dim=8)
+VARIANTS = {"DP": None, "CDP full batch": ContractionConfig(**_TRAINERS),
+            "CDP sub-batch 16": ContractionConfig(subbatch=16, **_TRAINERS),
             # the exact eigenvalue (the chunk's full Jacobian) instead of Lanczos 4: benchmarks/estimator_accuracy.py
-            "CDP sub-batch 16, exact": ContractionConfig(subbatch=16, exact_max_dim=1024)}
+            "CDP sub-batch 16, exact": ContractionConfig(subbatch=16, products="native", exact_max_dim=1024)}
 
 
 def main() -> None:

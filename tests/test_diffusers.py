@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet1DModel
 
-from cdp.contraction import ContractionRegularizer
+from cdp.contraction import ContractionRegularizer, FiniteDifferences
 from cdp.diffusion.from_diffusers import (DiffusersDenoiser, prediction_from_scheduler, schedule_from_scheduler,
                                           times_from_timesteps, timesteps_from_times)
 
@@ -42,7 +42,8 @@ def small_unet() -> UNet1DModel:
 
 def test_the_term_on_a_unet1dmodel_is_the_exact_eigenvalue_hinge():
     """gamma * mean(max(lambda_max(sym J_G), -beta)) on diffusers' UNet1DModel (chunks 2 x 4, so
-    the exact eigenvalue), by hand from each sample's full Jacobian; gradients reach the UNet."""
+    the exact eigenvalue), by hand from each sample's full Jacobian, through the default finite
+    differences and through autograd; gradients reach the UNet."""
     torch.manual_seed(0)
     sch = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
     unet = small_unet().double()
@@ -61,6 +62,9 @@ def test_the_term_on_a_unet1dmodel_is_the_exact_eigenvalue_hinge():
         lam = f[i] / h[i].abs() + torch.linalg.eigvalsh(torch.sign(h[i]) * 0.5 * (J + J.T))[-1]
         by_hand.append(lam.clamp_min(-0.1))
     assert torch.allclose(term, 0.5 * torch.stack(by_hand).mean(), atol=1e-9)
+    assert isinstance(reg.products(net), FiniteDifferences)  # the default for a wrapped module
+    autograd = ContractionRegularizer(schedule, prediction, gamma=0.5, margin=0.1, products="autograd")
+    assert torch.allclose(autograd(net, x_t, t), term, atol=1e-9)
     grads = torch.autograd.grad(term, list(unet.parameters()), allow_unused=True)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 

@@ -239,8 +239,14 @@ def test_ctrl_c_twice_stops_at_once(reach_file, tmp_path, monkeypatch):
     monkeypatch.setattr(BCGMM, "compute_loss", int_twice_on_7th)
     cfg = ILTrainConfig(policy="bc-gmm", task="reach", dataset=reach_file, steps=10, batch_size=16, eval_every=10,
                         eval_episodes=1, checkpoint_every=5, log_every=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "run", progress=False)
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job starts
+    # with SIGINT ignored, and then a second Ctrl-C has nothing to fall back to)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "run", progress=False)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 5  # no save at 7
 
 
@@ -353,3 +359,17 @@ def test_a_stop_signal_checkpoints_the_step_it_lands_on(reach_file, tmp_path, mo
     assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone with it
     assert train(cfg, out, progress=False)["step"] == 10
     assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))
+
+
+def test_the_terms_estimator_is_a_run_setting_and_defaults_to_the_studies_one():
+    base = dict(policy="cdp-unet", task="reach", dataset="unused.hdf5", fraction=0.1)
+    cfg = ILTrainConfig(**base)
+    c = cfg.contraction_config()
+    assert (c.products, c.exact_max_dim) == ("native", 8)  # what the bundled studies ran with
+    assert cfg.run_name() == "cdp-unet-f0.1-s0"
+    cfg = ILTrainConfig(**base, products="fd", exact_max_dim=32)
+    c = cfg.contraction_config()
+    assert (c.products, c.exact_max_dim) == ("fd", 32)
+    assert cfg.run_name() == "cdp-unet-f0.1-fd-x32-s0"
+    with pytest.raises(ValueError, match="products must be one of"):
+        ILTrainConfig(**base, products="forward")

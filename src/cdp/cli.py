@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
     itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
                      help="image tasks (lift-image): the camera encoder")
+    itr.add_argument("--products", choices=["native", "auto", "autograd", "fd"], default="native",
+                     help="cdp-*: the term's Jacobian products: the network's own, else autograd's double backward "
+                          "(native, the bundled studies'), or finite differences on extra forward rows (fd; auto: fd "
+                          "where the network allows it)")
+    itr.add_argument("--exact-max-dim", type=_positive_int, default=8,
+                     help="cdp-*: the exact largest eigenvalue for chunks of up to this many numbers (16 x 2 = 32; "
+                          "with --products fd it is the accurate and cheaper choice on a UNet), Lanczos with 4 steps above")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
     iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
@@ -282,7 +289,8 @@ def _run(args: argparse.Namespace) -> int:
                              filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                             device=args.device, graphs=not args.eager, encoder=args.encoder)
+                             device=args.device, graphs=not args.eager, encoder=args.encoder,
+                             products=args.products, exact_max_dim=args.exact_max_dim)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")

@@ -127,30 +127,40 @@ class FusedLinearization:
     """Jacobian products through a network's own forward-mode pass.
 
     For a map that offers ``fn.forward_jvp(x, tangent) -> (fn(x), J tangent)`` (``tangent``
-    ``[K, B, *shape]``, K directions at once; :meth:`cdp.nets.MLPDenoiser.forward_jvp` is one),
+    ``[K, B, *shape]``, K directions at once; :meth:`cdp.nets.MLPDenoiser.forward_jvp` and
+    :class:`cdp.contraction.FiniteDifferences` give one),
     ``jacobian`` and the differentiable ``quad`` are plain forward computations: no double
     backward, no autograd-engine overhead. The iterative methods' graph-free ``jvp``/``vjp``
     go through one :class:`Linearization` (one forward, then backward passes only), which beats
-    re-running the fused forward at every matvec.
+    re-running the fused forward at every matvec. A map whose products come from extra forward
+    rows (``graph_free_jvp``) takes its graph-free ``jvp`` from them too; only ``vjp`` uses autograd.
     """
 
     def __init__(self, fn: FlatFn, x: Tensor) -> None:
         self.fn, self.x = fn, x.detach().clone()
         self._lin: Linearization | None = None
+        # products from forward rows (cdp.contraction.FiniteDifferences): never a double backward
+        self.graph_free = bool(getattr(fn.fn, "graph_free_jvp", False))
         shape = fn.shape
-        self._fwd_jvp = lambda tangent: fn.fn.forward_jvp(  # type: ignore[attr-defined]
-            self.x.reshape(shape), tangent.reshape(tangent.shape[0], *shape))[1].reshape(tangent.shape)
+        self._fwd_jvp = lambda tangent, **kw: fn.fn.forward_jvp(  # type: ignore[attr-defined]
+            self.x.reshape(shape), tangent.reshape(tangent.shape[0], *shape), **kw)[1].reshape(tangent.shape)
+        self._primal: Tensor | None = None
 
     def jvp(self, v: Tensor, create_graph: bool = False) -> Tensor:
         if create_graph:
             return self._fwd_jvp(v[None])[0]
+        if self.graph_free:
+            with torch.no_grad():
+                if self._primal is None:  # an iterative search: the base rows once, then probe rows only
+                    self._primal = self.fn.fn(self.x.reshape(self.fn.shape))
+                return self._fwd_jvp(v[None], primal=self._primal)[0]
         return self._autograd().jvp(v)
 
     def vjp(self, u: Tensor, create_graph: bool = False) -> Tensor:
         return self._autograd().vjp(u, create_graph)
 
     def quad(self, v: Tensor) -> Tensor:
-        if self._lin is not None:  # an iterative search already paid for the autograd forward
+        if self._lin is not None and not self.graph_free:  # an iterative search already paid for the autograd forward
             return self._lin.quad(v)
         with torch.enable_grad():
             return (v * self._fwd_jvp(v[None])[0]).sum(-1)

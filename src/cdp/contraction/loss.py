@@ -145,8 +145,9 @@ class NetAt:
 
     def __init__(self, net_fn: NetFn, t: Tensor, conds: tuple[Tensor, ...]) -> None:
         self.net_fn, self.t, self.conds = net_fn, t, conds
+        self.graph_free_jvp = bool(getattr(net_fn, "graph_free_jvp", False))
         if hasattr(net_fn, "forward_jvp"):
-            self.forward_jvp = lambda a, tangent: net_fn.forward_jvp(a, t, *conds, tangent=tangent)  # type: ignore[attr-defined]
+            self.forward_jvp = lambda a, tangent, **kw: net_fn.forward_jvp(a, t, *conds, tangent=tangent, **kw)  # type: ignore[attr-defined]
 
     def __call__(self, a: Tensor) -> Tensor:
         return self.net_fn(a, self.t, *self.conds)

@@ -23,6 +23,7 @@ from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from ..capture import capturing
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
+from .finite_differences import FiniteDifferences, finite_differences_apply
 from .loss import FORMS, HINGE_FORMS, WINDOWS, contraction_loss, in_window
 
 
@@ -37,6 +38,10 @@ class RegularizedLoss:
     @property
     def total(self) -> Tensor:
         return self.denoising.loss.mean() + self.contraction
+
+
+#: how the term takes Jacobian-vector products (ContractionConfig.products)
+PRODUCTS: tuple[str, ...] = ("auto", "native", "autograd", "fd")
 
 
 def check_weights(gamma: float, margin: float | None) -> None:
@@ -60,6 +65,19 @@ class ContractionConfig:
     ``"batch"`` sums over ``t < t_max`` and divides by the batch (cdp 0.1's form).
     subbatch: use only the first ``subbatch`` samples of the (already shuffled) batch — the
     term is an average, so a sub-batch is an unbiased, cheaper estimate of it.
+    exact_max_dim: the exact largest eigenvalue (the full Jacobian) for actions of up to this many
+    numbers (a 16 x 2 chunk is 32), ``method`` = Lanczos above it (``method="auto"``).
+    products: how Jacobian-vector products of the network are taken. ``"fd"``: finite
+    differences on extra rows of the network's forward call
+    (:class:`~cdp.contraction.FiniteDifferences`: any per-sample network, no double backward),
+    probe length ``fd_eps`` (None: the dtype's default); ``"autograd"``: autograd's double
+    backward; ``"native"``: the network's own ``forward_jvp`` when it has one
+    (:class:`cdp.nets.MLPDenoiser`), else autograd; ``"auto"``: its own ``forward_jvp``, else
+    ``"fd"`` for an ``nn.Module`` (or a wrapper's ``model``) with no BatchNorm in training mode or
+    active dropout, else autograd (a plain closure cannot be inspected).
+
+    Earlier versions' defaults, which the bundled trainers keep (their studies were run with
+    them): ``products="native", exact_max_dim=8`` (Lanczos with 4 steps for any action chunk).
     """
 
     gamma: float = 0.1
@@ -70,11 +88,18 @@ class ContractionConfig:
     t_max: float | None = None
     window: str = "official"
     subbatch: int | None = None
-    exact_max_dim: int = 8
+    exact_max_dim: int = 32
     probes: int = 4
+    products: str = "auto"
+    fd_eps: float | None = None
 
     def __post_init__(self) -> None:
         check_weights(self.gamma, self.margin)
+        if self.products not in PRODUCTS:
+            raise ValueError(f"products must be one of {PRODUCTS}, got {self.products!r}")
+        if self.fd_eps is not None and not (isinstance(self.fd_eps, (int, float)) and math.isfinite(self.fd_eps)
+                                            and self.fd_eps > 0):
+            raise ValueError(f"fd_eps must be a finite number > 0 or None, got {self.fd_eps!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.method not in EIG_METHODS:
@@ -110,10 +135,22 @@ class ContractionRegularizer:
         cfg.update(overrides)
         self.config = ContractionConfig(**cfg)
 
+    def products(self, net_fn: NetFn) -> NetFn:
+        """``net_fn`` as the term will differentiate it (``config.products``)."""
+        c = self.config
+        own = hasattr(net_fn, "forward_jvp") and not isinstance(net_fn, FiniteDifferences)
+        if c.products == "fd" or (c.products == "auto" and not own and finite_differences_apply(net_fn)):
+            if isinstance(net_fn, FiniteDifferences) and net_fn.eps == c.fd_eps:
+                return net_fn
+            return FiniteDifferences(net_fn, c.fd_eps)
+        if c.products == "autograd" and hasattr(net_fn, "forward_jvp"):
+            return lambda a, t, *cond: net_fn(a, t, *cond)  # hides forward_jvp
+        return net_fn
+
     def per_sample(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond = None,
                    generator: torch.Generator | None = None) -> Tensor:
         """``L_c`` per sample, ``[min(B, subbatch)]`` (0 outside the window). ``net_fn(a_t, t, *cond)``."""
-        return self._hinge(self._raw(net_fn, a_t, t, cond, generator))
+        return self._hinge(self._raw(self.products(net_fn), a_t, t, cond, generator))
 
     def _raw(self, net_fn: NetFn, a_t: Tensor, t: Tensor, cond: Cond, generator: torch.Generator | None) -> Tensor:
         """Per sample before the hinge: the rate itself for hinge forms, ``L_c`` for the others."""
@@ -178,7 +215,7 @@ class ContractionRegularizer:
         """``gamma * mean(L_c)`` over the regularised rows, a scalar to add to the training loss."""
         if self.config.gamma == 0:
             return a_t.new_zeros(())
-        return self._term(net_fn, a_t, t, cond, generator)[0]
+        return self._term(self.products(net_fn), a_t, t, cond, generator)[0]
 
     def loss(self, net_fn: NetFn, x0: Tensor, cond: Cond = None, *, t: Tensor | None = None,
              noise: Tensor | None = None, num_steps: int | None = None,
@@ -196,6 +233,8 @@ class ContractionRegularizer:
         B = x0.shape[0] if x0.ndim else 0
         conds = as_cond_tuple(cond, B)
         c = self.config
+        if c.gamma > 0:
+            net_fn = self.products(net_fn)
         fusable = (hasattr(net_fn, "forward_jvp") and c.form == "eig" and c.gamma > 0 and x0.ndim >= 2
                    and resolve_method(c.method, x0[0].numel(), c.exact_max_dim) == "exact")
         if not fusable:
@@ -225,7 +264,8 @@ class ContractionRegularizer:
         index = None if n == B else idx  # every row regularised: the network's pass needs no gather
         a_rows = a_t if index is None else a_t[idx]
         basis = unit_tangents(a_rows.reshape(n, D)).reshape(D, n, *x0.shape[1:])
-        if n * D <= (self.single_pass_rows if x0.device.type == "cpu" else self.single_pass_rows_gpu):
+        single = self.single_pass_rows if x0.device.type == "cpu" else self.single_pass_rows_gpu
+        if n * D <= single and not getattr(net_fn, "graph_free_jvp", False):
             # small: one pass with all D tangents; J keeps its graph, v comes from its values
             pred, jt = net_fn.forward_jvp(a_t, t, *conds, tangent=basis, index=index)
             J = jt.reshape(D, n, D).permute(1, 2, 0)

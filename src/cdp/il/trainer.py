@@ -65,6 +65,11 @@ class ILTrainConfig:
     t_max: float | None = None  # cdp-*: imitation applies the term at every t
     margin: float | None = 0.1  # cdp-*: the hinge floor beta (None: no hinge)
     contraction_subbatch: int | None = None
+    # cdp-*: the term's Jacobian products and estimator (ContractionConfig): these defaults are the
+    # ones the bundled studies ran with (Lanczos 4 through autograd for chunks); the library's
+    # own are products="auto" (finite differences) and exact_max_dim=32 (exact for 16 x 2 chunks)
+    products: str = "native"
+    exact_max_dim: int = 8
     sampler: str = "ddim"  # or "dpm_solver++", "ddpm"
     sample_steps: int = 10
     unet_dims: tuple[int, ...] = (64, 128, 256)
@@ -101,7 +106,8 @@ class ILTrainConfig:
 
     def contraction_config(self) -> ContractionConfig:
         """The term's settings (``cdp-*`` policies use them; checked for every policy)."""
-        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, subbatch=self.contraction_subbatch)
+        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, subbatch=self.contraction_subbatch,
+                                 products=self.products, exact_max_dim=self.exact_max_dim)
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
@@ -111,6 +117,10 @@ class ILTrainConfig:
             name += f"-g{self.gamma:g}"
         if self.policy.startswith("cdp") and self.margin != 0.1:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
+        if self.policy.startswith("cdp") and self.products != "native":
+            name += f"-{self.products}"
+        if self.policy.startswith("cdp") and self.exact_max_dim != 8:
+            name += f"-x{self.exact_max_dim}"
         return f"{name}-s{self.seed}"
 
     def record_path(self, results_dir: str | Path) -> Path:

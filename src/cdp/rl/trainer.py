@@ -82,8 +82,9 @@ class TrainConfig:
 
     def contraction_config(self) -> ContractionConfig:
         """The term's settings (``cdp`` uses them; checked for every algorithm)."""
+        # the estimator the bundled studies ran with (the library's default is exact up to 32)
         return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, window=self.window,
-                                 form=self.form)
+                                 form=self.form, products="native", exact_max_dim=8)
 
     def dataset_slug(self) -> str:
         """The dataset as one folder name: a Minari id with ``/`` as ``_``; a file by its name
