@@ -373,3 +373,17 @@ def test_the_terms_estimator_is_a_run_setting_and_defaults_to_the_studies_one():
     assert cfg.run_name() == "cdp-unet-f0.1-fd-x32-s0"
     with pytest.raises(ValueError, match="products must be one of"):
         ILTrainConfig(**base, products="forward")
+
+
+def test_a_demonstrator_that_keeps_failing_stops_with_one_error():
+    from cdp.il.demos import collect_demos
+
+    calls = []
+
+    def fails_after_two(env, rng, op, seed):
+        calls.append(seed)
+        return demonstrate(env, rng, op, seed=seed) if len(calls) <= 2 else None
+
+    with pytest.raises(RuntimeError, match=r"'better' demonstrator failed 5 attempts in a row .* after 2 of 3"):
+        collect_demos(MultiReach(), fails_after_two, ["better"], 3, "ph", 0, {}, max_failures=5)
+    assert len(calls) == 7 and calls == list(range(10_000, 10_007))  # 2 demos, then 5 failures on fresh seeds

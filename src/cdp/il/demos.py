@@ -13,12 +13,14 @@ Demonstrator = Callable[..., "Demo | None"]  # (env, rng, operator, seed=...) ->
 
 
 def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str], n: int, quality: str, seed: int,
-                  env_args: dict, progress: bool = False, desc: str = "demos") -> DemoDataset:
+                  env_args: dict, progress: bool = False, desc: str = "demos",
+                  max_failures: int = 100) -> DemoDataset:
     """``n`` successful demonstrations. ``ph``: all by the first (proficient) operator; ``mh``: a
     third each of ``operators`` (robomimic's MH datasets name them in ``mask/``). Failed attempts
     are discarded and retried from the next initial state; initial states are drawn from reset
     seeds ``10000 + 1000 seed + k``, apart from the evaluation seeds (0, 1, ...). A seeded 90/10
-    ``mask/train`` / ``mask/valid`` split is added."""
+    ``mask/train`` / ``mask/valid`` split is added. ``max_failures`` failed attempts in a row
+    stop it with one error (a demonstrator that cannot succeed would otherwise loop forever)."""
     from tqdm.auto import tqdm
 
     if quality not in ("ph", "mh"):
@@ -29,8 +31,11 @@ def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str],
     masks: dict[str, list[str]] = {}
     reset_seed = 10_000 + 1000 * seed
     for op in tqdm(ops, disable=not progress, desc=desc):
-        demo = None
+        demo, first = None, reset_seed
         while demo is None:
+            if reset_seed - first >= max_failures:
+                raise RuntimeError(f"{desc}: the {op!r} demonstrator failed {max_failures} attempts in a row "
+                                   f"(reset seeds {first}..{reset_seed - 1}) after {len(demos)} of {n} demonstrations")
             demo = demonstrate(env, rng, op, seed=reset_seed)
             reset_seed += 1
         name = f"demo_{len(demos)}"
