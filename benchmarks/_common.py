@@ -47,3 +47,20 @@ def ms_per_call(fn, calls: int, device: torch.device) -> float:
         fn()
     sync(device)
     return 1000 * (time.perf_counter() - t0) / calls
+
+
+class Table:
+    """A markdown table printed row by row as it is measured, and kept for ``--markdown``."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = list(lines)
+        print("\n".join(self.lines), flush=True)
+
+    def row(self, text: str) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+    def write(self, path: str | None) -> None:
+        if path:
+            with open(path, "w") as fh:
+                fh.write("\n".join(self.lines) + "\n")

@@ -18,7 +18,7 @@ import copy
 import statistics
 
 import torch
-from _common import ms_per_call, parse
+from _common import Table, ms_per_call, parse
 from torch import nn
 
 from cdp.contraction import ContractionConfig, ContractionRegularizer
@@ -146,9 +146,8 @@ def main() -> None:
     args, header = parse(ap)
     rounds, inner = (3, 3) if args.quick else (7, 5)
     dev = args.device
-    lines = [f"{header}; median ms per training step over {rounds} rounds of {inner}, interleaved", "",
-             "| network | variant | ms/step | ratio to plain |", "|---|---|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    table = Table(f"{header}; median ms per training step over {rounds} rounds of {inner}, interleaved", "",
+                  "| network | variant | ms/step | ratio to plain |", "|---|---|---:|---:|")
     cases: list[tuple[str, callable]] = []
     if args.only in (None, "mlp"):
         cases.append(("3 x 256 Mish MLP (plain torch.nn), act 6, batch 256", lambda: mlp_steps(256, dev)))
@@ -168,12 +167,8 @@ def main() -> None:
         ms = time_steps(make(), rounds, inner, dev)
         base = next(iter(ms.values()))
         for k, v in ms.items():
-            row = f"| {name} | {k} | {v:.2f} | {v / base:.2f}x |"
-            lines.append(row)
-            print(row, flush=True)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+            table.row(f"| {name} | {k} | {v:.2f} | {v / base:.2f}x |")
+    table.write(args.markdown)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from _common import parse
+from _common import Table, parse
 
 from cdp.contraction import ContractionConfig, ContractionRegularizer
 from cdp.diffusion import VPSchedule, denoising_loss
@@ -96,13 +96,8 @@ def main() -> None:
     args, header = parse(ap)
     repeats, inner = (5, 5) if args.quick else (15, 10)
     sch = VPSchedule()
-    lines = [
-        f"machine: {header}; batch {args.batch}; MLP 3 x 256; median ms/step over {repeats} rounds of {inner}",
-        "",
-        "| action | variant | plain ms | with term ms | ratio |",
-        "|---|---|---:|---:|---:|",
-    ]
-    print("\n".join(lines), flush=True)
+    table = Table(f"machine: {header}; batch {args.batch}; MLP 3 x 256; median ms/step over {repeats} rounds of {inner}",
+                  "", "| action | variant | plain ms | with term ms | ratio |", "|---|---|---:|---:|---:|")
     for case in CASES:
         steps = {"plain": make_step(case, None, "split", args.batch)}
         for name, kw in VARIANTS:
@@ -111,12 +106,8 @@ def main() -> None:
             steps[name] = make_step(case, ContractionRegularizer(sch, "eps", ContractionConfig(**kw)), path, args.batch)
         ms = time_round_robin(steps, repeats, inner)
         for name, _ in VARIANTS:
-            row = f"| {case.name} | {name} | {ms['plain']:.2f} | {ms[name]:.2f} | {ms[name] / ms['plain']:.2f}x |"
-            lines.append(row)
-            print(row, flush=True)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+            table.row(f"| {case.name} | {name} | {ms['plain']:.2f} | {ms[name]:.2f} | {ms[name] / ms['plain']:.2f}x |")
+    table.write(args.markdown)
 
 
 if __name__ == "__main__":
