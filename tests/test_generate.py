@@ -40,12 +40,12 @@ def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
     assert n_replay == 100 + 150 * (1 + [s.step for s in snaps].index(medium.step))
 
     did = make_dataset("Hopper-v5", "medium", agent, n_steps=400)
-    assert did == dataset_id("Hopper-v5", "medium") == "cdp/hopper/medium-v0"
+    assert did == dataset_id("Hopper-v5", "medium", "agent") == "cdp/hopper/medium-agent-v0"  # not the default agent
     tr = load_minari(did)
     assert isinstance(tr, Transitions) and len(tr) == 400 and tr.obs_dim == 11 and tr.act_dim == 3
     assert np.abs(tr.actions).max() <= 1.0
     ref = minari_reference(did)
-    assert ref.expert == pytest.approx(max(s.mean_return for s in snaps)) and ref.source == "minari:cdp/hopper/medium-v0"
+    assert ref.expert == pytest.approx(max(s.mean_return for s in snaps)) and ref.source == "minari:cdp/hopper/medium-agent-v0"
     assert make_dataset("Hopper-v5", "medium", agent, n_steps=400) == did  # cached: not re-rolled
     assert json.loads((agent / "config.json").read_text())["total_steps"] == 450
 
@@ -79,3 +79,17 @@ def test_halfcheetah_datasets_cut_never_ending_episodes_as_timeouts(tmp_path, mo
     assert (len(tr), tr.obs_dim, tr.act_dim) == (2500, 17, 6)
     assert tr.terminals.sum() == 0 and tr.timeouts.sum() == 3  # cut at 1000, 2000 and the budget's 2500
     assert d4rl_reference("HalfCheetah-v5").source == "D4RL halfcheetah"
+
+
+def test_datasets_of_another_agent_carry_its_name(tmp_path, monkeypatch):
+    from cdp.data.generate import agent_tag, dataset_id
+
+    monkeypatch.chdir(tmp_path)
+    assert agent_tag("Walker2d-v5", None) is None
+    assert agent_tag("Walker2d-v5", "data/agents/walker2d-v5-sac-s0") is None  # the default agent: short ids
+    assert agent_tag("Walker2d-v5", "data/agents/walker2d-v5-sac-s1") == "sac-s1"
+    assert agent_tag("Walker2d-v5", tmp_path / "long-run") == "long-run"
+    assert dataset_id("Walker2d-v5", "medium-replay", "sac-s1") == "cdp/walker2d/medium-replay-sac-s1-v0"
+    assert dataset_id("Walker2d-v5", "medium-replay") == "cdp/walker2d/medium-replay-v0"
+    with pytest.raises(ValueError, match="cannot name a dataset"):
+        agent_tag("Walker2d-v5", tmp_path / "my agent")

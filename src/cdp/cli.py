@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "kitchen: complete, partial, mixed")
     md.add_argument("--episodes", type=_positive_int, default=None,
                     help="kitchen: episodes (default 19 complete demonstrations, 200 partial / mixed)")
-    md.add_argument("--agent", default=None, help="agent folder (default data/agents/<task>-sac-s0)")
+    md.add_argument("--agent", default=None,
+                    help="agent folder (default data/agents/<task>-sac-s0); another agent's datasets carry its name, "
+                         "e.g. cdp/walker2d/medium-replay-sac-s1-v0")
     md.add_argument("--steps", type=_positive_int, default=200_000, help="transitions (medium/expert/random)")
     md.add_argument("--seed", type=_seed, default=0, help="rollout seed")
     md.add_argument("--overwrite", action="store_true", help="replace a dataset of that id in the local store")
@@ -236,9 +238,10 @@ def _run(args: argparse.Namespace) -> int:
         import minari
 
         from .data import kitchen
-        from .data.generate import dataset_id, make_task_dataset
+        from .data.generate import agent_tag, dataset_id, make_task_dataset
 
-        did = kitchen.dataset_id(args.quality) if args.task == "kitchen" else dataset_id(args.task, args.quality)
+        did = (kitchen.dataset_id(args.quality) if args.task == "kitchen" else
+               dataset_id(args.task, args.quality, agent_tag(args.task, args.agent) if args.quality != "random" else None))
         kept = did in minari.list_local_datasets() and not args.overwrite
         did = make_task_dataset(args.task, args.quality, args.agent, args.steps, args.episodes, args.seed,
                                 overwrite=args.overwrite)

@@ -16,6 +16,8 @@ mean returns — report D4RL-normalised scores with D4RL's references, and say w
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,24 @@ from .behaviour import Snapshot, _check_env, actor_action, evaluate_actor, load_
 QUALITIES = ("random", "medium", "medium-replay", "expert")
 
 
-def dataset_id(env_id: str, quality: str) -> str:
-    """``cdp/hopper/medium-replay-v0`` for ``Hopper-v5``."""
-    return f"cdp/{env_id.split('-')[0].lower()}/{quality}-v0"
+def dataset_id(env_id: str, quality: str, agent: str | None = None) -> str:
+    """``cdp/hopper/medium-replay-v0`` for ``Hopper-v5`` and the default agent;
+    ``cdp/walker2d/medium-replay-sac-s1-v0`` for the agent tagged ``sac-s1`` (:func:`agent_tag`)."""
+    return f"cdp/{env_id.split('-')[0].lower()}/{quality}{'-' + agent if agent else ''}-v0"
+
+
+def agent_tag(env_id: str, agent_dir: str | Path | None) -> str | None:
+    """What names an agent in a dataset id: None for the default agent
+    (``data/agents/<task>-sac-s0``, whose datasets keep their short ids), else its folder's name
+    less the task prefix (``data/agents/walker2d-v5-sac-s1`` -> ``sac-s1``)."""
+    if agent_dir is None or Path(agent_dir).resolve() == Path(default_agent_dir(env_id, 0)).resolve():
+        return None
+    name = Path(agent_dir).resolve().name
+    prefix = f"{env_id.lower()}-"
+    tag = name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else name
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
+        raise ValueError(f"agent folder {agent_dir}: its name {name!r} cannot name a dataset (letters, digits, _ . -)")
+    return tag
 
 
 def pick_snapshots(snaps: list[Snapshot], quality: str) -> list[Snapshot]:
@@ -93,11 +110,12 @@ def default_agent_dir(task: str, seed: int = 0) -> str:
 
 def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int = 200_000, seed: int = 0,
                  overwrite: bool = False) -> str:
-    """Roll the episodes and record them as a Minari dataset in the local store; returns its id."""
+    """Roll the episodes and record them as a Minari dataset in the local store; returns its id
+    (:func:`dataset_id`, the agent named by :func:`agent_tag` unless it is the default one)."""
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    did = dataset_id(env_id, quality)
+    did = dataset_id(env_id, quality, agent_tag(env_id, agent_dir) if quality != "random" else None)
     if did in minari.list_local_datasets():
         if not overwrite:
             held = minari.load_dataset(did).total_steps
