@@ -26,8 +26,8 @@ from .io import atomic_write
 from .report import write_report
 from .sweep import Job, SweepConfig, is_finished, load_sweep, run_sweep
 
-#: Study name -> (title, datasets it needs as ("rl", task, quality) / ("il", task, quality)).
-STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+#: Study name -> (title, datasets it needs as ("rl", task, quality[, agent folder]) / ("il", task, quality)).
+STUDIES: dict[str, tuple[str, list[tuple[str, ...]]]] = {
     "offline_rl_published": ("Offline RL: EDP vs CDP with the term at its published weight, 10% of transitions "
                              "(the paper's first table and its data-scarce claim)",
                              [("rl", "Hopper-v5", "medium-replay")]),
@@ -37,6 +37,9 @@ STUDIES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                          [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published "
                            "weight, 100% and 10% of transitions", [("rl", "kitchen", "complete")]),
+    "offline_rl_walker": ("Offline RL on walker2d medium-replay from an expert-scale behaviour agent: BC, EDP and CDP "
+                          "at the published weight, 100% and 10% of transitions",
+                          [("rl", "Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")]),
     "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
                             [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
@@ -98,13 +101,14 @@ def shrink(sweep: SweepConfig, quick: Quick) -> SweepConfig:
                    results=(sweep.results.rstrip("/") + "-quick") if sweep.results else None)
 
 
-def ensure_data(needs: list[tuple[str, str, str]]) -> None:
-    """Make each missing dataset (Minari's local store for RL, ``data/il/`` for imitation)."""
-    for kind, task, quality in needs:
+def ensure_data(needs: list[tuple[str, ...]]) -> None:
+    """Make each missing dataset (Minari's local store for RL, from the named behaviour agent or
+    the default one; ``data/il/`` for imitation)."""
+    for kind, task, quality, *agent in needs:
         if kind == "rl":
             from .data.generate import make_task_dataset
 
-            make_task_dataset(task, quality)
+            make_task_dataset(task, quality, agent[0] if agent else None)
         else:
             from .il.tasks import default_data_path, write_demos
 
