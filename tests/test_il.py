@@ -387,3 +387,34 @@ def test_a_demonstrator_that_keeps_failing_stops_with_one_error():
     with pytest.raises(RuntimeError, match=r"'better' demonstrator failed 5 attempts in a row .* after 2 of 3"):
         collect_demos(MultiReach(), fails_after_two, ["better"], 3, "ph", 0, {}, max_failures=5)
     assert len(calls) == 7 and calls == list(range(10_000, 10_007))  # 2 demos, then 5 failures on fresh seeds
+
+
+def test_an_interrupted_collection_continues_with_the_same_demonstrations(tmp_path):
+    from cdp.il.demos import collect_demos
+    from cdp.il.reach import OPERATORS
+    from cdp.il.tasks import write_demos
+
+    ops = list(OPERATORS)
+    full = collect_demos(MultiReach(), demonstrate, ops, 6, "mh", 3, {})
+    calls = []
+
+    def stops_at_the_4th(env, rng, op, seed):
+        calls.append(seed)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return demonstrate(env, rng, op, seed=seed)
+
+    keep = tmp_path / "kept"
+    with pytest.raises(KeyboardInterrupt):
+        collect_demos(MultiReach(), stops_at_the_4th, ops, 6, "mh", 3, {}, keep=keep)
+    assert sorted(p.name for p in keep.glob("demo_*.npz")) == ["demo_0.npz", "demo_1.npz", "demo_2.npz"]
+    again = collect_demos(MultiReach(), demonstrate, ops, 6, "mh", 3, {}, keep=keep)
+    assert list(again.demos) == list(full.demos) and again.masks == full.masks
+    for name, d in full.demos.items():
+        e = again.demos[name]
+        assert np.array_equal(d.actions, e.actions) and np.array_equal(d.rewards, e.rewards)
+        assert all(np.array_equal(d.obs[k], e.obs[k]) for k in d.obs) and set(d.obs) == set(e.obs)
+    with pytest.raises(ValueError, match="another call"):
+        collect_demos(MultiReach(), demonstrate, ops, 7, "mh", 3, {}, keep=keep)
+    path = write_demos("reach", "ph", tmp_path / "reach_ph.hdf5", n=3)
+    assert path.is_file() and not (tmp_path / "reach_ph.hdf5.partial").exists()

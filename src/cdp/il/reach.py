@@ -139,10 +139,12 @@ def _via(p: np.ndarray, goal: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return p + 0.5 * d + rng.uniform(-0.35, 0.35) * np.array([-d[1], d[0]])
 
 
-def make_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = False, **env_kwargs) -> DemoDataset:
+def make_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = False, keep=None,
+               **env_kwargs) -> DemoDataset:
     """``n`` successful demonstrations (``ph``: the better operator; ``mh``: a third each of the
     better / okay / worse operators), see :func:`cdp.il.demos.collect_demos`. ``env_kwargs``:
     :class:`MultiReach`'s (goals, radius, horizon, noise)."""
     env = MultiReach(**env_kwargs)
     env_args = {"env_name": "MultiReach", "type": "cdp", "env_kwargs": {"horizon": env.horizon, **env_kwargs}}
-    return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env_args, progress, "MultiReach demos")
+    return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env_args, progress, "MultiReach demos",
+                         keep=keep)

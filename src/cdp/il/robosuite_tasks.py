@@ -225,26 +225,27 @@ def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list[Phase], op
                 np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
 
 
-def make_lift_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+def make_lift_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True, keep=None) -> DemoDataset:
     """``n`` successful scripted Lift demonstrations (see :func:`make_demos`)."""
-    return make_demos("Lift", n, quality, seed, progress)
+    return make_demos("Lift", n, quality, seed, progress, keep=keep)
 
 
-def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True, keep=None) -> DemoDataset:
     """``n`` successful scripted PickPlaceCan demonstrations (see :func:`make_demos`)."""
-    return make_demos("PickPlaceCan", n, quality, seed, progress)
+    return make_demos("PickPlaceCan", n, quality, seed, progress, keep=keep)
 
 
-def make_lift_image_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+def make_lift_image_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
+                          keep=None) -> DemoDataset:
     """Scripted Lift demonstrations with the shoulder and wrist cameras (84 x 84)."""
-    return make_demos("Lift", n, quality, seed, progress, cameras=CAMERAS)
+    return make_demos("Lift", n, quality, seed, progress, cameras=CAMERAS, keep=keep)
 
 
 def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
-               cameras: tuple[str, ...] = ()) -> DemoDataset:
+               cameras: tuple[str, ...] = (), keep=None) -> DemoDataset:
     """``n`` successful scripted demonstrations of ``env_name``, see
     :func:`cdp.il.demos.collect_demos`."""
     env = RobosuiteEnv(env_name, cameras=cameras)
     demonstrate = {"Lift": demonstrate_lift, "PickPlaceCan": demonstrate_can}[env_name]
     return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env.env_args(), progress,
-                         f"{env_name} {quality} demos")
+                         f"{env_name} {quality} demos", keep=keep)

@@ -20,7 +20,7 @@ class TaskSpec:
     obs_shapes: dict[str, tuple[int, ...]]
     action_dim: int
     horizon: int
-    make_demos: Callable[..., DemoDataset]  # (n, quality, seed) -> demos
+    make_demos: Callable[..., DemoDataset]  # (n, quality, seed, progress=, keep=) -> demos
     eval_batch: int = 50  # environments stepped together at evaluation (memory: robosuite ~240 MB each)
 
     @property
@@ -103,7 +103,14 @@ def default_data_path(task: str, quality: str) -> Path:
 def write_demos(task: str, quality: str, path: str | Path | None = None, n: int = 200, seed: int = 0,
                 progress: bool = False) -> Path:
     """Make ``n`` scripted demonstrations of ``task`` and write them in robomimic's layout
-    (atomically) at ``path`` (default :func:`default_data_path`); returns the path."""
+    (atomically) at ``path`` (default :func:`default_data_path`); returns the path. Each
+    demonstration is kept in ``<path>.partial/`` as it is made, so an interrupted call continues
+    where it stopped (:class:`cdp.il.demos.Progress`); the folder goes once the file is written."""
     from ..data.robomimic import write_robomimic
+    from .demos import Progress
 
-    return write_robomimic(path or default_data_path(task, quality), get_task(task).make_demos(n, quality, seed, progress=progress))
+    path = Path(path or default_data_path(task, quality))
+    keep = path.with_name(path.name + ".partial")
+    out = write_robomimic(path, get_task(task).make_demos(n, quality, seed, progress=progress, keep=keep))
+    Progress(keep, {}).clear()
+    return out

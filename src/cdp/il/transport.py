@@ -216,9 +216,10 @@ def demonstrate_transport(env: TransportEnv, rng: np.random.Generator, operator:
                 np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
 
 
-def make_transport_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True) -> DemoDataset:
+def make_transport_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
+                         keep=None) -> DemoDataset:
     """``n`` successful scripted Transport demonstrations (failed attempts are discarded), see
     :func:`cdp.il.demos.collect_demos`."""
     env = TransportEnv()
     return collect_demos(env, demonstrate_transport, list(OPERATORS), n, quality, seed, env.env_args(), progress,
-                         f"Transport {quality} demos")
+                         f"Transport {quality} demos", keep=keep)
