@@ -418,3 +418,28 @@ def test_an_interrupted_collection_continues_with_the_same_demonstrations(tmp_pa
         collect_demos(MultiReach(), demonstrate, ops, 7, "mh", 3, {}, keep=keep)
     path = write_demos("reach", "ph", tmp_path / "reach_ph.hdf5", n=3)
     assert path.is_file() and not (tmp_path / "reach_ph.hdf5.partial").exists()
+
+
+def test_windows_keep_camera_streams_as_uint8_and_give_the_same_batches():
+    from cdp.data.robomimic import Demo, DemoDataset
+    from cdp.il.normalize import MinMax
+
+    g = np.random.default_rng(0)
+
+    def demo(n):
+        return Demo({"pos": g.normal(size=(n, 3)), "cam": g.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)},
+                    g.normal(size=(n, 2)), np.zeros(n), np.zeros(n, bool))
+
+    ds = DemoDataset({"demo_0": demo(5), "demo_1": demo(7)})
+    w = ChunkWindows(ds, ["pos", "cam"], n_obs_steps=2, horizon=4, action_start=1)
+    assert w.pixels.dtype == torch.uint8 and w.pixels.shape == (12, 48) and w.low.shape == (12, 3)
+    table = np.concatenate([np.concatenate([d.obs["pos"], d.obs["cam"].reshape(len(d), -1)], -1)
+                            for d in ds.demos.values()]).astype(np.float32)  # the float table, as it was
+    idx = torch.tensor([0, 4, 5, 11])
+    obs, act = w.batch(idx)
+    assert torch.equal(obs, torch.as_tensor(table)[w.obs_idx[idx]]) and obs.dtype == torch.float32
+    assert torch.equal(w.obs, torch.as_tensor(table))
+    a, b = MinMax.fit(w.obs_extremes()), MinMax.fit(table)
+    assert torch.equal(a.lo, b.lo) and torch.equal(a.hi, b.hi)
+    with pytest.raises(ValueError, match="must be the last obs_keys"):
+        ChunkWindows(ds, ["cam", "pos"], n_obs_steps=2, horizon=4, action_start=1)

@@ -284,7 +284,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
     rng = np.random.default_rng(cfg.seed)
     policy = make_policy(cfg, task)
     windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
-    policy.set_stats(windows.obs.numpy(), windows.actions.numpy())
+    policy.set_stats(windows.obs_extremes(), windows.actions.numpy())
     policy.to(device)
     ema = copy.deepcopy(policy).requires_grad_(False)
     spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)
