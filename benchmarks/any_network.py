@@ -1,6 +1,7 @@
 """The term on networks the library knows nothing about, through autograd's double backward
 (``products="autograd"``) and through finite differences on extra forward rows
-(``products="fd"``, :class:`cdp.contraction.FiniteDifferences`), as ratios to the plain step
+(``products="fd"``, :class:`cdp.contraction.FiniteDifferences`; central differences, the default,
+and forward ones), as ratios to the plain step
 measured in one run, interleaved.
 
 Cases: a 3 x 256 Mish MLP written here with plain ``torch.nn`` (act 6, obs 17, batch 256: the
@@ -43,6 +44,7 @@ MLP_VARIANTS: dict[str, ContractionConfig | None] = {
     "plain": None,
     "every t, autograd": ContractionConfig(products="autograd"),
     "every t, fd": ContractionConfig(products="fd"),
+    "every t, fd forward": ContractionConfig(products="fd", fd_scheme="forward"),
     "t < 0.1 window, autograd": ContractionConfig(products="autograd", t_max=0.1),
     "t < 0.1 window, fd": ContractionConfig(products="fd", t_max=0.1),
     "sub-batch 32, autograd": ContractionConfig(products="autograd", subbatch=32),
@@ -56,6 +58,8 @@ IL_VARIANTS: dict[str, ContractionConfig | None] = {
     "sub-batch 16, lanczos 4, fd": ContractionConfig(subbatch=16, products="fd", exact_max_dim=8),
     "sub-batch 16, exact, autograd": ContractionConfig(subbatch=16, products="native", exact_max_dim=1024),
     "sub-batch 16, exact, fd": ContractionConfig(subbatch=16, products="fd", exact_max_dim=1024),
+    "sub-batch 16, exact, fd forward": ContractionConfig(subbatch=16, products="fd", exact_max_dim=1024,
+                                                         fd_scheme="forward"),
     # ContractionConfig's defaults: fd, exact up to 32 numbers (16 x 2), Lanczos 4 above
     "sub-batch 16, library defaults": ContractionConfig(subbatch=16),
     "full batch, lanczos 4, autograd": ContractionConfig(products="native", exact_max_dim=8),

@@ -33,8 +33,9 @@ BACKBONES = {"UNet 32-64-128": dict(backbone="unet", unet_dims=(32, 64, 128)),
 METHODS = {"lanczos 4 (default)": ("lanczos", 4), "lanczos 8": ("lanczos", 8), "lanczos 16": ("lanczos", 16),
            "power 8": ("power", 8), "exact (the D-column Jacobian)": ("exact", 1),
            # products="fd": the eigenvector from a one-sided difference Jacobian, the value the term
-           # trains on (the central-difference Rayleigh quotient, with its graph)
-           "exact, finite differences": ("exact-fd", 1)}
+           # trains on (the Rayleigh quotient by a forward / central difference, with its graph)
+           "exact, finite differences (central, default)": ("exact-fd", "central"),
+           "exact, finite differences (forward)": ("exact-fd", "forward")}
 
 
 def trained_policy(kw: dict, d: int, steps: int, seed: int = 0) -> tuple[DiffusionPolicy, ChunkWindows]:
@@ -88,7 +89,7 @@ def main() -> None:
             for _ in range(3):
                 t0 = time.perf_counter()
                 if method == "exact-fd":
-                    est = max_sym_eig(NetAt(FiniteDifferences(pol.net), t, (cond,)), a_t, "exact", scale=sgn,
+                    est = max_sym_eig(NetAt(FiniteDifferences(pol.net, scheme=iters), t, (cond,)), a_t, "exact", scale=sgn,
                                       exact_max_dim=10**6).detach()
                 else:
                     with torch.no_grad():
