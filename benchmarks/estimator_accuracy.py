@@ -9,7 +9,7 @@ Jacobian's ``eigvalsh``). Reported: the share of samples within 2% and 5% of the
 (relative to its magnitude), the median relative error, and the time of one estimate for the
 whole batch relative to Lanczos with 4 iterations (the default).
 
-    python benchmarks/estimator_accuracy.py [--quick] [--action-dim 2]
+    python benchmarks/estimator_accuracy.py [--quick] [--samples 256] [--train-steps 500]
 """
 
 from __future__ import annotations
