@@ -207,3 +207,34 @@ class _Wrap(nn.Module):
 
     def forward(self, a, t, *cond):
         return self.m(a)
+
+
+def test_the_default_estimate_is_exact_on_a_robomimic_size_chunk():
+    """16 x 7 chunks (D = 112, robomimic's): ContractionConfig() takes the exact largest eigenvalue
+    (the full Jacobian, as the official code does); Lanczos 4, the earlier default above 32
+    numbers, is a lower bound that misses it on this network."""
+    torch.manual_seed(0)
+    net = _perturbed(UNet1D(7, 5, dims=(8, 16), t_dim=8, groups=4).double(), 1)
+    g = torch.Generator().manual_seed(2)
+    B = 3
+    x0 = torch.rand(B, 16, 7, generator=g, dtype=torch.float64) * 2 - 1
+    s = torch.randn(B, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.05, 0.3, 0.8], dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    sch = VPSchedule()
+    a_t = sch.q_sample(x0, t, noise)
+    f, h = sch.sampling_ode_coefficients(t, "eps")
+    J = jacobian(lambda x: net(x, t, s), a_t, create_graph=False)  # autograd, [B, 112, 112]
+    sym = torch.sign(h)[:, None, None] * (J + J.transpose(1, 2)) / 2
+    want = (f / h.abs() + torch.linalg.eigvalsh(sym)[:, -1]).mean()  # gamma 1, no hinge: mean lambda
+
+    def term(cfg: ContractionConfig) -> torch.Tensor:
+        reg = ContractionRegularizer(sch, "eps", cfg)
+        return reg.loss(net, x0, s, t=t, noise=noise, generator=torch.Generator().manual_seed(4)).contraction.detach()
+
+    assert ContractionConfig().exact_max_dim >= 112
+    torch.testing.assert_close(term(ContractionConfig(gamma=1.0, margin=None)), want, rtol=1e-6, atol=1e-8)
+    lanczos4 = term(ContractionConfig(gamma=1.0, margin=None, exact_max_dim=8))
+    assert lanczos4 < want - 1e-3  # a Ritz value: below the top, here by more than the fd error
+    with pytest.raises(ValueError, match="exact_max_dim"):
+        ContractionConfig(exact_max_dim=0)

@@ -361,16 +361,28 @@ def test_a_stop_signal_checkpoints_the_step_it_lands_on(reach_file, tmp_path, mo
     assert [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open())] == list(range(1, 11))
 
 
-def test_the_terms_estimator_is_a_run_setting_and_defaults_to_the_studies_one():
+def test_the_terms_estimator_is_a_run_setting_and_old_configs_keep_theirs(tmp_path):
+    from dataclasses import asdict
+
+    from cdp.io import config_from_json
+    from cdp.report import load_runs
+
     base = dict(policy="cdp-unet", task="reach", dataset="unused.hdf5", fraction=0.1)
     cfg = ILTrainConfig(**base)
     c = cfg.contraction_config()
-    assert (c.products, c.exact_max_dim) == ("native", 8)  # what the bundled studies ran with
+    assert (c.products, c.exact_max_dim) == ("auto", 256)  # the library's: exact up to 256 numbers
+    assert cfg.run_name() == "cdp-unet-f0.1-auto-x256-s0"
+    cfg = ILTrainConfig(**base, products="native", exact_max_dim=8)  # the earlier studies' Lanczos 4
     assert cfg.run_name() == "cdp-unet-f0.1-s0"
-    cfg = ILTrainConfig(**base, products="fd", exact_max_dim=32)
-    c = cfg.contraction_config()
-    assert (c.products, c.exact_max_dim) == ("fd", 32)
-    assert cfg.run_name() == "cdp-unet-f0.1-fd-x32-s0"
+    # a config stored before the two keys existed ran Lanczos 4: read back, it still names that run
+    stored = {k: v for k, v in asdict(cfg).items() if k not in ("products", "exact_max_dim")}
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    back = config_from_json(ILTrainConfig, tmp_path / "config.json", "an imitation")
+    assert (back.products, back.exact_max_dim, back.run_name()) == ("native", 8, "cdp-unet-f0.1-s0")
+    rec = tmp_path / "results" / "reach" / "cdp-unet-f0.1-s0.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"config": stored, "summary": {"final": 0.5, "best": 0.5}, "eval": []}))
+    assert [r.method for r in load_runs(tmp_path / "results")] == ["cdp-unet"]
     with pytest.raises(ValueError, match="products must be one of"):
         ILTrainConfig(**base, products="forward")
 

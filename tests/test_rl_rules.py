@@ -164,3 +164,29 @@ def test_official_edp_schedules_and_q_term():
         assert len(lead) == 1
         orders.add(lead[0])
     assert orders == {1, 2}  # either twin leads, by chance
+
+
+def test_cdp_takes_the_exact_eigenvalue_on_kitchen_size_actions():
+    """CDP's actor term on 9-dim actions (FrankaKitchen) is the exact largest eigenvalue of the
+    windowed rows' symmetric Jacobian, as the official runs compute it; ``exact_max_dim=8`` (the
+    earlier default, Lanczos 4 above 8 numbers) is a named variant with its own run name."""
+    from cdp.contraction import jacobian
+    from cdp.rl.trainer import TrainConfig, make_agent
+
+    cfg = TrainConfig(algo="cdp", dataset="kitchen.hdf5", gamma=1.0, margin=None)
+    assert cfg.run_name() == "cdp-f1-g1-mNone-s0"
+    assert TrainConfig(algo="cdp", dataset="kitchen.hdf5", exact_max_dim=8).run_name() == "cdp-f1-x8-s0"
+    torch.manual_seed(0)
+    agent = make_agent(cfg, 4, 9)
+    actor = agent.actor.double()
+    g = torch.Generator().manual_seed(1)
+    B, sch = 6, agent.cfg.schedule
+    x0, s = torch.rand(B, 9, generator=g, dtype=torch.float64) * 2 - 1, torch.randn(B, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.02, 0.04, 0.1, 0.06, 0.5, 0.9], dtype=torch.float64)  # 4 rows in the window t <= 0.1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    out = agent.reg.loss(actor, x0, s, t=t, noise=noise)
+    a_t, win = sch.q_sample(x0, t, noise), t <= 0.1
+    f, h = sch.sampling_ode_coefficients(t, agent.cfg.prediction)
+    J = jacobian(lambda a: actor(a, t, s), a_t, create_graph=False)
+    lam = f / h.abs() + torch.linalg.eigvalsh(torch.sign(h)[:, None, None] * (J + J.transpose(1, 2)) / 2)[:, -1]
+    torch.testing.assert_close(out.contraction.detach(), lam[win].mean(), rtol=1e-6, atol=1e-9)

@@ -67,6 +67,7 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
 
 def build_parser() -> argparse.ArgumentParser:
     from .contraction import FORMS, WINDOWS
+    from .contraction.regularizer import EXACT_MAX_DIM
     from .data import DATA_CUTS
     from .il.tasks import task_names
     from .il.trainer import POLICIES
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--form", default="eig", choices=FORMS,
                     help="cdp: the term's form: the paper's eigenvalue hinge, or the official runs' "
                          "mean((sym J + margin I)^2) (see cdp.contraction.loss)")
+    tr.add_argument("--exact-max-dim", type=_positive_int, default=EXACT_MAX_DIM,
+                    help="cdp: the exact largest eigenvalue for actions of up to this many numbers, Lanczos with 4 "
+                         "steps above (8: the earlier default, so Lanczos on kitchen's 9-dim actions)")
     tr.add_argument("--window", default="official", choices=WINDOWS,
                     help="cdp: the term on rows with t <= 0.1, averaged over them (official), or summed over "
                          "t < 0.1 and divided by the batch (cdp 0.1)")
@@ -151,13 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
     itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
                      help="image tasks (lift-image): the camera encoder")
-    itr.add_argument("--products", choices=["native", "auto", "autograd", "fd"], default="native",
-                     help="cdp-*: the term's Jacobian products: the network's own, else autograd's double backward "
-                          "(native, the bundled studies'), or finite differences on extra forward rows (fd; auto: fd "
-                          "where the network allows it)")
-    itr.add_argument("--exact-max-dim", type=_positive_int, default=8,
-                     help="cdp-*: the exact largest eigenvalue for chunks of up to this many numbers (16 x 2 = 32; "
-                          "with --products fd it is the accurate and cheaper choice on a UNet), Lanczos with 4 steps above")
+    itr.add_argument("--products", choices=["native", "auto", "autograd", "fd"], default="auto",
+                     help="cdp-*: the term's Jacobian products: finite differences on extra forward rows where the "
+                          "network allows it (auto), always (fd), autograd's double backward (autograd), or the "
+                          "network's own else autograd (native: with --exact-max-dim 8, the earlier studies' setting)")
+    itr.add_argument("--exact-max-dim", type=_positive_int, default=EXACT_MAX_DIM,
+                     help="cdp-*: the exact largest eigenvalue for chunks of up to this many numbers (16 x 7 = 112), "
+                          "Lanczos with 4 steps above (8: the earlier studies' estimator, a lower bound often far "
+                          "from the top on chunks)")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
     iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
     iev.add_argument("run", help="run folder")
@@ -252,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
+                          exact_max_dim=args.exact_max_dim,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, graphs=not args.eager)
         from .rl.trainer import record

@@ -105,9 +105,10 @@ def plot(path: Path, data: torch.Tensor, results: list[tuple[str, ToyResult]], t
         plt.close(fig)
 
 
-#: Part 1's runs: CPU-sized as the reach-hard study (experiments/imitation_reach_hard.toml).
+#: Part 1's runs: CPU-sized as the reach-hard study (experiments/imitation_reach_hard.toml), with
+#: its estimator (Lanczos 4 through autograd: products="native", exact_max_dim=8).
 POLICY_RUN = dict(task="reach", fraction=0.1, batch_size=64, lr=3e-4, dit_width=64, dit_depth=4,
-                  contraction_subbatch=16)
+                  contraction_subbatch=16, products="native", exact_max_dim=8)
 FULL_STUDY = "cdp sweep experiments/imitation_reach_hard.toml  (then: cdp report results/il)"
 
 

@@ -55,6 +55,18 @@ def _same_file(a: object, b: object) -> bool:
         return False
 
 
+def saved_defaults(cls: type) -> dict:
+    """What a stored config of dataclass ``cls`` means by a key it lacks (a field added since it
+    was written): the field's default, or, where that default has changed since the field was
+    added, the value runs had before (``cls.SAVED_BEFORE``)."""
+    return {**dataclass_defaults(cls), **getattr(cls, "SAVED_BEFORE", {})}
+
+
+def fill_saved(cls: type, raw: dict) -> dict:
+    """A stored config ``raw`` with ``cls.SAVED_BEFORE``'s values for the keys it lacks."""
+    return {**{k: v for k, v in getattr(cls, "SAVED_BEFORE", {}).items() if k not in raw}, **raw}
+
+
 def dataclass_defaults(cls: type) -> dict:
     """``{field: default}`` for the fields of dataclass ``cls`` that have one."""
     from dataclasses import MISSING, fields
@@ -89,6 +101,7 @@ def config_from_json(cls: type, path: str | Path, kind: str) -> object:
     raw = read_json(path, "run config")
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: empty or not a run config")
+    raw = fill_saved(cls, raw)
     names = {f.name for f in fields(cls)}
     unknown, missing = sorted(set(raw) - names), sorted(set(required_fields(cls)) - set(raw))
     if unknown or missing:

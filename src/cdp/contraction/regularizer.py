@@ -54,6 +54,13 @@ def check_weights(gamma: float, margin: float | None) -> None:
         raise ValueError(f"margin must be a finite number >= 0 or None, got {margin!r}")
 
 
+#: ``ContractionConfig``'s default: the exact eigenvalue for actions of up to this many numbers
+#: (robomimic's 16 x 7 chunks are 112, Transport's 16 x 14 are 224). Lanczos with 4 steps, the
+#: estimator above it, is within 2% of the exact value on 2% of a trained UNet's samples at 112
+#: (benchmarks/results_estimator_accuracy.md); the official code takes the full Jacobian.
+EXACT_MAX_DIM = 256
+
+
 @dataclass
 class ContractionConfig:
     """Hyper-parameters of the contraction term (saved with every run).
@@ -66,7 +73,8 @@ class ContractionConfig:
     subbatch: use only the first ``subbatch`` samples of the (already shuffled) batch — the
     term is an average, so a sub-batch is an unbiased, cheaper estimate of it.
     exact_max_dim: the exact largest eigenvalue (the full Jacobian) for actions of up to this many
-    numbers (a 16 x 2 chunk is 32), ``method`` = Lanczos above it (``method="auto"``).
+    numbers (a 16 x 7 chunk is 112), ``method`` = Lanczos above it (``method="auto"``; Lanczos with
+    ``iters`` steps is a lower bound, far from the top on large chunks unless ``iters`` nears D).
     products: how Jacobian-vector products of the network are taken. ``"fd"``: finite
     differences on extra rows of the network's forward call
     (:class:`~cdp.contraction.FiniteDifferences`: any per-sample network, no double backward),
@@ -90,7 +98,7 @@ class ContractionConfig:
     t_max: float | None = None
     window: str = "official"
     subbatch: int | None = None
-    exact_max_dim: int = 32
+    exact_max_dim: int = EXACT_MAX_DIM
     probes: int = 4
     products: str = "auto"
     fd_eps: float | None = None
@@ -109,6 +117,8 @@ class ContractionConfig:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
         if self.method not in EIG_METHODS:
             raise ValueError(f"method must be one of {EIG_METHODS}, got {self.method!r}")
+        if isinstance(self.exact_max_dim, bool) or not isinstance(self.exact_max_dim, int) or self.exact_max_dim < 1:
+            raise ValueError(f"exact_max_dim must be an integer >= 1, got {self.exact_max_dim!r}")
         if self.subbatch is not None and self.subbatch < 1:
             raise ValueError(f"subbatch must be >= 1 or None, got {self.subbatch!r}")
         if self.t_max is not None and not 0 < self.t_max <= 1:

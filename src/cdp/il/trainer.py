@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,9 +29,10 @@ from tqdm.auto import tqdm
 
 from ..capture import GraphedUpdate, graphs_available, host_floats, portable_state
 from ..contraction import ContractionConfig
+from ..contraction.regularizer import EXACT_MAX_DIM
 from ..distributed import Group, join, leave
 from ..data.robomimic import DemoDataset, read_robomimic
-from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
+from ..io import atomic_write, config_from_json, fingerprint, saved_defaults
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
@@ -65,11 +67,12 @@ class ILTrainConfig:
     t_max: float | None = None  # cdp-*: imitation applies the term at every t
     margin: float | None = 0.1  # cdp-*: the hinge floor beta (None: no hinge)
     contraction_subbatch: int | None = None
-    # cdp-*: the term's Jacobian products and estimator (ContractionConfig): these defaults are the
-    # ones the bundled studies ran with (Lanczos 4 through autograd for chunks); the library's
-    # own are products="auto" (finite differences) and exact_max_dim=32 (exact for 16 x 2 chunks)
-    products: str = "native"
-    exact_max_dim: int = 8
+    # cdp-*: the term's Jacobian products and estimator (ContractionConfig's defaults: finite
+    # differences, the exact largest eigenvalue up to 256 numbers). The earlier studies ran
+    # products="native", exact_max_dim=8 (Lanczos 4 through autograd for any chunk); their
+    # configs pin it, and a stored config without these keys means it (SAVED_BEFORE)
+    products: str = "auto"
+    exact_max_dim: int = EXACT_MAX_DIM
     sampler: str = "ddim"  # or "dpm_solver++", "ddpm"
     sample_steps: int = 10
     unet_dims: tuple[int, ...] = (64, 128, 256)
@@ -103,6 +106,9 @@ class ILTrainConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         self.unet_dims = tuple(self.unet_dims)
+
+    #: what a config stored before ``products`` / ``exact_max_dim`` existed ran with
+    SAVED_BEFORE: ClassVar[dict] = {"products": "native", "exact_max_dim": 8}
 
     def contraction_config(self) -> ContractionConfig:
         """The term's settings (``cdp-*`` policies use them; checked for every policy)."""
@@ -229,7 +235,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reente
             return _train(cfg, out, task, demos, group, progress)
         told = False
         try:
-            with open_run(out, asdict(cfg), dataclass_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
+            with open_run(out, asdict(cfg), saved_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
                 told = group.broadcast_flag(True)
                 return _train(cfg, out, task, demos, group, progress)
         finally:

@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from ..capture import GraphedCall, GraphedUpdate, graphs_available, host_floats
 from ..contraction import ContractionConfig
+from ..contraction.regularizer import EXACT_MAX_DIM
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
-from ..io import atomic_write, config_from_json, dataclass_defaults, fingerprint
+from ..io import atomic_write, config_from_json, fingerprint, saved_defaults
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
@@ -57,6 +58,9 @@ class TrainConfig:
     window: str = "official"  # cdp only: "official" (mean over the window's rows) or "batch" (cdp 0.1's form)
     margin: float | None = 0.1  # cdp only: the hinge floor beta (None: no hinge); beta of Frobenius forms
     form: str = "eig"  # cdp only: "eig" (the paper's hinge) or "official_frobenius" (the official runs' loss), ...
+    # cdp only: the exact largest eigenvalue for actions of up to this many numbers, Lanczos with 4
+    # steps above (kitchen's 9-dim actions: exact; the earlier default was 8, so Lanczos there)
+    exact_max_dim: int = EXACT_MAX_DIM
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
     graphs: bool = True  # on a CUDA device: the update and action selection replayed as CUDA graphs (cdp.capture)
@@ -76,15 +80,17 @@ class TrainConfig:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
         if self.algo == "cdp" and self.form != "eig":
             name += f"-{self.form}"
+        if self.algo == "cdp" and self.exact_max_dim != EXACT_MAX_DIM:
+            name += f"-x{self.exact_max_dim}"
         if self.preset != "cdp":
             name += f"-{self.preset}"
         return f"{name}-s{self.seed}"
 
     def contraction_config(self) -> ContractionConfig:
         """The term's settings (``cdp`` uses them; checked for every algorithm)."""
-        # the estimator the bundled studies ran with (the library's default is exact up to 32)
+        # the actor's own fused products (MLPDenoiser.forward_jvp), as the bundled studies ran
         return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, window=self.window,
-                                 form=self.form, products="native", exact_max_dim=8)
+                                 form=self.form, products="native", exact_max_dim=self.exact_max_dim)
 
     def dataset_slug(self) -> str:
         """The dataset as one folder name: a Minari id with ``/`` as ``_``; a file by its name
@@ -232,7 +238,7 @@ def run_cut(cfg: TrainConfig, full: Transitions, transform: DataTransform) -> Tr
 def claim_run(cfg: TrainConfig, out: Path, data: Transitions, reenter: bool = True):
     """:func:`cdp.runlog.open_run` for this config and the fingerprint of its data."""
     seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
-    return open_run(out, asdict(cfg), dataclass_defaults(TrainConfig), seen, reenter)
+    return open_run(out, asdict(cfg), saved_defaults(TrainConfig), seen, reenter)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
