@@ -86,8 +86,8 @@ class ContractionConfig:
     ``"fd"`` for an ``nn.Module`` (or a wrapper's ``model``) with no BatchNorm in training mode or
     active dropout, else autograd (a plain closure cannot be inspected).
 
-    Earlier versions' defaults, which the bundled trainers keep (their studies were run with
-    them): ``products="native", exact_max_dim=8`` (Lanczos with 4 steps for any action chunk).
+    Earlier versions' defaults, which the earlier imitation studies ran with and their study files
+    pin: ``products="native", exact_max_dim=8`` (Lanczos with 4 steps for any action chunk).
     """
 
     gamma: float = 0.1
