@@ -12,3 +12,4 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/te
 (cd benchmarks && timeout 120 python3 edp_step.py --quick --device cuda) 2>&1 | tee "$out/edp_step.txt"
 (cd benchmarks && timeout 90 python3 action_selection.py --quick --device cuda) 2>&1 | tee "$out/action_selection.txt"
 (cd benchmarks && timeout 180 python3 il_step.py --quick --device cuda) 2>&1 | tee "$out/il_step.txt"
+(cd benchmarks && timeout 240 python3 any_network.py --quick --only il --device cuda) 2>&1 | tee "$out/any_network.txt"
