@@ -105,7 +105,7 @@ def test_draw_one_is_torch_multinomial_without_the_host_check():
 
 #: modules whose hot paths change while a graph is recorded (host reads skipped, windows masked)
 CAPTURE_AWARE = ("cdp.contraction.eig", "cdp.contraction.loss", "cdp.contraction.regularizer", "cdp.diffusion.loss",
-                 "cdp.diffusion.samplers")
+                 "cdp.diffusion.samplers", "cdp.contraction.finite_differences")
 
 
 def as_if_recording(monkeypatch) -> None:
@@ -152,6 +152,37 @@ def test_the_terms_recorded_path_gives_the_eager_value_and_gradients(monkeypatch
     assert torch.allclose(rec, eager, atol=1e-12)
     for a, b in zip(g_eager, g_rec):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [dict(subbatch=8), dict(t_max=0.2), dict()], ids=["subbatch", "window", "every-row"])
+def test_the_default_term_by_finite_differences_records_as_it_runs_eagerly(monkeypatch, kw):
+    """The library's default on a UNet (the exact eigenvalue, products by finite differences) in
+    the fused ``reg.loss``, computed as a graph records it (every row, the window as a mask), gives
+    the eager value and parameter gradients."""
+    from cdp.contraction import ContractionConfig, ContractionRegularizer
+    from cdp.diffusion import VPSchedule
+    from cdp.nets import UNet1D
+
+    torch.manual_seed(0)
+    B = 12
+    net = UNet1D(2, cond_dim=5, dims=(8, 16)).double()
+    x0, cond = torch.rand(B, 8, 2, dtype=torch.float64) * 2 - 1, torch.randn(B, 5, dtype=torch.float64)
+    t = torch.tensor([1, 3, 5, 9, 30, 50] * 2, dtype=torch.float64) / 50
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    reg = ContractionRegularizer(VPSchedule.discrete_cosine(50), "eps", ContractionConfig(gamma=0.5, margin=None, **kw))
+
+    def term():
+        out = reg.loss(net, x0, cond, t=t, noise=noise)
+        grads = torch.autograd.grad(out.contraction, list(net.parameters()), allow_unused=True)
+        return out.contraction, [torch.zeros_like(p) if gr is None else gr for p, gr in zip(net.parameters(), grads)]
+
+    eager, g_eager = term()
+    as_if_recording(monkeypatch)
+    rec, g_rec = term()
+    assert abs(eager.item()) > 1e-6
+    torch.testing.assert_close(rec, eager, rtol=1e-9, atol=1e-12)
+    for a, b in zip(g_eager, g_rec):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("config", ["cdp", "cdp-official", "idql-cdp"])
