@@ -44,7 +44,10 @@ def main() -> None:
     batch = {"obs": obs, "act": (torch.rand(B, 16, 7, generator=g) * 2 - 1).to(dev)}
     base = None
     for encoder in ("cnn", "resnet18"):
-        for name, term in (("DP", None), ("CDP sub-batch 16", ContractionConfig(subbatch=16, products="native", exact_max_dim=8))):
+        for name, term in (("DP", None),
+                           # the earlier studies' estimator (Lanczos 4 through autograd), then the default
+                           ("CDP sub-batch 16, Lanczos 4", ContractionConfig(subbatch=16, products="native", exact_max_dim=8)),
+                           ("CDP sub-batch 16, exact (default)", ContractionConfig(subbatch=16))):
             torch.manual_seed(0)
             pol = policy(encoder, term, dev)
             step = PolicyStep(pol, copy.deepcopy(pol).requires_grad_(False), torch.optim.AdamW(pol.parameters(), 1e-4))
