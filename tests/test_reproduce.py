@@ -19,6 +19,9 @@ def test_every_bundled_study_loads_and_shrinks_as_stated():
         assert quick.out == full.out + "-quick" and quick.results == full.results + "-quick"
         assert {k: v for k, v in quick.grid.items() if k != "seed"} == {k: v for k, v in full.grid.items() if k != "seed"}
         assert len(quick.jobs()) * len(full.grid["seed"]) == len(full.jobs())
+    bundled = {p.stem for p in study_path("offline_rl").parent.glob("*.toml")}
+    # every study file is in the queue but the easier reach study (superseded by reach-hard)
+    assert bundled - set(STUDIES) == {"imitation_reach"} and set(STUDIES) <= bundled
     with pytest.raises(FileNotFoundError, match="no bundled study 'nope'"):
         study_path("nope")
     with pytest.raises(ValueError, match="unknown study"):

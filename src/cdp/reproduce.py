@@ -40,6 +40,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, ...]]]] = {
     "offline_rl_walker": ("Offline RL on walker2d medium-replay from an expert-scale behaviour agent: BC, EDP and CDP "
                           "at the published weight, 100% and 10% of transitions",
                           [("rl", "Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")]),
+    "offline_rl_walker_baselines": ("Offline RL on the same walker2d data: DQL and IDQL, 100% and 10% of transitions",
+                                    [("rl", "Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")]),
     "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
                             [("rl", "Hopper-v5", "medium-replay")]),
     "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
@@ -51,6 +53,8 @@ STUDIES: dict[str, tuple[str, list[tuple[str, ...]]]] = {
     "imitation_lift": ("Imitation on robosuite Lift (the paper's second table)", [("il", "lift", "ph")]),
     "imitation_lift_image": ("Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
                              [("il", "lift-image", "ph")]),
+    "imitation_lift_image_exact": ("Imitation from cameras: image Lift's CDP-UNet arm with the term's exact eigenvalue",
+                                   [("il", "lift-image", "ph")]),
     "imitation_transport": ("Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
                             [("il", "transport", "ph")]),
     "imitation_gamma": ("Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
