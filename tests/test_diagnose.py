@@ -50,10 +50,10 @@ def test_diagnostics_on_trained_runs(tiny_dataset, tmp_path):
     assert all(0 < x < 10 for x in r["ratio"])
     png = run_diagnostics([str(il_run)], tmp_path / "out", states=4, steps=10)
     res = json.loads((tmp_path / "out" / "diagnostics.json").read_text())
-    assert png.stat().st_size > 1000 and res[0]["name"] == "reach/cdp-mlp-f1-s0" and len(res[0]["ratio"]) == 4
+    assert png.stat().st_size > 1000 and res[0]["name"] == "reach/cdp-mlp-f1-auto-x256-s0" and len(res[0]["ratio"]) == 4
     # imitation applies the term at every t: levels 1, 2, T/10, T/2 and T of its T = 100
     assert [row["level"] for row in res[0]["levels"]] == [1, 2, 10, 50, 100]
-    assert "| reach/cdp-mlp-f1-s0 | 1 (of 100) | yes |" in (tmp_path / "out" / "diagnostics.md").read_text()
+    assert "| reach/cdp-mlp-f1-auto-x256-s0 | 1 (of 100) | yes |" in (tmp_path / "out" / "diagnostics.md").read_text()
     with pytest.raises(ValueError, match="not a diffusion policy"):
         bc = tmp_path / "gmm"
         il_train(ILTrainConfig(policy="bc-gmm", task="reach", dataset=str(data), steps=2, batch_size=8, eval_every=2,
