@@ -280,6 +280,39 @@ def test_evaluation_in_groups_equals_all_at_once():
     assert grouped == whole and grouped["success_rate"] == 1.0 and grouped["modes"] >= 2
 
 
+class _StagedToy:
+    """A 5-step episode whose stage k holds at step k + 1 only, for the first ``seed % 4``
+    stages: a rollout from seed s reaches ``s % 4`` stages, each for one step."""
+
+    def reset(self, seed=None, options=None):
+        self.n, self.t = seed % 4, 0
+        return {"x": np.zeros(1, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        st = np.zeros(4, bool)
+        if self.t - 1 < self.n:
+            st[self.t - 1] = True
+        return {"x": np.zeros(1, np.float32)}, 0.0, False, self.t >= 5, {"success": self.t == 5 and self.n == 3,
+                                                                          "stages": st}
+
+
+def test_evaluation_counts_stages_ever_reached():
+    """``stages``: per rollout, the stages that held at some step (not at the end), averaged."""
+    from cdp.il.tasks import TaskSpec
+
+    task = TaskSpec("staged", _StagedToy, {"x": (1,)}, 1, 5, make_demos)
+    pol = BCGMM(BCGMMConfig(obs_keys=["x"], obs_dim=1, action_dim=1, hidden=8))
+    res = evaluate(pol, task, 7, seed=0, envs=[_StagedToy() for _ in range(3)])
+    counts = np.array([s % 4 for s in range(7)])  # 0 1 2 3 0 1 2
+    assert res["stages"] == pytest.approx(counts.mean())  # 9 / 7
+    assert res["stages_se"] == pytest.approx(counts.std() / np.sqrt(7))
+    assert res["success_rate"] == pytest.approx(1 / 7)  # seed 3 only
+    reach = get_task("reach")
+    plain = BCGMM(BCGMMConfig(obs_keys=reach.obs_keys, obs_dim=reach.obs_dim, action_dim=2, hidden=8))
+    assert "stages" not in evaluate(plain, reach, 1)  # a task without stages reports none
+
+
 def test_reach_hard_variant():
     task = get_task("reach-hard")
     env = task.make_env()

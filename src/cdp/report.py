@@ -139,7 +139,8 @@ def table(runs: list[Run], metric: str = "final", digits: int = 1, bold: bool = 
 
 #: overview columns: (summary key, header, digits); a column shows when any run records it
 OVERVIEW = (("final", "final", 1), ("mean_last3", "mean of last 3", 1), ("best", "best", 1),
-            ("modes_final", "goal orders", 1), ("action_spread_final", "spread", 2))
+            ("modes_final", "goal orders", 1), ("stages_final", "stages reached", 2),
+            ("action_spread_final", "spread", 2))
 
 
 def overview(runs: list[Run]) -> str:

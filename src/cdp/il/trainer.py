@@ -164,11 +164,13 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
     groups of ``len(envs)`` (default ``task.eval_batch``) environments stepped in lockstep with one
     batched ``select_action`` per step: a robosuite environment holds ~240 MB, so they are reused
     group after group. Also the goal orders of successful rollouts where the task records them
-    (mode coverage)."""
+    (mode coverage), and where its environment reports ``info["stages"]`` (Transport), the mean
+    number of stages each rollout reached at some step (``stages``, with ``stages_se``)."""
     if envs is None:
         envs = [task.make_env() for _ in range(min(episodes, task.eval_batch))]
     policy.eval()
     success = np.zeros(episodes, bool)
+    reached: np.ndarray | None = None  # [episodes, stages]: ever held in the rollout
     orders: list[tuple] = []
     for start in range(0, episodes, len(envs)):
         group = envs[:min(len(envs), episodes - start)]
@@ -182,6 +184,10 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
                 obs[i], _, term, trunc, info = group[i].step(actions[i])
                 if info.get("success", False):
                     success[start + i] = True
+                if "stages" in info:
+                    if reached is None:
+                        reached = np.zeros((episodes, len(info["stages"])), bool)
+                    reached[start + i] |= info["stages"]
                 if term or trunc:
                     alive[i] = False
             if not alive.any():
@@ -190,6 +196,9 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
     out = {"success_rate": float(success.mean()), "success_se": float(success.std() / np.sqrt(episodes))}
     if hasattr(envs[0], "order"):  # the task records which goal order each rollout took
         out["modes"] = len(set(orders))
+    if reached is not None:
+        count = reached.sum(1)
+        out["stages"], out["stages_se"] = float(count.mean()), float(count.std() / np.sqrt(episodes))
     return out
 
 
@@ -374,6 +383,8 @@ def summarize(out: Path, sec_per_1k: float, train_sec_per_1k: float, last: int =
                "evals": len(rows), "seconds_per_1k_steps": sec_per_1k, "train_seconds_per_1k_steps": train_sec_per_1k}
     if rows[-1].get("modes"):
         summary["modes_final"] = int(float(rows[-1]["modes"]))
+    if rows[-1].get("stages"):
+        summary["stages_final"] = float(rows[-1]["stages"])
     if rows[-1].get("action_spread"):
         summary["action_spread_final"] = float(rows[-1]["action_spread"])
     return summary

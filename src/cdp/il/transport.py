@@ -29,6 +29,11 @@ from .robosuite_tasks import OPERATORS, _reseed
 OBS_SHAPES = {f"robot{i}_{k}": s for i in (0, 1) for k, s in (("eef_pos", (3,)), ("eef_quat", (4,)),
                                                                ("gripper_qpos", (2,)))} | {"object": (41,)}
 HORIZON = 700
+#: the task's stages (:meth:`TransportEnv.stages`): arm 0's two, arm 1's (done meanwhile), and
+#: the end of the handover; robosuite's success is the last two at once
+STAGES = ("lid off", "hammer lifted", "trash in its bin", "hammer in the target bin")
+LID_MOVED = 0.15  # m, horizontally: half the bin's width, so the lid no longer covers the bin
+HAMMER_LIFTED = 0.10  # m above where it lay
 SAFE_Z = 1.12  # over the bins' walls
 # world displacement -> each arm's OSC input (arm 0 faces +y, arm 1 faces -y)
 TO_BASE = (np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]]), np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))
@@ -62,14 +67,27 @@ class TransportEnv(gym.Env):
             _reseed(self.env, np.random.default_rng(seed))
         self.t = 0
         self.raw = self.env.reset()
+        tr = self.env.transport
+        self._lid0, self._hammer0 = tr.lid_handle_pos.copy(), tr.payload_pos.copy()
         return self._obs(self.raw), {}
+
+    def stages(self) -> np.ndarray:
+        """Which of :data:`STAGES` hold now, ``[4]`` bool: the lid's handle more than
+        ``LID_MOVED`` from where it started (horizontally), the hammer more than ``HAMMER_LIFTED``
+        above where it lay, and robosuite's two contact checks (trash on the trash bin's floor,
+        hammer on the target bin's floor). A partial-progress measure where success is rare."""
+        tr = self.env.transport
+        return np.array([np.linalg.norm(tr.lid_handle_pos[:2] - self._lid0[:2]) > LID_MOVED,
+                         tr.payload_pos[2] - self._hammer0[2] > HAMMER_LIFTED,
+                         bool(tr.trash_in_trash_bin), bool(tr.payload_in_target_bin)])
 
     def step(self, action):  # type: ignore[override]
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(14), -1.0, 1.0)
         self.raw, _, _, _ = self.env.step(a)
         self.t += 1
         success = bool(self.env._check_success())
-        return self._obs(self.raw), float(success), success, self.t >= self.horizon, {"success": success}
+        info = {"success": success, "stages": self.stages()}
+        return self._obs(self.raw), float(success), success, self.t >= self.horizon, info
 
     def get_state(self) -> np.ndarray:
         return np.asarray(self.env.sim.get_state().flatten())
