@@ -20,6 +20,7 @@ from cdp.il.tasks import get_task  # noqa: E402
 from cdp.il.reach import GOALS, MultiReach, demonstrate, make_demos  # noqa: E402
 from cdp.il.trainer import ILTrainConfig, evaluate, train  # noqa: E402
 from cdp.il.windows import ChunkWindows  # noqa: E402
+from cdp.runlog import append_csv  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +298,7 @@ class _StagedToy:
                                                                           "stages": st}
 
 
-def test_evaluation_counts_stages_ever_reached():
+def test_evaluation_counts_stages_ever_reached(tmp_path):
     """``stages``: per rollout, the stages that held at some step (not at the end), averaged."""
     from cdp.il.tasks import TaskSpec
 
@@ -308,6 +309,11 @@ def test_evaluation_counts_stages_ever_reached():
     assert res["stages"] == pytest.approx(counts.mean())  # 9 / 7
     assert res["stages_se"] == pytest.approx(counts.std() / np.sqrt(7))
     assert res["success_rate"] == pytest.approx(1 / 7)  # seed 3 only
+    from cdp.il.trainer import summarize
+
+    for step, stages in ((1, 0.5), (2, 1.25)):  # the summary keeps the last evaluation's count
+        append_csv(tmp_path / "eval.csv", {"step": step, "success_rate": 0.0, "stages": stages})
+    assert summarize(tmp_path, 1.0, 1.0)["stages_final"] == 1.25
     reach = get_task("reach")
     plain = BCGMM(BCGMMConfig(obs_keys=reach.obs_keys, obs_dim=reach.obs_dim, action_dim=2, hidden=8))
     assert "stages" not in evaluate(plain, reach, 1)  # a task without stages reports none

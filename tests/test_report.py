@@ -71,7 +71,8 @@ def test_imitation_records_report_success_in_percent(tmp_path):
         cfg = {"policy": "cdp-dit", "task": "reach-hard", "dataset": "data/il/reach-hard_ph.hdf5", "fraction": 0.1,
                "seed": seed, "steps": 3000}
         rec = {"config": cfg, "summary": {"step": 3000, "final": final, "best": best, "mean_last3": final,
-                                          "modes_final": 3 + 2 * seed, "action_spread_final": 0.1 + 0.2 * seed},
+                                          "modes_final": 3 + 2 * seed, "action_spread_final": 0.1 + 0.2 * seed,
+                                          "stages_final": 1.0 + 2 * seed},
                "eval": [{"step": "1500", "success_rate": str(best)}, {"step": "3000", "success_rate": str(final)}]}
         (tmp_path / f"r{seed}.json").write_text(json.dumps(rec))
     runs = load_runs(tmp_path)
@@ -82,8 +83,9 @@ def test_imitation_records_report_success_in_percent(tmp_path):
     from cdp.report import overview
 
     ov = overview(runs).splitlines()
-    assert ov[0] == "| data | method | n | final | mean of last 3 | best | goal orders | spread |"
-    assert ov[2] == "| 10% | cdp-dit | 2 | 37.5 ± 12.5 | 37.5 ± 12.5 | 62.5 ± 12.5 | 4.0 ± 1.0 | 0.20 ± 0.10 |"
+    assert ov[0] == "| data | method | n | final | mean of last 3 | best | goal orders | stages reached | spread |"
+    assert ov[2] == ("| 10% | cdp-dit | 2 | 37.5 ± 12.5 | 37.5 ± 12.5 | 62.5 ± 12.5 | 4.0 ± 1.0 | 2.00 ± 1.00 "
+                     "| 0.20 ± 0.10 |")
     assert "success rate (%)" in write_report(tmp_path).read_text()
 
 
