@@ -42,7 +42,11 @@ METHODS = {"lanczos 4": ("lanczos", 4), "lanczos 8": ("lanczos", 8), "lanczos 16
            # products="fd": the eigenvector from a one-sided difference Jacobian, the value the term
            # trains on (the Rayleigh quotient by a forward / central difference, with its graph)
            "exact, finite differences (central)": ("exact-fd", "central"),
-           "exact, finite differences (forward)": ("exact-fd", "forward")}
+           "exact, finite differences (forward)": ("exact-fd", "forward"),
+           # a warm start from earlier batches: Rayleigh-Ritz in the span of the top k principal
+           # directions of another batch's exact top eigenvectors (k one-sided difference rows per
+           # sample; the same network, so no drift: an optimistic case)
+           "warm subspace, k = 16": ("subspace", 16), "warm subspace, k = 32": ("subspace", 32)}
 
 
 def trained_policy(kw: dict, steps: int, data: str | None, seed: int = 0) -> tuple[DiffusionPolicy, ChunkWindows]:
@@ -64,6 +68,40 @@ def trained_policy(kw: dict, steps: int, data: str | None, seed: int = 0) -> tup
     return pol.eval(), w
 
 
+def draw(pol: DiffusionPolicy, w: ChunkWindows, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``n`` (noisy chunk, level, conditioning, sign of h) draws as training draws them."""
+    g = torch.Generator().manual_seed(seed)
+    obs, act = w.batch(torch.as_tensor(np.random.default_rng(seed).integers(0, len(w), n)))
+    x0, cond = pol.act_norm(act), pol.cond(obs)
+    T = pol.config.train_steps
+    t = torch.randint(1, T + 1, (n,), generator=g).float() / T
+    a_t = pol.schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g))
+    _, h = pol.schedule.sampling_ode_coefficients(t, pol.config.prediction)
+    return a_t, t, cond, torch.sign(h)
+
+
+def warm_basis(pol: DiffusionPolicy, w: ChunkWindows, n: int, k: int) -> torch.Tensor:
+    """``[D, k]``: the top ``k`` principal directions of the exact top eigenvectors of ``n`` other
+    draws (another seed) on the same network."""
+    a_t, t, cond, sgn = draw(pol, w, n, seed=7)
+    with torch.no_grad():
+        v = max_sym_eig(lambda a: pol.net(a, t, cond), a_t, "exact", 1, scale=sgn, exact_max_dim=10**6,
+                        return_vector=True)[1]
+    return torch.linalg.svd(v.reshape(n, -1).T, full_matrices=False)[0][:, :k]
+
+
+def subspace_estimate(pol: DiffusionPolicy, a_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                      sgn: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Top Ritz value of ``sign(h) sym J`` in ``span(basis)`` per sample, from ``k`` one-sided
+    difference rows (``Q^T J^T Q = (Q^T J Q)^T``: no transpose product needed)."""
+    B, k = a_t.shape[0], basis.shape[1]
+    tangent = basis.T[:, None, :].expand(k, B, -1).reshape(k, *a_t.shape)
+    with torch.no_grad():
+        jq = FiniteDifferences(pol.net).forward_jvp(a_t, t, cond, tangent=tangent)[1].reshape(k, B, -1)
+    small = torch.einsum("dk,lbd->bkl", basis, jq)  # [B, k, k]: Q^T J Q
+    return torch.linalg.eigvalsh(sgn[:, None, None] * 0.5 * (small + small.transpose(1, 2)))[:, -1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=256)
@@ -78,14 +116,8 @@ def main() -> None:
           "|---|---|---:|---:|---:|---:|")
     for name, kw in BACKBONES.items():
         pol, w = trained_policy(kw, args.train_steps, args.data)
-        g = torch.Generator().manual_seed(1)
-        obs, act = w.batch(torch.as_tensor(np.random.default_rng(1).integers(0, len(w), args.samples)))
-        x0, cond = pol.act_norm(act), pol.cond(obs)
-        T = pol.config.train_steps
-        t = torch.randint(1, T + 1, (args.samples,), generator=g).float() / T
-        a_t = pol.schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g))
-        _, h = pol.schedule.sampling_ode_coefficients(t, pol.config.prediction)
-        sgn = torch.sign(h)
+        a_t, t, cond, sgn = draw(pol, w, args.samples, seed=1)
+        bases = {k: warm_basis(pol, w, args.samples, k) for m, k in METHODS.values() if m == "subspace"}
 
         def fn(a):
             return pol.net(a, t, cond)
@@ -98,7 +130,9 @@ def main() -> None:
             runs = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                if method == "exact-fd":
+                if method == "subspace":
+                    est = subspace_estimate(pol, a_t, t, cond, sgn, bases[iters])
+                elif method == "exact-fd":
                     est = max_sym_eig(NetAt(FiniteDifferences(pol.net, scheme=iters), t, (cond,)), a_t, "exact", scale=sgn,
                                       exact_max_dim=10**6).detach()
                 else:
