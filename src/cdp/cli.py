@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Lanczos with 4 steps above (8: the earlier studies' estimator, a lower bound often far "
                           "from the top on chunks)")
     _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
-    iev = ils.add_parser("eval", help="success rate of a run folder's saved policy")
+    iev = ils.add_parser("eval", help="success rate of a run folder's saved policy (and the stages reached, on Transport)")
     iev.add_argument("run", help="run folder")
     iev.add_argument("--episodes", type=_positive_int, default=50, help="evaluation rollouts")
     iev.add_argument("--which", choices=["policy", "best"], default="policy", help="last or best evaluation's policy")
