@@ -93,3 +93,36 @@ def test_datasets_of_another_agent_carry_its_name(tmp_path, monkeypatch):
     assert dataset_id("Walker2d-v5", "medium-replay") == "cdp/walker2d/medium-replay-v0"
     with pytest.raises(ValueError, match="cannot name a dataset"):
         agent_tag("Walker2d-v5", tmp_path / "my agent")
+
+
+def test_recipe_inverts_the_dataset_ids_make_data_gives(tmp_path, monkeypatch):
+    from cdp.data import kitchen
+    from cdp.data.generate import DataRecipe, agent_tag, dataset_id, recipe
+    from cdp.data.minari_io import load_minari
+    from cdp.data.transitions import DatasetError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    for env_id in ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"):
+        for quality in ("random", "medium", "medium-replay", "expert"):
+            assert recipe(dataset_id(env_id, quality)) == DataRecipe(env_id, quality)
+    assert recipe(kitchen.dataset_id("mixed")) == DataRecipe("kitchen", "mixed")
+    # another agent's datasets: the agent's folder, when it is there
+    assert recipe("cdp/walker2d/medium-replay-sac-s1-v0") is None
+    agent = tmp_path / "data" / "agents" / "walker2d-v5-sac-s1"
+    agent.mkdir(parents=True)
+    (agent / "snapshots.json").write_text("[]")
+    did = dataset_id("Walker2d-v5", "medium-replay", agent_tag("Walker2d-v5", agent))
+    how = recipe(did)
+    assert how == DataRecipe("Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")
+    assert how.command == "cdp rl make-data Walker2d-v5 medium-replay --agent data/agents/walker2d-v5-sac-s1"
+    # names make-data never gives
+    for other in ("D4RL/hopper/medium-replay-v2", "cdp/hopper/great-v0", "cdp/nosuchtask/medium-v0",
+                  "cdp/kitchen/complete-v1", "cdp/kitchen/messy-v0", "cdp-test/hopper/random-v0"):
+        assert recipe(other) is None, other
+    # the loader's error says how to make a missing one, and only where it can be made
+    with pytest.raises(DatasetError, match=r"not in the local store; local: \[\]; make it with "
+                                           r"`cdp rl make-data Hopper-v5 medium-replay`$"):
+        load_minari("cdp/hopper/medium-replay-v0")
+    with pytest.raises(DatasetError, match=r"'D4RL/hopper/expert-v2' is not in the local store; local: \[\]$"):
+        load_minari("D4RL/hopper/expert-v2")

@@ -365,3 +365,35 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
     # 4000 steps left for the running job
     assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
     assert hours_left(jobs, pace=now) == pytest.approx(4 * 50 / 3600)
+
+
+def test_a_sweep_makes_the_missing_datasets_make_data_makes_once_before_any_job(tmp_path, monkeypatch):
+    import minari
+
+    from cdp.data import generate
+    from cdp.il import tasks
+    from cdp.sweep import Job, make_missing_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(minari, "list_local_datasets", lambda: {"cdp/hopper/medium-v0": None})
+    made_rl, made_il = [], []
+    monkeypatch.setattr(generate.DataRecipe, "make", lambda self: made_rl.append(self) or "id")
+
+    def fake_demos(task, quality, path, progress=False):
+        made_il.append((task, quality, str(path)))
+        return path
+
+    monkeypatch.setattr(tasks, "write_demos", fake_demos)
+    (tmp_path / "data" / "il").mkdir(parents=True)
+    (tmp_path / "data" / "il" / "lift_ph.hdf5").write_bytes(b"")  # there already
+    rl = [Job("rl", {"dataset": d, "seed": s}, f"runs/{d}/{s}") for d in
+          ("cdp/hopper/medium-replay-v0", "cdp/hopper/medium-v0", "D4RL/hopper/expert-v2", "data/mine.hdf5")
+          for s in (0, 1)]
+    il = [Job("il", {"task": t, "dataset": p, "seed": s}, f"runs/{t}/{p}/{s}") for t, p in
+          (("reach", "data/il/reach_mh.hdf5"), ("lift", "data/il/lift_ph.hdf5"), ("reach", "elsewhere/reach.hdf5"))
+          for s in (0, 1)]
+    made = make_missing_data(rl + il)
+    # only the missing datasets whose names make-data gives, each once (two seeds read each)
+    assert made_rl == [generate.DataRecipe("Hopper-v5", "medium-replay")]
+    assert made_il == [("reach", "mh", "data/il/reach_mh.hdf5")]
+    assert made == ["id", "data/il/reach_mh.hdf5"]

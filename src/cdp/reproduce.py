@@ -4,8 +4,8 @@ Runs the bundled study grids (``cdp/studies/*.toml``, linked as ``experiments/``
 runs, in study order — offline RL (EDP, CDP; then BC, DQL, IDQL) on the generated hopper / walker2d
 medium-replay datasets, and imitation (BC-GMM, DBC-DiT, DP / CDP with UNet and DiT backbones) on
 MultiReach-hard and robosuite Lift, each at 100% and 10% of the data — making any dataset that is
-missing first, then writes one markdown file with every study's tables, the CDP-vs-base
-differences beside the paper's, the steps, seeds and wall time. Every study is a resumable sweep:
+missing first (:func:`cdp.sweep.make_missing_data`), then writes one markdown file with every
+study's tables, the CDP-vs-base differences beside the paper's, the steps, seeds and wall time. Every study is a resumable sweep:
 an interrupted ``cdp reproduce`` picks up where it stopped, finished runs are never repeated.
 
 ``--quick`` shrinks every study (:class:`Quick`: a fraction of the steps, one seed, fewer
@@ -26,43 +26,28 @@ from .io import atomic_write
 from .report import write_report
 from .sweep import Job, SweepConfig, is_finished, load_sweep, run_sweep
 
-#: Study name -> (title, datasets it needs as ("rl", task, quality[, agent folder]) / ("il", task, quality)).
-STUDIES: dict[str, tuple[str, list[tuple[str, ...]]]] = {
-    "offline_rl_published": ("Offline RL: EDP vs CDP with the term at its published weight, 10% of transitions "
-                             "(the paper's first table and its data-scarce claim)",
-                             [("rl", "Hopper-v5", "medium-replay")]),
-    "offline_rl_forms": ("Offline RL, 10% of transitions: the paper's hinge beside the official runs' Frobenius form",
-                         [("rl", "Hopper-v5", "medium-replay")]),
-    "offline_rl_gamma": ("Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
-                         [("rl", "Hopper-v5", "medium-replay")]),
-    "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published "
-                           "weight, 100% and 10% of transitions", [("rl", "kitchen", "complete")]),
+#: Study name -> title. The datasets each reads are made when missing (:func:`cdp.sweep.make_missing_data`).
+STUDIES: dict[str, str] = {
+    "offline_rl_published": ("Offline RL: EDP vs CDP with the term at its published weight, 10% of transitions (the "
+                             "paper's first table and its data-scarce claim)"),
+    "offline_rl_forms": "Offline RL, 10% of transitions: the paper's hinge beside the official runs' Frobenius form",
+    "offline_rl_gamma": "Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
+    "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published"
+                           " weight, 100% and 10% of transitions"),
     "offline_rl_walker": ("Offline RL on walker2d medium-replay from an expert-scale behaviour agent: BC, EDP and CDP "
-                          "at the published weight, 100% and 10% of transitions",
-                          [("rl", "Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")]),
-    "offline_rl_walker_baselines": ("Offline RL on the same walker2d data: DQL and IDQL, 100% and 10% of transitions",
-                                    [("rl", "Walker2d-v5", "medium-replay", "data/agents/walker2d-v5-sac-s1")]),
-    "offline_rl_official": ("Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
-                            [("rl", "Hopper-v5", "medium-replay")]),
-    "offline_rl": ("Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
-                   [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
-    "offline_rl_baselines": ("Offline RL baselines: BC, DQL, IDQL",
-                             [("rl", "Hopper-v5", "medium-replay"), ("rl", "Walker2d-v5", "medium-replay")]),
-    "imitation_reach_hard": ("Imitation on MultiReach-hard (the paper's second table, procedural task)",
-                             [("il", "reach-hard", "ph")]),
-    "imitation_lift": ("Imitation on robosuite Lift (the paper's second table)", [("il", "lift", "ph")]),
-    "imitation_lift_image": ("Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
-                             [("il", "lift-image", "ph")]),
-    "imitation_lift_image_exact": ("Imitation from cameras: image Lift's CDP-UNet arm with the term's exact eigenvalue",
-                                   [("il", "lift-image", "ph")]),
-    "imitation_transport": ("Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
-                            [("il", "transport", "ph")]),
-    "imitation_gamma": ("Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
-                        [("il", "reach", "ph")]),
-    "imitation_margin": ("The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
-                         [("il", "reach", "ph")]),
-    "imitation_reach_hard_margin": ("Follow-up: CDP-UNet / CDP-DiT on MultiReach-hard with margin 1",
-                                    [("il", "reach-hard", "ph")]),
+                          "at the published weight, 100% and 10% of transitions"),
+    "offline_rl_walker_baselines": "Offline RL on the same walker2d data: DQL and IDQL, 100% and 10% of transitions",
+    "offline_rl_official": "Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
+    "offline_rl": "Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
+    "offline_rl_baselines": "Offline RL baselines: BC, DQL, IDQL",
+    "imitation_reach_hard": "Imitation on MultiReach-hard (the paper's second table, procedural task)",
+    "imitation_lift": "Imitation on robosuite Lift (the paper's second table)",
+    "imitation_lift_image": "Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
+    "imitation_lift_image_exact": "Imitation from cameras: image Lift's CDP-UNet arm with the term's exact eigenvalue",
+    "imitation_transport": "Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
+    "imitation_gamma": "Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
+    "imitation_margin": "The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
+    "imitation_reach_hard_margin": "Follow-up: CDP-UNet / CDP-DiT on MultiReach-hard with margin 1",
 }
 
 
@@ -105,23 +90,6 @@ def shrink(sweep: SweepConfig, quick: Quick) -> SweepConfig:
                    results=(sweep.results.rstrip("/") + "-quick") if sweep.results else None)
 
 
-def ensure_data(needs: list[tuple[str, ...]]) -> None:
-    """Make each missing dataset (Minari's local store for RL, from the named behaviour agent or
-    the default one; ``data/il/`` for imitation)."""
-    for kind, task, quality, *agent in needs:
-        if kind == "rl":
-            from .data.generate import make_task_dataset
-
-            make_task_dataset(task, quality, agent[0] if agent else None)
-        else:
-            from .il.tasks import default_data_path, write_demos
-
-            path = default_data_path(task, quality)
-            if not path.is_file():
-                print(f"making {path} ...", flush=True)
-                write_demos(task, quality, path, progress=True)
-
-
 def _scale_line(sweep: SweepConfig) -> str:
     f, g = sweep.fixed, sweep.grid
     seeds = g.get("seed", [f.get("seed", 0)])
@@ -157,7 +125,7 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         if workers is not None:
             sweep.workers = workers
         sweeps[name] = sweep
-        print(f"== {name}: {STUDIES[name][0]}\n   {_scale_line(sweep)}", flush=True)
+        print(f"== {name}: {STUDIES[name]}\n   {_scale_line(sweep)}", flush=True)
     jobs = {name: sweep.jobs() for name, sweep in sweeps.items()}
     trained: dict[str, int] = dict.fromkeys(names, 0)
     t_all = time.perf_counter()
@@ -171,7 +139,7 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
             done = sum(is_finished(j) for j in jobs[name])
             what = (f"{sweep.workers or os.cpu_count()} worker(s); {done} of {len(jobs[name])} runs finished, "
                     f"{trained[name]} runs trained in this call")
-        return (f"- **{STUDIES[name][0]}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
+        return (f"- **{STUDIES[name]}**: `cdp sweep experiments/{name}.toml{'' if not quick else ' (shrunk)'}` — "
                 f"{_scale_line(sweep)}; {what}; records in `{sweep.results}`.")
 
     def write_page(closing: list[str]) -> None:
@@ -188,8 +156,6 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         atomic_write(out, "\n".join(page + closing).encode())
 
     if not report_only:
-        for name in names:
-            ensure_data(STUDIES[name][1])
         complete = {n for n in names if all(is_finished(j) for j in jobs[n])}
 
         def on_done(job: Job) -> None:

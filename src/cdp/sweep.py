@@ -26,7 +26,9 @@ live process is training (the same sweep started twice, or on two machines shari
 skipped with a message, never trained twice at once (``cdp.runlog.claim_run``). Jobs run in a local process
 pool or, with ``backend="ray"`` (``cdp sweep CONFIG --backend ray --address auto``), as Ray tasks.
 Several configs given together (``cdp sweep A B``) share one queue, in order, so no worker idles
-while another study still has runs to do.
+while another study still has runs to do. A dataset the unfinished jobs read that is missing, and
+that ``cdp rl make-data`` / ``cdp il make-data`` make (the ids and paths they give), is made first
+(:func:`make_missing_data`), so a bundled study runs on a fresh clone.
 """
 
 from __future__ import annotations
@@ -446,6 +448,33 @@ def queue(sweeps: Sequence[SweepConfig]) -> list[Job]:
     return list(jobs.values())
 
 
+def make_missing_data(jobs: Sequence[Job]) -> list[str]:
+    """Make the datasets ``jobs`` read that are missing and that ``cdp rl make-data`` / ``cdp il
+    make-data`` make with their defaults (the generated Minari ids, ``data/il/<task>_<quality>.hdf5``),
+    each once, before any job starts; returns what was made. Any other missing dataset is left to
+    the job, whose error names it."""
+    made: list[str] = []
+    rl = dict.fromkeys(str(j.config["dataset"]) for j in jobs if j.kind == "rl")
+    if any(d.startswith("cdp/") for d in rl):
+        import minari
+
+        from .data.generate import recipe
+
+        local = set(minari.list_local_datasets())
+        for did in (d for d in rl if d not in local):
+            if (how := recipe(did)) is not None:
+                print(f"making Minari dataset {did} (`{how.command}`) ...", flush=True)
+                made.append(how.make())
+    il = dict.fromkeys((str(j.config["task"]), str(j.config["dataset"])) for j in jobs if j.kind == "il")
+    for task, path in il:
+        from .il.tasks import default_quality, write_demos
+
+        if not Path(path).is_file() and (quality := default_quality(task, path)) is not None:
+            print(f"making {path} (`cdp il make-data {task} {quality}`) ...", flush=True)
+            made.append(str(write_demos(task, quality, path, progress=True)))
+    return made
+
+
 class SweepFailed(RuntimeError):
     """Some of a sweep's jobs failed (the others ran to the end)."""
 
@@ -470,6 +499,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     jobs = queue(sweeps)
     workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
     todo = [j for j in jobs if not is_finished(j)]
+    make_missing_data(todo)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
     errors: list[tuple[Job, BaseException]] = []
     busy: list[Job] = []

@@ -17,7 +17,7 @@ mean returns — report D4RL-normalised scores with D4RL's references, and say w
 from __future__ import annotations
 
 import re
-
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +151,46 @@ def make_task_dataset(task: str, quality: str, agent_dir: str | Path | None = No
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES} for {task}, got {quality!r}")
     return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite)
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """How ``cdp rl make-data`` makes one of the datasets it names (:func:`recipe`)."""
+
+    task: str  # Gymnasium id (``Walker2d-v5``) or ``kitchen``
+    quality: str
+    agent: str | None = None  # behaviour agent folder; None: the task's default one
+
+    @property
+    def command(self) -> str:
+        return f"cdp rl make-data {self.task} {self.quality}" + (f" --agent {self.agent}" if self.agent else "")
+
+    def make(self) -> str:
+        """Make the dataset (kept if it is already in the local store); returns its id."""
+        return make_task_dataset(self.task, self.quality, self.agent)
+
+
+def recipe(did: str) -> DataRecipe | None:
+    """The make-data call whose default settings make the Minari dataset ``did`` (the inverse of
+    :func:`dataset_id`, and of kitchen's ids), or None where ``did`` is not a name it gives.
+    ``cdp/walker2d/medium-replay-sac-s1-v0`` -> ``Walker2d-v5 medium-replay --agent
+    data/agents/walker2d-v5-sac-s1``. An agent named in the id must be in its folder."""
+    m = re.fullmatch(r"cdp/([a-z0-9]+)/([A-Za-z0-9_.-]+)-v0", did)
+    if m is None:
+        return None
+    task, rest = m.groups()
+    if task == "kitchen":
+        from .kitchen import QUALITIES as KITCHEN_QUALITIES
+
+        return DataRecipe("kitchen", rest) if rest in KITCHEN_QUALITIES else None
+    import gymnasium as gym
+
+    envs = sorted(k for k in gym.registry if k.split("-")[0].lower() == task and k.endswith("-v5"))
+    quality = next((q for q in sorted(QUALITIES, key=len, reverse=True) if rest == q or rest.startswith(q + "-")), None)
+    if not envs or quality is None:
+        return None
+    tag = rest[len(quality) + 1:] or None
+    if tag is None:
+        return DataRecipe(envs[0], quality)
+    agent = Path(default_agent_dir(envs[0], 0)).parent / f"{envs[0].lower()}-{tag}"
+    return DataRecipe(envs[0], quality, str(agent)) if (agent / "snapshots.json").is_file() else None

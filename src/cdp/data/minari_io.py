@@ -12,7 +12,11 @@ def _load(dataset_id: str):
 
     local = minari.list_local_datasets()
     if dataset_id not in local:
-        raise DatasetError(f"Minari dataset {dataset_id!r} is not in the local store; local: {sorted(local)}")
+        from .generate import recipe
+
+        how = recipe(dataset_id)
+        raise DatasetError(f"Minari dataset {dataset_id!r} is not in the local store; local: {sorted(local)}"
+                           + (f"; make it with `{how.command}`" if how else ""))
     return minari.load_dataset(dataset_id)
 
 

@@ -95,9 +95,18 @@ def get_task(name: str) -> TaskSpec:
     return _TASKS[name]()
 
 
+QUALITIES = ("ph", "mh")  # robomimic's proficient-human and multi-human demonstration sets
+
+
 def default_data_path(task: str, quality: str) -> Path:
     """Where ``cdp il make-data TASK QUALITY`` writes: ``data/il/<task>_<quality>.hdf5``."""
     return Path("data/il") / f"{task}_{quality}.hdf5"
+
+
+def default_quality(task: str, path: str | Path) -> str | None:
+    """The quality whose :func:`default_data_path` for ``task`` is ``path`` (so ``cdp il
+    make-data`` makes that file with its defaults), or None."""
+    return next((q for q in QUALITIES if Path(path) == default_data_path(task, q)), None)
 
 
 def write_demos(task: str, quality: str, path: str | Path | None = None, n: int = 200, seed: int = 0,
