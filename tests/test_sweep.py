@@ -397,3 +397,64 @@ def test_a_sweep_makes_the_missing_datasets_make_data_makes_once_before_any_job(
     assert made_rl == [generate.DataRecipe("Hopper-v5", "medium-replay")]
     assert made_il == [("reach", "mh", "data/il/reach_mh.hdf5")]
     assert made == ["id", "data/il/reach_mh.hdf5"]
+
+
+def test_under_a_time_limit_the_first_run_that_fits_goes_next(tmp_path):
+    from cdp.sweep import Job, SeedGroup, first_that_fits, seconds_needed
+
+    def job(name, algo, steps=10_000, logged=None):
+        out = tmp_path / name
+        out.mkdir()
+        if logged is not None:
+            (out / "metrics.csv").write_text(f"step,loss\n{logged},0.1\n")
+        return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+    pace = {"edp": 60.0, "bc": 6.0}  # seconds per 1k steps
+    edp, edp_half, bc, idql = job("edp", "edp"), job("edp2", "edp", logged=5000), job("bc", "bc"), job("idql", "idql")
+    assert seconds_needed(edp, pace) == 600 and seconds_needed(edp_half, pace) == 300  # from its last logged step
+    assert seconds_needed(bc, pace) == 60 and seconds_needed(idql, pace) is None
+    assert seconds_needed(SeedGroup([edp, edp_half]), pace) == 900  # seeds of a group train in turn
+    assert first_that_fits([edp, edp_half, bc], pace, 600) is edp
+    assert first_that_fits([edp, edp_half, bc], pace, 599) is edp_half  # a later, shorter run goes first
+    assert first_that_fits([edp, bc], pace, 100) is bc
+    assert first_that_fits([edp, bc], pace, 59) is None
+    assert first_that_fits([edp, idql], pace, 1) is idql  # no pace to go by: nothing says it does not fit
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_the_running_runs_at_a_checkpoint_and_starts_none_that_cannot_finish(
+        tiny_dataset, tmp_path, capsys):
+    from cdp.cli import main
+
+    def sweep_file(name, steps, seeds):
+        text = config(tmp_path, tiny_dataset, steps=steps, seeds=seeds).read_text()
+        return write(tmp_path, text.replace("workers = 2", "workers = 1").replace("/runs", f"/runs-{name}")
+                     .replace("/results", f"/results-{name}"), f"{name}.toml")
+
+    # a finished 200-step run sets bc's pace; at that pace the 100k-step runs cannot finish in 20 s
+    short, long = sweep_file("short", 200, "[0]"), sweep_file("long", 100_000, "[1, 2]")
+    run_sweep(load_sweep(short), progress=False)
+    pace = json.loads((Path(load_sweep(short).jobs()[0].out) / "summary.json").read_text())["seconds_per_1k_steps"]
+    assert 100 * pace > 20, "the long runs must be estimated past the limit"
+    t0 = time.time()
+    assert main(["sweep", str(short), str(long), "--time-limit", "20s"]) == 0
+    assert time.time() - t0 < 60
+    assert "time limit: 0 run(s) stopped at the limit, checkpointed (they resume); 2 not started" in capsys.readouterr().out
+    jobs = load_sweep(long).jobs()
+    assert [job_state(j)[0] for j in jobs] == ["todo", "todo"]
+    # alone, with no finished run of the kind to go by, the first long run starts and is stopped at
+    # the limit, at a checkpoint; the second (one worker) never starts
+    t0 = time.time()
+    assert run_sweep(load_sweep(long), progress=False, time_limit_s=15) == []
+    assert time.time() - t0 < 60
+    assert "time limit: 1 run(s) stopped at the limit, checkpointed (they resume); 1 not started" in capsys.readouterr().out
+    from cdp.runlog import load_checkpoint
+
+    at = load_checkpoint(Path(jobs[0].out) / "checkpoint.pt")["agent"]["step"]
+    assert job_state(jobs[0])[0] == "stopped" and 0 < at < 5000  # written at the stop, not on schedule (every 5k)
+    assert job_state(jobs[1])[0] == "todo"
+    with pytest.raises(ValueError, match="local backend and a positive"):
+        run_sweep(load_sweep(long), progress=False, backend="ray", time_limit_s=10)
+    with pytest.raises(SystemExit) as bad:
+        main(["sweep", str(long), "--time-limit", "20"])
+    assert bad.value.code == 2 and "a positive duration such as 90s, 45m or 2.5h is needed, got '20'" in capsys.readouterr().err

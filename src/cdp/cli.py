@@ -28,6 +28,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _duration(s: str) -> float:
+    """``90s``, ``45m`` or ``2.5h`` -> seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh])\s*", s)
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"a positive duration such as 90s, 45m or 2.5h is needed, got {s!r}")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 class _Parser(argparse.ArgumentParser):
     """Every (sub-)command's help with :class:`_Help`; sub-parsers take their parent's class."""
 
@@ -201,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local process pool or Ray tasks")
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
+    sw.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
+                    help="e.g. 2.5h or 150m: start a run only if it should finish in the time left (at the pace of "
+                         "the finished runs), and at the limit checkpoint and stop the running ones (local backend)")
     sw.add_argument("--ensemble-seeds", action="store_true",
                     help="train the offline-RL runs that differ only in their seed together, one process per group "
                          "(on a GPU their steps overlap; on a CPU separate processes go faster)")
@@ -364,7 +377,8 @@ def _run(args: argparse.Namespace) -> int:
                 if left_now:
                     print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
             return 0
-        ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds)
+        ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds,
+                        time_limit_s=args.time_limit)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")
     return 0
 

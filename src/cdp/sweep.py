@@ -357,6 +357,27 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     return _median_per_kind(rates)
 
 
+def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | None:
+    """Seconds a job (or a group of seeds, trained in turn) still needs at ``pace`` (seconds per
+    1k steps per algorithm / policy), from its last logged step; None where its kind has no pace."""
+    jobs = unit.members if isinstance(unit, SeedGroup) else [unit]
+    if any(_kind(j) not in pace for j in jobs):
+        return None
+    return sum(max(0, j.config["steps"] - (_logged_step(j) or 0)) / 1000 * pace[_kind(j)] for j in jobs)
+
+
+def first_that_fits(units: Sequence[Job | SeedGroup], pace: dict[str, float],
+                    seconds_left: float) -> Job | SeedGroup | None:
+    """The first of ``units`` (queue order) that should finish in ``seconds_left`` at ``pace``
+    (:func:`seconds_needed`); a unit whose pace is unknown counts as fitting (nothing says it does
+    not). None where none fits."""
+    for u in units:
+        need = seconds_needed(u, pace)
+        if need is None or need <= seconds_left:
+            return u
+    return None
+
+
 def run_job(job: Job | SeedGroup) -> str:
     """Train one job, or a group of seeds together (resuming where a folder holds a checkpoint);
     returns the (first) run folder. A stop signal (the sweep or its session ending) checkpoints
@@ -481,7 +502,8 @@ class SweepFailed(RuntimeError):
 
 def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
               on_done: Callable[[Job], None] | None = None, backend: str = "local",
-              address: str | None = None, ensemble_seeds: bool = False) -> list[Job]:
+              address: str | None = None, ensemble_seeds: bool = False,
+              time_limit_s: float | None = None) -> list[Job]:
     """Run every unfinished job and return the jobs that ran. A failing job does not stop the
     others; the first error is raised at the end. A job another process is training (``RunBusy``)
     is skipped with a message and is not among those returned. Several sweeps run as one queue
@@ -492,9 +514,17 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     on the Ray instance this process already joined, or on a local one sized to ``sweep.workers``;
     a task whose worker dies is retried and resumes from its run's checkpoint. The run folders must
     be on storage every node sees. ``ensemble_seeds``: the unfinished offline-RL runs of one config
-    that differ only in their seed train together, one worker per group (:func:`group_seeds`)."""
+    that differ only in their seed train together, one worker per group (:func:`group_seeds`).
+
+    ``time_limit_s`` (local backend): a run starts only if it should finish before the limit at the
+    pace of the queue's finished runs (:func:`first_that_fits`; a later, shorter run may go first),
+    and at the limit every running run checkpoints its step and stops (it resumes next time); what
+    was left is printed. For a machine or a scheduler slot that ends at a known time."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if time_limit_s is not None and (backend != "local" or not time_limit_s > 0):
+        raise ValueError("a time limit needs the local backend and a positive number of seconds")
+    deadline = None if time_limit_s is None else time.time() + time_limit_s
     sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
     jobs = queue(sweeps)
     workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
@@ -527,11 +557,23 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     def unit_live(running: list[Job | SeedGroup]) -> None:
         live([j for u in running for j in (u.members if isinstance(u, SeedGroup) else [u])])
 
+    pick, stopped = None, []
+    if deadline is not None:
+        def pick(queued: list[Job | SeedGroup]) -> Job | SeedGroup | None:
+            return first_that_fits(queued, finished_pace(jobs), deadline - time.time())
+
     if units and backend == "ray":
         _run_ray(units, workers, address, unit_done, unit_live)
     elif units:
-        _run_local(units, workers, unit_done, unit_live)
+        stopped = _run_local(units, workers, unit_done, unit_live, pick, deadline)
     bar.close()
+    if deadline is not None:
+        left = [j for j in todo if not is_finished(j) and j not in busy and all(j is not e for e, _ in errors)]
+        cut = [j for u in stopped for j in (u.members if isinstance(u, SeedGroup) else [u])]
+        if left:
+            print(f"time limit: {len(cut)} run(s) stopped at the limit, checkpointed (they resume); "
+                  f"{len(left) - len(cut)} not started (none would have finished in the time left)", flush=True)
+        todo = [j for j in todo if j not in left]
     if errors:
         job, e = errors[0]
         raise SweepFailed(f"{len(errors)} of {len(todo)} jobs failed (each named above); first: {job.out}: "
@@ -560,19 +602,46 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
 POLL_S = 15.0
 
 
-def _run_local(todo: list, workers: int, finished: Callable, live: Callable) -> None:
+def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
+               pick: Callable[[list], object] | None = None, deadline: float | None = None) -> list:
+    """Run ``todo`` on ``workers`` processes, each unit as a worker frees (``pick`` chooses which of
+    those queued, None when none should start; default the first). At ``deadline`` every worker gets
+    SIGTERM, so its run checkpoints its step and exits; returns the units stopped that way."""
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
+    queued, stopped = list(todo), []
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                              initializer=init_worker, initargs=(threads,)) as pool:
-        pending = {pool.submit(run_job, j): j for j in todo}
+        pending: dict = {}
+        stopping = False
+
+        def fill() -> None:
+            while queued and len(pending) < workers:
+                unit = pick(queued) if pick is not None else queued[0]
+                if unit is None:
+                    return
+                queued.remove(unit)
+                pending[pool.submit(run_job, unit)] = unit
+
+        fill()
         while pending:
             done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            if deadline is not None and not stopping and time.time() >= deadline:
+                stopping = True
+                for proc in list(pool._processes.values()):  # the runs' own stop: checkpoint, then exit
+                    proc.terminate()
+                done, _ = wait(pending)
             live([j for f, j in pending.items() if f.running()])
             for fut in done:
                 job = pending.pop(fut)
                 err = fut.exception()
-                finished(job, err)
+                if stopping and err is not None:
+                    stopped.append(job)
+                else:
+                    finished(job, err)
+            if not stopping:
+                fill()
+    return stopped
 
 
 def _run_ray(todo: list, workers: int, address: str | None, finished: Callable, live: Callable) -> None:
