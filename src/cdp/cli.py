@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: each study's)")
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
+    rp.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
+                    help="as cdp sweep's: start only runs that should finish in it; at the limit checkpoint and stop")
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", nargs="+",
                     help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
@@ -343,7 +345,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "reproduce":
         from .reproduce import reproduce
 
-        reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only)
+        reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only,
+                  time_limit_s=args.time_limit)
     elif args.command == "sweep":
         from .sweep import current_pace, finished_pace, hours_left, job_state, load_sweep, queue, run_sweep
 
