@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance")
     sw.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
                     help="e.g. 2.5h or 150m: start a run only if it should finish in the time left (at the pace of "
-                         "the finished runs), and at the limit checkpoint and stop the running ones (local backend)")
+                         "the finished runs), and at the limit checkpoint and stop the running ones (local backend); "
+                         "with --status: which runs it would start")
     sw.add_argument("--ensemble-seeds", action="store_true",
                     help="train the offline-RL runs that differ only in their seed together, one process per group "
                          "(on a GPU their steps overlap; on a CPU separate processes go faster)")
@@ -348,7 +349,8 @@ def _run(args: argparse.Namespace) -> int:
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only,
                   time_limit_s=args.time_limit)
     elif args.command == "sweep":
-        from .sweep import current_pace, finished_pace, hours_left, job_state, load_sweep, queue, run_sweep
+        from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, plan_within, queue,
+                            run_sweep)
 
         sweeps = []
         for config in args.config:
@@ -379,6 +381,14 @@ def _run(args: argparse.Namespace) -> int:
                 paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
                 if left_now:
                     print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
+            if args.time_limit:
+                todo = [j for j, st, _ in states if st in ("todo", "stopped")]
+                plan = plan_within(todo, finished, workers, args.time_limit)
+                print(f"within {args.time_limit / 3600:.2f} h on {workers} worker(s), at the finished runs' pace, "
+                      f"it would start {len(plan)} of {len(todo)} runs:")
+                for job, start, end in plan:
+                    print(f"  {job.out}: from {start / 60:.0f} min, "
+                          + (f"done at {end / 60:.0f} min" if end is not None else "pace unknown: stopped at the limit"))
             return 0
         ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds,
                         time_limit_s=args.time_limit)

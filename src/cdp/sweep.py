@@ -378,6 +378,27 @@ def first_that_fits(units: Sequence[Job | SeedGroup], pace: dict[str, float],
     return None
 
 
+def plan_within(units: Sequence[Job | SeedGroup], pace: dict[str, float], workers: int,
+                seconds: float) -> list[tuple[Job | SeedGroup, float, float | None]]:
+    """What a sweep with ``workers`` and ``seconds`` to go would start, at ``pace``: ``(unit,
+    start, end)`` in seconds from now, as :func:`run_sweep` picks (each free worker takes
+    :func:`first_that_fits`); ``end`` None for a unit of unknown pace, which then holds its worker
+    to the limit. An estimate: the real runs go at the machine's pace of the day."""
+    queued, free_at, out = list(units), [0.0] * workers, []
+    while queued:
+        w = min(range(workers), key=free_at.__getitem__)
+        now = free_at[w]
+        unit = first_that_fits(queued, pace, seconds - now)
+        if unit is None or now >= seconds:
+            break
+        queued.remove(unit)
+        need = seconds_needed(unit, pace)
+        end = None if need is None else now + need
+        out.append((unit, now, end))
+        free_at[w] = seconds if end is None else end
+    return out
+
+
 def run_job(job: Job | SeedGroup) -> str:
     """Train one job, or a group of seeds together (resuming where a folder holds a checkpoint);
     returns the (first) run folder. A stop signal (the sweep or its session ending) checkpoints
