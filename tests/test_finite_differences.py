@@ -143,12 +143,16 @@ def test_a_network_without_double_backward_trains_through_finite_differences():
     u = 1 - torch.tanh(a @ w1.T) ** 2
     J = torch.einsum("ik,bk,kj->bij", net.w2.detach(), u, w1)
     torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, -1].sum().backward()
+    assert w1.grad.abs().max() > 0.1  # so the tolerance below is small against the gradient
     for scheme, rtol in (("central", 1e-7), ("forward", 1e-5)):
         net.zero_grad()
         got = max_sym_eig(NetAt(FiniteDifferences(net, scheme=scheme), t, ()), a, "exact")
         torch.testing.assert_close(got.detach(), want, rtol=rtol, atol=rtol / 100)
         got.sum().backward()  # and its gradient reaches the parameters by plain backward
-        torch.testing.assert_close(net.w1.grad, w1.grad, rtol=10 * rtol, atol=rtol / 10)
+        # The Hellmann-Feynman gradient is first-order in the eigenvector's error, and the
+        # eigenvector comes from a one-sided difference Jacobian (float64 rounding ~1e-8, over an
+        # eigen-gap as small as 0.024 here): ~1e-7, by how the machine's BLAS rounds.
+        torch.testing.assert_close(net.w1.grad, w1.grad, rtol=1e-4, atol=1e-6)
     reg = ContractionRegularizer(VPSchedule(), "eps", products="fd", gamma=1.0)
     out = reg.loss(net, a, generator=torch.Generator().manual_seed(0))
     out.total.backward()  # the fused step runs on it too
