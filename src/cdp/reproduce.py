@@ -5,8 +5,9 @@ runs, in study order — offline RL (EDP, CDP; then BC, DQL, IDQL) on the genera
 medium-replay datasets, and imitation (BC-GMM, DBC-DiT, DP / CDP with UNet and DiT backbones) on
 MultiReach-hard and robosuite Lift, each at 100% and 10% of the data — making any dataset that is
 missing first (:func:`cdp.sweep.make_missing_data`), then writes one markdown file with every
-study's tables, the CDP-vs-base differences beside the paper's, the steps, seeds and wall time. Every study is a resumable sweep:
-an interrupted ``cdp reproduce`` picks up where it stopped, finished runs are never repeated.
+study's tables, the CDP-vs-base differences beside the paper's, the steps, seeds and wall time.
+Every study is a resumable sweep: an interrupted ``cdp reproduce`` picks up where it stopped,
+finished runs are never repeated.
 
 ``--quick`` shrinks every study (:class:`Quick`: a fraction of the steps, one seed, fewer
 evaluation rollouts) into separate run and result folders, so it never mixes with the full runs;

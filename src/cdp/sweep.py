@@ -310,10 +310,8 @@ def hours_left(jobs: list[Job], pace: dict[str, float] | None = None) -> float |
     per algorithm / policy; by default :func:`finished_pace`). None if some unfinished job's kind
     has no pace to go by."""
     pace = finished_pace(jobs) if pace is None else pace
-    todo = [j for j in jobs if not is_finished(j)]
-    if any(_kind(j) not in pace for j in todo):
-        return None
-    return sum((j.config["steps"] - (_logged_step(j) or 0)) / 1000 * pace[_kind(j)] for j in todo) / 3600
+    needs = [seconds_needed(j, pace) for j in jobs if not is_finished(j)]
+    return None if None in needs else sum(needs) / 3600  # type: ignore[arg-type]
 
 
 def recent_pace(job: Job, rows: int = 20) -> float | None:
