@@ -480,3 +480,29 @@ def test_a_time_limits_plan_fills_each_worker_with_the_first_run_that_fits(tmp_p
     e = job("e", "idql", 1000)
     assert [(u.out, s, x) for u, s, x in plan_within([e, a, c], pace, 1, 1000)] == [(e.out, 0, None)]
     assert plan_within([a], pace, 2, 100) == []
+
+
+def test_fill_starts_a_run_that_cannot_finish_only_when_no_queued_run_fits(tmp_path, capsys):
+    from cdp.cli import main
+    from cdp.sweep import Job, first_that_fits, plan_within
+
+    def job(name, algo, steps):
+        out = tmp_path / name
+        out.mkdir()
+        return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+    pace = {"edp": 60.0, "bc": 6.0}  # seconds per 1k steps
+    a, b, c, d = job("a", "edp", 50_000), job("b", "edp", 50_000), job("c", "bc", 50_000), job("d", "edp", 50_000)
+    assert first_that_fits([a, c], pace, 299, fill=True) is a  # nothing fits: the first queued
+    assert first_that_fits([a, c], pace, 300, fill=True) is c  # a run that fits still goes first
+    assert first_that_fits([], pace, 10, fill=True) is None
+    # one worker, 3500 s: a (3000 s), then c (300 s), then b started for the last 200 s, to resume later
+    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], pace, 1, 3500, fill=True)] == [
+        (a.out, 0, 3000), (c.out, 3000, 3300), (b.out, 3300, None)]
+    # two workers: a and b, then c on one worker and d (which cannot finish) on the other
+    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], pace, 2, 3500, fill=True)] == [
+        (a.out, 0, 3000), (b.out, 0, 3000), (c.out, 3000, 3300), (d.out, 3000, None)]
+    with pytest.raises(ValueError, match="fill .* needs a time limit"):
+        run_sweep([], progress=False, fill=True)
+    with pytest.raises(SystemExit, match="--fill needs --time-limit"):
+        main(["sweep", "offline_rl_forms", "--fill"])

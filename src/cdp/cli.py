@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
     rp.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
                     help="as cdp sweep's: start only runs that should finish in it; at the limit checkpoint and stop")
+    rp.add_argument("--fill", action="store_true", help="as cdp sweep's: with --time-limit, also start runs that "
+                                                        "will not finish in it (they resume next time)")
     sw = sub.add_parser("sweep", help="run a grid of training runs, one process each, resumable")
     sw.add_argument("config", nargs="+",
                     help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
@@ -217,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="e.g. 2.5h or 150m: start a run only if it should finish in the time left (at the pace of "
                          "the finished runs), and at the limit checkpoint and stop the running ones (local backend); "
                          "with --status: which runs it would start")
+    sw.add_argument("--fill", action="store_true",
+                    help="with --time-limit: once no queued run would finish in the time left, start the next "
+                         "anyway, to be checkpointed at the limit and resumed by a later sweep (for run folders "
+                         "that outlast the slot)")
     sw.add_argument("--ensemble-seeds", action="store_true",
                     help="train the offline-RL runs that differ only in their seed together, one process per group "
                          "(on a GPU their steps overlap; on a CPU separate processes go faster)")
@@ -347,7 +353,7 @@ def _run(args: argparse.Namespace) -> int:
         from .reproduce import reproduce
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only,
-                  time_limit_s=args.time_limit)
+                  time_limit_s=args.time_limit, fill=args.fill)
     elif args.command == "sweep":
         from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, plan_within, queue,
                             run_sweep)
@@ -383,15 +389,17 @@ def _run(args: argparse.Namespace) -> int:
                     print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
             if args.time_limit:
                 todo = [j for j, st, _ in states if st in ("todo", "stopped")]
-                plan = plan_within(todo, finished, workers, args.time_limit)
+                plan = plan_within(todo, finished, workers, args.time_limit, args.fill)
                 print(f"within {args.time_limit / 3600:.2f} h on {workers} worker(s), at the finished runs' pace, "
                       f"it would start {len(plan)} of {len(todo)} runs:")
                 for job, start, end in plan:
                     print(f"  {job.out}: from {start / 60:.0f} min, "
-                          + (f"done at {end / 60:.0f} min" if end is not None else "pace unknown: stopped at the limit"))
+                          + (f"done at {end / 60:.0f} min" if end is not None else "stopped at the limit, to resume"))
             return 0
+        if args.fill and not args.time_limit:
+            raise SystemExit("cdp sweep: --fill needs --time-limit (the limit the unfinished runs stop at)")
         ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds,
-                        time_limit_s=args.time_limit)
+                        time_limit_s=args.time_limit, fill=args.fill)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")
     return 0
 

@@ -100,9 +100,9 @@ def _scale_line(sweep: SweepConfig) -> str:
 
 def reproduce(quick: bool = False, only: list[str] | None = None, workers: int | None = None,
               out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick(),
-              report_only: bool = False, time_limit_s: float | None = None) -> Path:
+              report_only: bool = False, time_limit_s: float | None = None, fill: bool = False) -> Path:
     """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path.
-    ``time_limit_s``: as :func:`cdp.sweep.run_sweep`'s (runs that fit, then checkpoint and stop).
+    ``time_limit_s``, ``fill``: as :func:`cdp.sweep.run_sweep`'s (runs that fit, then checkpoint and stop).
     Every study's runs go into one queue (``cdp.sweep.queue``), in study order, so no core idles
     while a later study has runs to do; the page is rewritten as each study completes.
     ``report_only``: train nothing and make no data, write the page from the records as they
@@ -169,7 +169,8 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
                 complete.update(newly)
                 write_page([])
 
-        run_sweep(list(sweeps.values()), progress=progress, on_done=on_done, time_limit_s=time_limit_s)
+        run_sweep(list(sweeps.values()), progress=progress, on_done=on_done, time_limit_s=time_limit_s,
+                  fill=fill)
     write_page([f"Wall time of this call: {(time.perf_counter() - t_all) / 60:.1f} min (finished runs are skipped, "
                 "so a call that resumes a study costs only what it trained; each results section says how much "
                 "compute its records took in all).", ""])

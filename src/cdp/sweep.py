@@ -365,33 +365,36 @@ def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | Non
 
 
 def first_that_fits(units: Sequence[Job | SeedGroup], pace: dict[str, float],
-                    seconds_left: float) -> Job | SeedGroup | None:
+                    seconds_left: float, fill: bool = False) -> Job | SeedGroup | None:
     """The first of ``units`` (queue order) that should finish in ``seconds_left`` at ``pace``
     (:func:`seconds_needed`); a unit whose pace is unknown counts as fitting (nothing says it does
-    not). None where none fits."""
+    not). None where none fits, or with ``fill`` the first of them all: a worker that would
+    otherwise sit idle trains a run part-way, to its checkpoint at the limit, where the run
+    folders outlast the slot and the next one resumes it."""
     for u in units:
         need = seconds_needed(u, pace)
         if need is None or need <= seconds_left:
             return u
-    return None
+    return units[0] if fill and units else None
 
 
 def plan_within(units: Sequence[Job | SeedGroup], pace: dict[str, float], workers: int,
-                seconds: float) -> list[tuple[Job | SeedGroup, float, float | None]]:
+                seconds: float, fill: bool = False) -> list[tuple[Job | SeedGroup, float, float | None]]:
     """What a sweep with ``workers`` and ``seconds`` to go would start, at ``pace``: ``(unit,
     start, end)`` in seconds from now, as :func:`run_sweep` picks (each free worker takes
-    :func:`first_that_fits`); ``end`` None for a unit of unknown pace, which then holds its worker
-    to the limit. An estimate: the real runs go at the machine's pace of the day."""
+    :func:`first_that_fits`, with ``fill`` as there); ``end`` None for a unit that will not finish
+    (unknown pace, or started by ``fill`` past what fits), which then holds its worker to the
+    limit. An estimate: the real runs go at the machine's pace of the day."""
     queued, free_at, out = list(units), [0.0] * workers, []
     while queued:
         w = min(range(workers), key=free_at.__getitem__)
         now = free_at[w]
-        unit = first_that_fits(queued, pace, seconds - now)
+        unit = first_that_fits(queued, pace, seconds - now, fill)
         if unit is None or now >= seconds:
             break
         queued.remove(unit)
         need = seconds_needed(unit, pace)
-        end = None if need is None else now + need
+        end = None if need is None or now + need > seconds else now + need
         out.append((unit, now, end))
         free_at[w] = seconds if end is None else end
     return out
@@ -522,7 +525,7 @@ class SweepFailed(RuntimeError):
 def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
               on_done: Callable[[Job], None] | None = None, backend: str = "local",
               address: str | None = None, ensemble_seeds: bool = False,
-              time_limit_s: float | None = None) -> list[Job]:
+              time_limit_s: float | None = None, fill: bool = False) -> list[Job]:
     """Run every unfinished job and return the jobs that ran. A failing job does not stop the
     others; the first error is raised at the end. A job another process is training (``RunBusy``)
     is skipped with a message and is not among those returned. Several sweeps run as one queue
@@ -538,11 +541,15 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     ``time_limit_s`` (local backend): a run starts only if it should finish before the limit at the
     pace of the queue's finished runs (:func:`first_that_fits`; a later, shorter run may go first),
     and at the limit every running run checkpoints its step and stops (it resumes next time); what
-    was left is printed. For a machine or a scheduler slot that ends at a known time."""
+    was left is printed. For a machine or a scheduler slot that ends at a known time. ``fill``: a
+    worker with no run that fits left starts the first queued one anyway, to be stopped at its
+    checkpoint at the limit (for slots whose run folders outlast them)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if time_limit_s is not None and (backend != "local" or not time_limit_s > 0):
         raise ValueError("a time limit needs the local backend and a positive number of seconds")
+    if fill and time_limit_s is None:
+        raise ValueError("fill (start runs that will not finish) needs a time limit to stop them at")
     deadline = None if time_limit_s is None else time.time() + time_limit_s
     sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
     jobs = queue(sweeps)
@@ -579,7 +586,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     pick, stopped = None, []
     if deadline is not None:
         def pick(queued: list[Job | SeedGroup]) -> Job | SeedGroup | None:
-            return first_that_fits(queued, finished_pace(jobs), deadline - time.time())
+            return first_that_fits(queued, finished_pace(jobs), deadline - time.time(), fill)
 
     if units and backend == "ray":
         _run_ray(units, workers, address, unit_done, unit_live)
@@ -591,7 +598,8 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
         cut = [j for u in stopped for j in (u.members if isinstance(u, SeedGroup) else [u])]
         if left:
             print(f"time limit: {len(cut)} run(s) stopped at the limit, checkpointed (they resume); "
-                  f"{len(left) - len(cut)} not started (none would have finished in the time left)", flush=True)
+                  f"{len(left) - len(cut)} not started"
+                  + ("" if fill else " (none would have finished in the time left)"), flush=True)
         todo = [j for j in todo if j not in left]
     if errors:
         job, e = errors[0]
