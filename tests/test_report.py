@@ -103,16 +103,24 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     assert base_of("cdp-g1") == "edp" and base_of("cdp-unet-g1-mNone") == "dp-unet" and base_of("dp-dit") is None
     assert base_of("cdp-g1-official_frobenius") == "edp" and base_of("cdp-iql-literal") == "edp-iql"
     lines = cdp_vs_base(runs).splitlines()
-    # CDP mean 17, EDP mean 15; s.e. of (13, 21) = 4, of (10, 20) = 5
-    assert lines[2].startswith("| cdp vs edp | +2.0 (±4.0 / ±5.0; n 2/2) | +8.4 | 1.00x | 1.14x |")
-    assert lines[3].startswith("| cdp-g1 vs edp | +25.0 (±n/a / ±5.0; n 1/2) |  |")
+    # CDP mean 17, EDP mean 15; s.e. of (13, 21) = 4, of (10, 20) = 5, of the difference
+    # sqrt(16 + 25) = 6.40, so 2 / 6.40 = 0.31 of it; CDP ahead on both seeds (13 > 10, 21 > 20)
+    assert lines[2].startswith("| cdp vs edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) | +8.4 | 1.00x | 1.14x |")
+    # one seed (9, no EDP twin): no standard error, no pair
+    assert lines[3].startswith("| cdp-g1 vs edp | +25.0 (n 1/2) |  |")
+    from cdp.report import difference_cell
+
+    # s.e. of (1, 3) = 1, of (2, 2, 2) = 0: the difference's is 1; identical seeds leave no s.e. to count in
+    assert difference_cell([1.0, 3.0], [2.0, 2.0, 2.0], (1, 2)) == "+0.0 ± 1.0 (0.0 se; ahead 1/2; n 2/3)"
+    assert difference_cell([2.0, 2.0], [1.0, 1.0], (2, 2)) == "+1.0 (ahead 2/2; n 2/2)"
+    assert difference_cell([5.0, 1.0], [4.0, 2.0, 9.0], (1, 2)) == "-2.0 ± 2.9 (0.7 se; ahead 1/2; n 2/3)"  # sqrt(4 + 13 / 3)
     import cdp.paper
 
     with pytest.MonkeyPatch.context() as mp:  # a task the paper has no number for: no empty paper column
         mp.setattr(cdp.paper, "task_key", lambda group: None)
         bare = cdp_vs_base(runs).splitlines()
     assert bare[0] == "| CDP - base | 100% data | time ratio | paper ratio |"
-    assert bare[2] == "| cdp vs edp | +2.0 (±4.0 / ±5.0; n 2/2) | 1.00x | 1.14x |"
+    assert bare[2] == "| cdp vs edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) | 1.00x | 1.14x |"
     text = write_report(tmp_path).read_text()
     # the summary across groups: the same differences; CDP beat EDP on both paired seeds (13 > 10, 21 > 20)
     assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +2.0 (ahead 2/2) |" in text

@@ -179,10 +179,27 @@ def base_of(method: str) -> str | None:
     return None
 
 
+def difference_cell(x: list[float], y: list[float], ahead: tuple[int, int]) -> str:
+    """``mean(x) - mean(y) ± se (z se; ahead k/n; n nx/ny)``: the difference of the seeds' means,
+    its standard error ``sqrt(se_x^2 + se_y^2)`` (the seeds of the two methods taken as independent
+    samples), the difference in those standard errors, and ``ahead`` (:func:`seeds_ahead`). The
+    standard error needs two seeds on each side; ahead shows where a seed ran both."""
+    (mx, sx), (my, sy) = mean_se(x), mean_se(y)
+    diff, sd = mx - my, math.hypot(sx, sy)
+    parts = [f"ahead {ahead[0]}/{ahead[1]}"] if ahead[1] else []
+    if len(x) > 1 and len(y) > 1 and sd > 0:
+        head = f"{diff:+.1f} ± {sd:.1f}"
+        parts.insert(0, f"{abs(diff) / sd:.1f} se")
+    else:
+        head = f"{diff:+.1f}"
+    return f"{head} (" + "; ".join(parts + [f"n {len(x)}/{len(y)}"]) + ")"
+
+
 def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     """Markdown: for every contraction method with its base in ``runs``, the difference of means
-    (CDP - base) per data fraction with both standard errors, the paper's full-data gain where it
-    has one, and the training-time ratio (evaluations excluded) beside the paper's GPU ratio."""
+    (CDP - base) per data fraction with its standard error and seed-paired wins
+    (:func:`difference_cell`), the paper's full-data gain where it has one, and the training-time
+    ratio (evaluations excluded) beside the paper's GPU ratio."""
     from . import paper
 
     methods = sorted({r.method for r in runs})
@@ -204,9 +221,7 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
             if not x or not y:
                 row.append("")
                 continue
-            (mx, sx), (my, sy) = mean_se(x), mean_se(y)
-            se = lambda v, s: f"±{s:.1f}" if len(v) > 1 else "±n/a"  # noqa: E731  (one seed has no s.e.)
-            row.append(f"{mx - my:+.1f} ({se(x, sx)} / {se(y, sy)}; n {len(x)}/{len(y)})")
+            row.append(difference_cell(x, y, seeds_ahead(runs, m, b, f, metric)))
         tm, tb = secs(m), secs(b)
         ratio = f"{np.mean(tm) / np.mean(tb):.2f}x" if tm and tb else ""
         gain = f" {gains.get(m, '')} |" if gains else ""
@@ -544,7 +559,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in sorted(per.items())), ""]
         versus = cdp_vs_base(rs)
         if versus:
-            md += ["**CDP vs its base** — difference of mean_last3 (standard errors of CDP / base; seed counts); "
+            md += ["**CDP vs its base** — difference of mean_last3 ± its standard error (the seeds of the two "
+                   "methods as independent samples), the difference in standard errors, on how many seeds both ran "
+                   "CDP's run was ahead, seed counts; "
                    "the paper's full-data gain where it reports one (on D4RL's data, not these); training-time "
                    "ratio CDP / base here (the runs' own wall clock, so it carries whatever else shared the CPU; "
                    "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
