@@ -123,8 +123,8 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     assert bare[2] == "| cdp vs edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) | 1.00x | 1.14x |"
     text = write_report(tmp_path).read_text()
     # the summary across groups: the same differences; CDP beat EDP on both paired seeds (13 > 10, 21 > 20)
-    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +2.0 (ahead 2/2) |" in text
-    assert "| cdp/hopper/medium-replay-v0 | cdp-g1 − edp | +25.0 |" in text  # its seed 9 has no EDP twin
+    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) |" in text
+    assert "| cdp/hopper/medium-replay-v0 | cdp-g1 − edp | +25.0 (n 1/2) |" in text  # its seed 9 has no EDP twin
     assert "CDP vs its base" in text and (tmp_path / "cdp_hopper_medium-replay-v0_bars.png").stat().st_size > 1000
     assert (tmp_path / "cdp_hopper_medium-replay-v0_edp_gamma.png").stat().st_size > 1000  # gammas 0, 0.1, 1
 
@@ -178,7 +178,7 @@ def test_sync_rewrites_quoted_tables_from_the_records(tmp_path, capsys):
     assert sync_blocks(doc) == [f"res overview {group}", "res summary"]
     text = doc.read_text()
     assert "| 100% | cdp | 2 | 12.0 ± 1.0 | 12.0 ± 1.0 | 12.0 ± 1.0 |" in text  # mean 12, s.e. 1 over seeds
-    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +1.0 (ahead 1/2) |" in text
+    assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +1.0 ± 1.4 (0.7 se; ahead 1/2; n 2/2) |" in text  # s.e. sqrt(1 + 1)
     assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
     assert sync_blocks(doc) == [] and main(["report", "--sync", str(doc), "--check"]) == 0  # now in step
     with pytest.raises(ValueError, match="name one group"):

@@ -254,7 +254,8 @@ def contraction_pairs(groups: dict[str, list[Run]]) -> Iterator[tuple[str, list[
 
 def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> str:
     """Markdown: every contraction method minus its base, in every group, per data fraction — the
-    difference of the seeds' means of ``metric`` and on how many paired seeds CDP was ahead."""
+    difference of the seeds' means of ``metric`` with its standard error and on how many paired
+    seeds CDP was ahead (:func:`difference_cell`)."""
     fracs = sorted({r.fraction for rs in groups.values() for r in rs}, reverse=True)
     lines = ["| group | CDP − base | " + " | ".join(f"{f:.0%} data" for f in fracs) + " |",
              "|---|---|" + "---:|" * len(fracs)]
@@ -262,8 +263,7 @@ def across_groups(groups: dict[str, list[Run]], metric: str = "mean_last3") -> s
         cells = []
         for f in fracs:
             x, y = values(rs, m, f, metric), values(rs, b, f, metric)
-            k, n = seeds_ahead(rs, m, b, f, metric)
-            cells.append("" if not x or not y else f"{np.mean(x) - np.mean(y):+.1f}" + (f" (ahead {k}/{n})" if n else ""))
+            cells.append(difference_cell(x, y, seeds_ahead(rs, m, b, f, metric)) if x and y else "")
         lines.append(f"| {g} | {m} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -526,8 +526,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     summary = across_groups(groups)
     if summary:
         md += ["## Summary: CDP minus its base", "", "Difference of the seeds' means of the mean of the last three "
-               "evaluations; ahead k/n: on k of the n seeds both ran, CDP's run beat its base's with the same seed "
-               "(same data subset, same initialisation seed).", "", summary, ""]
+               "evaluations ± its standard error (the two methods' seeds as independent samples) and the difference "
+               "in those standard errors; ahead k/n: on k of the n seeds both ran, CDP's run beat its base's with "
+               "the same seed (same data subset, same initialisation seed); n: seeds of CDP / of its base.", "",
+               summary, ""]
         forest = _summary_plot(groups)
         if forest is not None:
             atomic_write(out / "summary.png", forest)
