@@ -460,16 +460,28 @@ def test_a_time_limit_stops_the_running_runs_at_a_checkpoint_and_starts_none_tha
     assert bad.value.code == 2 and "a positive duration such as 90s, 45m or 2.5h is needed, got '20'" in capsys.readouterr().err
 
 
+def queued_job(tmp_path, name, algo, steps):
+    """A queued job with its empty folder (nothing logged yet)."""
+    from cdp.sweep import Job
+
+    out = tmp_path / name
+    out.mkdir()
+    return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+
+#: seconds per 1k steps for the plan tests: an EDP run of 50k steps needs 3000 s, a BC run 300 s
+PACE = {"edp": 60.0, "bc": 6.0}
+
+
+def four_jobs(tmp_path):
+    return [queued_job(tmp_path, n, algo, 50_000) for n, algo in (("a", "edp"), ("b", "edp"), ("c", "bc"), ("d", "edp"))]
+
+
 def test_a_time_limits_plan_fills_each_worker_with_the_first_run_that_fits(tmp_path):
-    from cdp.sweep import Job, plan_within
+    from cdp.sweep import plan_within
 
-    def job(name, algo, steps):
-        out = tmp_path / name
-        out.mkdir()
-        return Job("rl", {"algo": algo, "steps": steps}, str(out))
-
-    pace = {"edp": 60.0, "bc": 6.0}  # seconds per 1k steps
-    a, b, c, d = job("a", "edp", 50_000), job("b", "edp", 50_000), job("c", "bc", 50_000), job("d", "edp", 50_000)
+    pace = PACE
+    a, b, c, d = four_jobs(tmp_path)
     # 3000 s each for a, b, d; 300 s for c; two workers, 3500 s: a and b at once, then only c fits
     plan = plan_within([a, b, c, d], pace, workers=2, seconds=3500)
     assert [(u.out, s, e) for u, s, e in plan] == [(a.out, 0, 3000), (b.out, 0, 3000), (c.out, 3000, 3300)]
@@ -477,22 +489,17 @@ def test_a_time_limits_plan_fills_each_worker_with_the_first_run_that_fits(tmp_p
     assert [(u.out, e) for u, _, e in plan_within([a, b, c, d], pace, 1, 6400)] == [(a.out, 3000), (b.out, 6000),
                                                                                     (c.out, 6300)]
     # a run of unknown pace starts and holds its worker to the limit
-    e = job("e", "idql", 1000)
+    e = queued_job(tmp_path, "e", "idql", 1000)
     assert [(u.out, s, x) for u, s, x in plan_within([e, a, c], pace, 1, 1000)] == [(e.out, 0, None)]
     assert plan_within([a], pace, 2, 100) == []
 
 
 def test_fill_starts_a_run_that_cannot_finish_only_when_no_queued_run_fits(tmp_path, capsys):
     from cdp.cli import main
-    from cdp.sweep import Job, first_that_fits, plan_within
+    from cdp.sweep import first_that_fits, plan_within
 
-    def job(name, algo, steps):
-        out = tmp_path / name
-        out.mkdir()
-        return Job("rl", {"algo": algo, "steps": steps}, str(out))
-
-    pace = {"edp": 60.0, "bc": 6.0}  # seconds per 1k steps
-    a, b, c, d = job("a", "edp", 50_000), job("b", "edp", 50_000), job("c", "bc", 50_000), job("d", "edp", 50_000)
+    pace = PACE
+    a, b, c, d = four_jobs(tmp_path)
     assert first_that_fits([a, c], pace, 299, fill=True) is a  # nothing fits: the first queued
     assert first_that_fits([a, c], pace, 300, fill=True) is c  # a run that fits still goes first
     assert first_that_fits([], pace, 10, fill=True) is None
