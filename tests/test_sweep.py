@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -399,26 +400,34 @@ def test_a_sweep_makes_the_missing_datasets_make_data_makes_once_before_any_job(
     assert made == ["id", "data/il/reach_mh.hdf5"]
 
 
+def queued_job(tmp_path, name, algo, steps=10_000, logged=None):
+    """A queued job with its folder: empty, or with a log whose last row is step ``logged``."""
+    from cdp.sweep import Job
+
+    out = tmp_path / name
+    out.mkdir()
+    if logged is not None:
+        (out / "metrics.csv").write_text(f"step,loss\n{logged},0.1\n")
+    return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+
+#: seconds per 1k steps for the time-limit tests: 10k EDP steps need 600 s, 50k need 3000 s; BC a tenth
+PACE = {"edp": 60.0, "bc": 6.0}
+
+
 def test_under_a_time_limit_the_first_run_that_fits_goes_next(tmp_path):
-    from cdp.sweep import Job, SeedGroup, first_that_fits, seconds_needed
+    from cdp.sweep import SeedGroup, first_that_fits, seconds_needed
 
-    def job(name, algo, steps=10_000, logged=None):
-        out = tmp_path / name
-        out.mkdir()
-        if logged is not None:
-            (out / "metrics.csv").write_text(f"step,loss\n{logged},0.1\n")
-        return Job("rl", {"algo": algo, "steps": steps}, str(out))
-
-    pace = {"edp": 60.0, "bc": 6.0}  # seconds per 1k steps
-    edp, edp_half, bc, idql = job("edp", "edp"), job("edp2", "edp", logged=5000), job("bc", "bc"), job("idql", "idql")
-    assert seconds_needed(edp, pace) == 600 and seconds_needed(edp_half, pace) == 300  # from its last logged step
-    assert seconds_needed(bc, pace) == 60 and seconds_needed(idql, pace) is None
-    assert seconds_needed(SeedGroup([edp, edp_half]), pace) == 900  # seeds of a group train in turn
-    assert first_that_fits([edp, edp_half, bc], pace, 600) is edp
-    assert first_that_fits([edp, edp_half, bc], pace, 599) is edp_half  # a later, shorter run goes first
-    assert first_that_fits([edp, bc], pace, 100) is bc
-    assert first_that_fits([edp, bc], pace, 59) is None
-    assert first_that_fits([edp, idql], pace, 1) is idql  # no pace to go by: nothing says it does not fit
+    edp, edp_half = queued_job(tmp_path, "edp", "edp"), queued_job(tmp_path, "edp2", "edp", logged=5000)
+    bc, idql = queued_job(tmp_path, "bc", "bc"), queued_job(tmp_path, "idql", "idql")
+    assert seconds_needed(edp, PACE) == 600 and seconds_needed(edp_half, PACE) == 300  # from its last logged step
+    assert seconds_needed(bc, PACE) == 60 and seconds_needed(idql, PACE) is None
+    assert seconds_needed(SeedGroup([edp, edp_half]), PACE) == 900  # seeds of a group train in turn
+    assert first_that_fits([edp, edp_half, bc], PACE, 600) is edp
+    assert first_that_fits([edp, edp_half, bc], PACE, 599) is edp_half  # a later, shorter run goes first
+    assert first_that_fits([edp, bc], PACE, 100) is bc
+    assert first_that_fits([edp, bc], PACE, 59) is None
+    assert first_that_fits([edp, idql], PACE, 1) is idql  # no pace to go by: nothing says it does not fit
 
 
 @pytest.mark.slow
@@ -460,19 +469,6 @@ def test_a_time_limit_stops_the_running_runs_at_a_checkpoint_and_starts_none_tha
     assert bad.value.code == 2 and "a positive duration such as 90s, 45m or 2.5h is needed, got '20'" in capsys.readouterr().err
 
 
-def queued_job(tmp_path, name, algo, steps):
-    """A queued job with its empty folder (nothing logged yet)."""
-    from cdp.sweep import Job
-
-    out = tmp_path / name
-    out.mkdir()
-    return Job("rl", {"algo": algo, "steps": steps}, str(out))
-
-
-#: seconds per 1k steps for the plan tests: an EDP run of 50k steps needs 3000 s, a BC run 300 s
-PACE = {"edp": 60.0, "bc": 6.0}
-
-
 def four_jobs(tmp_path):
     return [queued_job(tmp_path, n, algo, 50_000) for n, algo in (("a", "edp"), ("b", "edp"), ("c", "bc"), ("d", "edp"))]
 
@@ -480,36 +476,35 @@ def four_jobs(tmp_path):
 def test_a_time_limits_plan_fills_each_worker_with_the_first_run_that_fits(tmp_path):
     from cdp.sweep import plan_within
 
-    pace = PACE
     a, b, c, d = four_jobs(tmp_path)
     # 3000 s each for a, b, d; 300 s for c; two workers, 3500 s: a and b at once, then only c fits
-    plan = plan_within([a, b, c, d], pace, workers=2, seconds=3500)
+    plan = plan_within([a, b, c, d], PACE, workers=2, seconds=3500)
     assert [(u.out, s, e) for u, s, e in plan] == [(a.out, 0, 3000), (b.out, 0, 3000), (c.out, 3000, 3300)]
     # one worker, 6400 s: a, then b, then c (d would end at 9300)
-    assert [(u.out, e) for u, _, e in plan_within([a, b, c, d], pace, 1, 6400)] == [(a.out, 3000), (b.out, 6000),
+    assert [(u.out, e) for u, _, e in plan_within([a, b, c, d], PACE, 1, 6400)] == [(a.out, 3000), (b.out, 6000),
                                                                                     (c.out, 6300)]
     # a run of unknown pace starts and holds its worker to the limit
     e = queued_job(tmp_path, "e", "idql", 1000)
-    assert [(u.out, s, x) for u, s, x in plan_within([e, a, c], pace, 1, 1000)] == [(e.out, 0, None)]
-    assert plan_within([a], pace, 2, 100) == []
+    assert [(u.out, s, x) for u, s, x in plan_within([e, a, c], PACE, 1, 1000)] == [(e.out, 0, None)]
+    assert plan_within([a], PACE, 2, 100) == []
 
 
 def test_fill_starts_a_run_that_cannot_finish_only_when_no_queued_run_fits(tmp_path, capsys):
     from cdp.cli import main
     from cdp.sweep import first_that_fits, plan_within
 
-    pace = PACE
     a, b, c, d = four_jobs(tmp_path)
-    assert first_that_fits([a, c], pace, 299, fill=True) is a  # nothing fits: the first queued
-    assert first_that_fits([a, c], pace, 300, fill=True) is c  # a run that fits still goes first
-    assert first_that_fits([], pace, 10, fill=True) is None
+    assert first_that_fits([a, c], PACE, 299, fill=True) is a  # nothing fits: the first queued
+    assert first_that_fits([a, c], PACE, 300, fill=True) is c  # a run that fits still goes first
+    assert first_that_fits([], PACE, 10, fill=True) is None
     # one worker, 3500 s: a (3000 s), then c (300 s), then b started for the last 200 s, to resume later
-    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], pace, 1, 3500, fill=True)] == [
+    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], PACE, 1, 3500, fill=True)] == [
         (a.out, 0, 3000), (c.out, 3000, 3300), (b.out, 3300, None)]
     # two workers: a and b, then c on one worker and d (which cannot finish) on the other
-    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], pace, 2, 3500, fill=True)] == [
+    assert [(u.out, s, e) for u, s, e in plan_within([a, b, c, d], PACE, 2, 3500, fill=True)] == [
         (a.out, 0, 3000), (b.out, 0, 3000), (c.out, 3000, 3300), (d.out, 3000, None)]
-    with pytest.raises(ValueError, match="fill .* needs a time limit"):
+    needs_limit = "fill (--fill) needs a time limit (--time-limit) to stop the runs it starts at"
+    with pytest.raises(ValueError, match=re.escape(needs_limit)):
         run_sweep([], progress=False, fill=True)
-    with pytest.raises(SystemExit, match="--fill needs --time-limit"):
-        main(["sweep", "offline_rl_forms", "--fill"])
+    assert main(["sweep", "offline_rl_forms", "--fill"]) == 2  # refused before any run or dataset
+    assert capsys.readouterr().err == f"cdp: error: {needs_limit}\n"

@@ -396,8 +396,6 @@ def _run(args: argparse.Namespace) -> int:
                     print(f"  {job.out}: from {start / 60:.0f} min, "
                           + (f"done at {end / 60:.0f} min" if end is not None else "stopped at the limit, to resume"))
             return 0
-        if args.fill and not args.time_limit:
-            raise SystemExit("cdp sweep: --fill needs --time-limit (the limit the unfinished runs stop at)")
         ran = run_sweep(sweeps, backend=args.backend, address=args.address, ensemble_seeds=args.ensemble_seeds,
                         time_limit_s=args.time_limit, fill=args.fill)
         print(f"{len(ran)} runs trained; run folders under {', '.join(dict.fromkeys(s.out for s in sweeps))}")

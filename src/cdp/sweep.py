@@ -549,7 +549,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     if time_limit_s is not None and (backend != "local" or not time_limit_s > 0):
         raise ValueError("a time limit needs the local backend and a positive number of seconds")
     if fill and time_limit_s is None:
-        raise ValueError("fill (start runs that will not finish) needs a time limit to stop them at")
+        raise ValueError("fill (--fill) needs a time limit (--time-limit) to stop the runs it starts at")
     deadline = None if time_limit_s is None else time.time() + time_limit_s
     sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
     jobs = queue(sweeps)
