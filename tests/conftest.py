@@ -6,6 +6,13 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that train (marked slow, up to minutes each) first: handed out one at a time
+    to the test processes (pytest-xdist's load scheduling), the long ones then spread over them
+    instead of one ending last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
