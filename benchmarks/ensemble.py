@@ -1,11 +1,12 @@
-"""Seeds in one process against one process per seed, on the CPU: EDP updates per second per seed.
+"""Seeds in one process against one process per seed: EDP updates per second per seed.
 
-One process (torch's default threads: every core): N agents with their own generators stepping
-in turn (what `cdp.rl.ensemble` does). Separate: N processes started together (one thread
-each), each stepping one agent (what `cdp sweep` does). Batch 256, hopper shapes (11/3), every
-step's losses read, evaluation and logging left out on both sides.
+One process (torch's default threads: every core), two ways: N agents with their own generators
+stepping in turn (`cdp.rl.ensemble`'s default on the CPU), and the same N agents stacked into
+one vectorised model (`cdp.rl.stacked`, `--stacked`). Separate: N processes started together
+(one thread each), each stepping one agent (what `cdp sweep` does). Batch 256, hopper shapes
+(11/3), every step's losses read, evaluation and logging left out everywhere.
 
-    python benchmarks/ensemble.py [--seeds 4] [--steps 50]
+    python benchmarks/ensemble.py [--seeds 4] [--steps 50] [--device cuda]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from _common import parse
 
 from cdp.capture import host_floats
 from cdp.rl.edp import EDP, EDPConfig
+from cdp.rl.stacked import StackedEDP
 
 
 def agents_and_batch(n: int, device: torch.device):
@@ -28,8 +30,7 @@ def agents_and_batch(n: int, device: torch.device):
     for seed in range(n):
         torch.manual_seed(seed)
         agent = EDP(11, 3, EDPConfig(), device)
-        if n > 1:
-            agent.own_generators()
+        agent.own_generators()
         out.append(agent)
     g = torch.Generator().manual_seed(0)
     batch = {"obs": torch.randn(256, 11, generator=g), "act": torch.rand(256, 3, generator=g) * 2 - 1,
@@ -37,11 +38,16 @@ def agents_and_batch(n: int, device: torch.device):
     return out, {k: v.to(device) for k, v in batch.items()}
 
 
-def together(n: int, steps: int, device: torch.device) -> float:
-    """Steps per second per seed, N seeds in this process."""
+def together(n: int, steps: int, device: torch.device, stacked: bool = False) -> float:
+    """Steps per second per seed, N seeds in this process (in turn, or stacked)."""
     agents, batch = agents_and_batch(n, device)
+    stack = StackedEDP(agents) if stacked else None
 
     def round_() -> None:
+        if stack is not None:
+            for losses in stack.update([batch] * n):
+                host_floats(losses)
+            return
         for a in agents:
             host_floats(a.update(batch))
 
@@ -82,17 +88,17 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args, header = parse(ap)
-    if args.device.type != "cpu":
-        raise SystemExit("an ensemble runs on the CPU for now (cdp.rl.ensemble)")
     if args.worker:
         print(json.dumps({"steps_per_s": worker(args.steps, args.device, args.start_at)}))
         return
     print(f"{header}; EDP updates, batch 256, {args.seeds} seeds, {args.steps} timed steps each\n")
-    print("| N seeds | one process: steps/s per seed | N processes: steps/s per seed | ratio |\n|---:|---:|---:|---:|")
+    print("| N seeds | one process, in turn | one process, stacked | N processes | stacked / N processes |\n"
+          "|---:|---:|---:|---:|---:|")
     one = together(args.seeds, args.steps, args.device)
-    print(f"(one process: {one:.0f} steps/s per seed)", flush=True)
+    stacked = together(args.seeds, args.steps, args.device, stacked=True)
+    print(f"(one process: {one:.1f} in turn, {stacked:.1f} stacked; steps/s per seed)", flush=True)
     sep = separate(args.seeds, args.steps, args.device)
-    print(f"| {args.seeds} | {one:.0f} | {sep:.0f} | {one / sep:.2f}x |", flush=True)
+    print(f"| {args.seeds} | {one:.1f} | {stacked:.1f} | {sep:.1f} | {stacked / sep:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

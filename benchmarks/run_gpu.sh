@@ -8,8 +8,9 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
   python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"; } 2>&1 | tee "$out/env.txt"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_capture.py 2>&1 | tee "$out/tests.txt"
+timeout 240 python3 -m pytest -q -n 0 -p no:cacheprovider tests/test_cuda.py tests/test_capture.py tests/test_stacked.py 2>&1 | tee "$out/tests.txt"
 (cd benchmarks && timeout 120 python3 edp_step.py --quick --device cuda) 2>&1 | tee "$out/edp_step.txt"
 (cd benchmarks && timeout 90 python3 action_selection.py --quick --device cuda) 2>&1 | tee "$out/action_selection.txt"
 (cd benchmarks && timeout 180 python3 il_step.py --quick --device cuda) 2>&1 | tee "$out/il_step.txt"
 (cd benchmarks && timeout 240 python3 any_network.py --quick --only il --device cuda) 2>&1 | tee "$out/any_network.txt"
+(cd benchmarks && timeout 150 python3 ensemble.py --seeds 10 --steps 30 --device cuda) 2>&1 | tee "$out/ensemble.txt"

@@ -191,11 +191,49 @@ def test_a_graphed_run_resumes_eagerly_on_the_cpu(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_ensemble_refuses_a_gpu_for_now(tiny_dataset, tmp_path):
+def test_an_ensemble_on_a_gpu_stacks_its_seeds_and_refuses_turns(tiny_dataset, tmp_path):
     from cdp.rl.ensemble import train_ensemble
     from cdp.rl.trainer import TrainConfig
 
-    cfgs = [TrainConfig(algo="edp", dataset=tiny_dataset, steps=2, device="cuda", seed=s) for s in (0, 1)]
-    with pytest.raises(ValueError, match="an ensemble of seeds runs on the CPU for now"):
-        train_ensemble(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
+    cfgs = [TrainConfig(algo="edp", dataset=tiny_dataset, steps=2, device="cuda", seed=s, eval_every=2,
+                        eval_episodes=1, batch_size=32) for s in (0, 1)]
+    with pytest.raises(ValueError, match="seeds taking turns run on the CPU only"):
+        train_ensemble(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False, stacked=False)
     assert not (tmp_path / "a").exists()  # refused before any folder was made
+    sums = train_ensemble(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)  # stacked by default here
+    assert [s["step"] for s in sums] == [2, 2]
+
+
+def test_stacked_seeds_on_the_gpu_update_as_the_seeds_apart():
+    from cdp.contraction import ContractionConfig
+    from cdp.rl.edp import EDP, EDPConfig
+    from cdp.rl.stacked import StackedEDP
+
+    cfg = EDPConfig.official(100, contraction=ContractionConfig(t_max=0.1, window="official", margin=100.0,
+                                                                products="native"), ema_start=2, ema_every=1)
+
+    def agents():
+        out = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            torch.cuda.manual_seed(seed)
+            a = EDP(11, 3, cfg, CUDA)
+            a.own_generators()
+            out.append(a)
+        return out
+
+    apart, together = agents(), agents()
+    stack = StackedEDP(together)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        bs = [{"obs": torch.randn(64, 11, generator=g), "act": torch.rand(64, 3, generator=g) * 2 - 1,
+               "rew": torch.randn(64, generator=g), "next_obs": torch.randn(64, 11, generator=g),
+               "done": torch.zeros(64)} for _ in range(3)]
+        bs = [{k: v.to(CUDA) for k, v in b.items()} for b in bs]
+        want, got = [a.update(b) for a, b in zip(apart, bs)], stack.update(bs)
+        for w, o in zip(want, got):
+            for k in w:
+                assert torch.allclose(w[k], o[k], rtol=1e-3, atol=1e-4), k
+    for a, b in zip(apart, together):
+        for k, v in a.actor.state_dict().items():
+            assert torch.allclose(v, b.actor.state_dict()[k], atol=1e-4), k

@@ -23,7 +23,11 @@ from torch import Tensor
 
 
 def capturing() -> bool:
-    """Whether the current CUDA stream is recording a graph (False on a CPU-only build)."""
+    """Whether the work now running must keep fixed shapes and never read a value back to the
+    host: the current CUDA stream is recording a graph, or a ``torch.func`` transform is tracing
+    it (``vmap`` over stacked seeds, :mod:`cdp.rl.stacked`), where a host read is an error."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:  # inside vmap / grad / jvp
+        return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 

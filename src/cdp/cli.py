@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seeds", type=_seed, nargs="+", default=None,
                     help="several seeds of this config trained together in one process (cdp.rl.ensemble; each run "
                          "in its own folder under --out, default runs/rl/<dataset>); overrides --seed")
+    tr.add_argument("--stacked", default=None, action=argparse.BooleanOptionalAction,
+                    help="with --seeds: one vectorised update for all seeds (cdp.rl.stacked; EDP / CDP) or "
+                         "one seed after another (--no-stacked); default: stacked on a GPU, in turn on a CPU")
     tr.add_argument("--preset", default="cdp", choices=PRESETS,
                     help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
                          "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
@@ -292,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
             cfgs = [replace(cfg, seed=s) for s in args.seeds]
             parent = args.out or f"runs/rl/{cfg.dataset_slug()}"
             outs = [f"{parent}/{c.run_name()}" for c in cfgs]
-            for c, o, summary in zip(cfgs, outs, train_ensemble(cfgs, outs)):
+            for c, o, summary in zip(cfgs, outs, train_ensemble(cfgs, outs, stacked=args.stacked)):
                 print(json.dumps(summary, indent=2))
                 print(f"run folder: {o}")
                 if args.results:

@@ -217,8 +217,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
     import torch
 
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(_own_numbers(state), buf)
     atomic_write(path, buf.getvalue())
+
+
+def _own_numbers(x):
+    """``x`` with every tensor that views a larger storage (one seed's slice of stacked weights,
+    :mod:`cdp.rl.stacked`) copied out, so a checkpoint holds its own numbers alone."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.clone() if x.untyped_storage().nbytes() > x.numel() * x.element_size() else x
+    if isinstance(x, dict):
+        return {k: _own_numbers(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_own_numbers(v) for v in x]
+    return x
 
 
 class CheckpointError(ValueError):

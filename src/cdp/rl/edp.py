@@ -134,14 +134,19 @@ class EDP(Agent):
         self.step = 0
 
     # ------------------------------------------------------------------ sampling
-    def sample_actions(self, obs: Tensor, ema: bool = True) -> Tensor:
-        """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1]."""
+    def sample_actions(self, obs: Tensor, ema: bool = True, x_T: Tensor | None = None) -> Tensor:
+        """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1], from the
+        starting noise ``x_T [B, act_dim]`` (default: drawn here, :meth:`draw_start`)."""
         net = self.actor_ema if ema else self.actor
-        x_T = self.cfg.init_noise_scale * torch.randn(obs.shape[0], self.act_dim, device=obs.device,
-                                                      generator=self.generator)
+        if x_T is None:
+            x_T = self.draw_start(obs.shape[0])
         a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
                    self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0, generator=self.generator)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
+
+    def draw_start(self, batch: int) -> Tensor:
+        """The sampler's starting noise ``[batch, act_dim]``: ``N(0, init_noise_scale^2 I)``."""
+        return self.cfg.init_noise_scale * torch.randn(batch, self.act_dim, device=self.device, generator=self.generator)
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
@@ -163,25 +168,40 @@ class EDP(Agent):
 
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
-        s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
-
         if cfg.critic == "iql":  # in-sample: no policy actions in the critic's targets
-            v_loss, critic_loss = self.iql.losses(s, a, r, s2, d)
+            v_loss, critic_loss = self.iql.losses(batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"])
             zero_step(self.v_opt, v_loss, cfg.grad_clip, list(self.iql.v.parameters()))
         else:
-            with torch.no_grad():
-                a2 = self.sample_actions(s2)
-                y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
-            q1, q2 = self.critic(s, a)
-            critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+            critic_loss = self.critic_loss(batch)
         zero_step(self.critic_opt, critic_loss, cfg.grad_clip, list(self.critic.parameters()))
+        actor_loss, parts = self.actor_loss(batch)
+        zero_step(self.actor_opt, actor_loss, cfg.grad_clip, list(self.actor.parameters()))
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
 
+    def critic_loss(self, batch: dict[str, Tensor], x_T: Tensor | None = None) -> Tensor:
+        """The twin critics' TD loss (``critic="td3"``); ``x_T``: the starting noise of the
+        target's policy actions (default: drawn)."""
+        cfg = self.cfg
+        s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
+        with torch.no_grad():
+            a2 = self.sample_actions(s2, x_T=x_T)
+            y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
+        q1, q2 = self.critic(s, a)
+        return (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+
+    def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, noise: Tensor | None = None,
+                   swap: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The actor's loss and its parts (0-d, detached). ``t [B]``, ``noise [B, act_dim]``: the
+        denoising loss's draws (default: drawn); ``swap``: this step's twin coin (default: the one
+        :meth:`prepare` set)."""
+        cfg = self.cfg
+        s, a = batch["obs"], batch["act"]
         term_stats: dict[str, Tensor] = {}
         if self.reg is not None:
-            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps, generator=self.generator)
+            out = self.reg.loss(self.actor, a, s, t=t, noise=noise, num_steps=cfg.diffusion_steps, generator=self.generator)
             denoise, contraction, term_stats = out.denoising, out.contraction, out.stats
         else:
-            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
+            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, t=t, noise=noise, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps, generator=self.generator)
             contraction = torch.zeros((), device=s.device)
         if cfg.critic == "iql":  # advantage-weighted denoising: exp(beta (Q - V)), capped
@@ -199,15 +219,14 @@ class EDP(Agent):
             if cfg.q_pair == "q1":
                 q_norm = q_pi
             else:  # lead and normaliser swap with the step's coin (a device flag: no host branch)
+                swap = self._swap if swap is None else swap
                 q_other = self.critic.q2(x).squeeze(-1)
-                q_pi, q_norm = torch.where(self._swap, q_other, q_pi), torch.where(self._swap, q_pi, q_other)
+                q_pi, q_norm = torch.where(swap, q_other, q_pi), torch.where(swap, q_pi, q_other)
             q_loss = -q_pi.mean() / q_norm.abs().mean().detach()
             actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
-        zero_step(self.actor_opt, actor_loss, cfg.grad_clip, list(self.actor.parameters()))
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
-                "denoise_loss": denoise.loss.mean().detach(), "q_loss": q_loss.detach(),
-                "contraction": contraction.detach(),
-                **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
+        return actor_loss, {"denoise_loss": denoise.loss.mean().detach(), "q_loss": q_loss.detach(),
+                            "contraction": contraction.detach(),
+                            **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
 
     def advance(self) -> None:
         cfg = self.cfg

@@ -1,15 +1,15 @@
 """Several seeds of one offline-RL config trained side by side in one process.
 
 Every run keeps what it would have alone: its own data cut, batch order, generators (seeded as
-the run alone seeds torch's), network, optimiser, run folder, logs, checkpoints and record; a
-run of an ensemble and the same run trained alone leave the same files. The runs take turns,
-step by step.
+the run alone seeds torch's), network, optimiser, run folder, logs, checkpoints and record.
 
-CPU only for now. On a GPU the point of an ensemble is to overlap the runs' small kernels (each
-run's CUDA graph on its own stream); that version crashed with an illegal memory access on an
-H200 (each run with its own generator registered with its graphs, evaluation graphed too), and
-which of those parts causes it is not known yet, so a CUDA device is refused rather than run
-unverified.
+Two ways to step them. In turn (the default on a CPU): one run's update after another; a run
+of the ensemble and the same run trained alone leave the same files, to the bit. Stacked
+(:mod:`cdp.rl.stacked`; the default on a GPU, where the seeds' small kernels merge into N-wide
+ones): one vectorised update for all seeds, the same files to float rounding.
+
+Taking turns on a GPU is refused: that version (each run's CUDA graph on its own stream)
+crashed with an illegal memory access on an H200, and which of its parts causes it is not known.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..runlog import RunInterrupted, StopSignals
 from ..runtime import resolve_device
+from .stacked import StackedEDP, stack_supported
 from .trainer import TrainConfig, _Run, claim_run, load_run_data, run_cut
 
 
@@ -40,35 +41,49 @@ def check_seeds_only(cfgs: list[TrainConfig]) -> None:
 
 
 def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bool = True,
-                   reenter: bool = True) -> list[dict]:
+                   reenter: bool = True, stacked: bool | None = None) -> list[dict]:
     """Train (or resume) the runs ``cfgs`` (one config, several seeds) into the folders ``outs``
     together; returns their summaries, in order. Each folder is claimed and checked as
-    :func:`cdp.rl.trainer.train` claims one; a stop signal checkpoints every run."""
+    :func:`cdp.rl.trainer.train` claims one; a stop signal checkpoints every run. ``stacked``:
+    one vectorised update for all seeds (True), in turn (False), or None: stacked on a GPU, in
+    turn on a CPU (where the two go at about the same speed, ``benchmarks/ensemble.py``)."""
     check_seeds_only(cfgs)
     if len(outs) != len(cfgs):
         raise ValueError(f"{len(cfgs)} runs need {len(cfgs)} folders, got {len(outs)}")
     cfg0 = cfgs[0]
     device = resolve_device(cfg0.device)
-    if device.type != "cpu":
-        raise ValueError(f"an ensemble of seeds runs on the CPU for now, not on {device} (see cdp.rl.ensemble); "
-                         "train the seeds as separate runs there")
+    stack = device.type != "cpu" if stacked is None else stacked
+    if device.type != "cpu" and not stack:
+        raise ValueError(f"seeds taking turns run on the CPU only, not on {device} (see cdp.rl.ensemble); "
+                         "stack them (stacked=True) or train them as separate runs there")
     full, env_id, transform = load_run_data(cfg0)
     cuts = [run_cut(c, full, transform) for c in cfgs]
     with contextlib.ExitStack() as claimed:
         for cfg, out, data in zip(cfgs, outs, cuts):
             claimed.enter_context(claim_run(cfg, Path(out), data, reenter))
-        runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True)
+        runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True, eager=stack)
                 for cfg, out, data in zip(cfgs, outs, cuts)]
+        stacker = None
+        if stack:
+            why = stack_supported([r.agent for r in runs])
+            if why is not None:
+                raise ValueError(f"these runs cannot be stacked ({why}); train them in turn on a CPU "
+                                 "or as separate runs")
+            stacker = StackedEDP([r.agent for r in runs])  # type: ignore[misc]
         total = sum(c.steps for c in cfgs)
         bar = tqdm(total=total, initial=sum(r.agent.step for r in runs), disable=not progress,
-                   desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds")
+                   desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds" + (" stacked" if stack else ""))
         with StopSignals() as stop:
             try:
                 while active := [r for r in runs if not r.done]:
+                    if stacker is not None:  # the seeds share one step count and budget: all or none active
+                        losses = stacker.update([r.batch() for r in runs])
+                    else:
+                        losses = [None] * len(active)
                     stopped: RunInterrupted | None = None
-                    for r in active:
+                    for r, loss in zip(active, losses):
                         try:
-                            r.finish(r.launch(), stop)
+                            r.finish(r.launch() if loss is None else loss, stop)
                         except RunInterrupted as e:  # checkpoint every run before stopping
                             stopped = stopped or e
                         bar.update(1)
@@ -79,4 +94,3 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                 for r in runs:
                     r.close()
         return [r.summary() for r in runs]
-

@@ -264,10 +264,11 @@ def transition_tensors(data: Transitions, device: torch.device | str = "cpu") ->
 class _Run:
     """One run's training state and the body of its loop, in a claimed and checked run folder.
     :func:`train` steps one; :func:`train_ensemble` steps several side by side. ``private_rng``:
-    the run draws from its own generators (seeded as a run alone would be), not torch's default."""
+    the run draws from its own generators (seeded as a run alone would be), not torch's default;
+    ``eager``: no CUDA graphs (the agent's weights are about to be stacked with others')."""
 
     def __init__(self, cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: torch.device,
-                 transform: DataTransform, private_rng: bool = False) -> None:
+                 transform: DataTransform, private_rng: bool = False, eager: bool = False) -> None:
         self.cfg, self.out, self.env_id, self.device, self.transform = cfg, out, env_id, device, transform
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -288,7 +289,7 @@ class _Run:
         except KeyError:
             self.ref = None
         self.update, self.act = agent.update, agent.act
-        if cfg.graphs and graphs_available(device):
+        if cfg.graphs and graphs_available(device) and not eager:
             self.update, self.act = GraphedUpdate(agent), GraphedCall(agent.act, generator=agent.generator)
         self.logs = RunLogs(out, agent.step)
         self.clock = RunClock(state, agent.step, where_label(device))
@@ -303,10 +304,14 @@ class _Run:
                                     **rng_states(self.device, a.host_generator, a.generator),
                                     **self.clock.state(a.step)})
 
+    def batch(self) -> dict[str, torch.Tensor]:
+        """The next batch of transitions, drawn from the run's own numpy generator."""
+        idx = torch.as_tensor(self.rng.integers(0, self.n, self.cfg.batch_size), device=self.device)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
     def launch(self) -> dict[str, torch.Tensor]:
         """Draw a batch and queue one update; its losses as device tensors (read by :meth:`finish`)."""
-        idx = torch.as_tensor(self.rng.integers(0, self.n, self.cfg.batch_size), device=self.device)
-        return self.update({k: v[idx] for k, v in self.tensors.items()})
+        return self.update(self.batch())
 
     def finish(self, losses: dict[str, torch.Tensor], stop: StopSignals) -> dict | None:
         """Read the step's losses, log, evaluate and checkpoint on schedule; the evaluation row

@@ -1,0 +1,207 @@
+"""Seeds of one EDP / CDP config as one vectorised model: every network's weights stacked along
+a leading seed axis, and each update computed once for all seeds under ``torch.func.vmap``.
+
+It gives what the seeds give trained apart, to float rounding (a batched matrix product may sum
+in another order):
+
+- every seed draws from its own generators, the draws a lone update makes in the order it makes
+  them (the twin coin, the critic target's starting noise, the denoising loss's times and
+  noise); they are drawn before the vectorised pass and handed to it;
+- under ``vmap`` every mean is the seed's own (the losses, the Q normaliser, the window's mean);
+- Adam is elementwise, so one Adam over stacked weights is N Adams; the step counter, learning
+  rates and target / EMA averages are each agent's own ``advance``.
+
+The agents stay whole: their parameters and optimiser states are views into the stacks, so
+acting, evaluation, checkpoints and records go through each agent as in a lone run
+(:func:`cdp.rl.ensemble.train_ensemble` with ``stacked=True``).
+
+What it takes (:func:`stack_supported` says why not): EDP / CDP with the TD3-style critic, the
+one-call action approximation, no gradient clipping, a sampler that draws nothing after its
+start (DPM-Solver++, DDIM, ODE), the term (if any) by the exact eigenvalue, and agents at the
+same step with their own generators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from ..contraction.eig import resolve_method
+from ..diffusion.loss import noisy_batch
+from .edp import EDP
+
+PARTS = ("actor", "actor_ema", "critic", "critic_target")  # the networks stacked
+OPTIMIZERS = {"actor_opt": "actor", "critic_opt": "critic"}
+
+
+def stack_supported(agents: list) -> str | None:
+    """Why these agents cannot be stacked (None: they can)."""
+    if not agents:
+        return "no agents"
+    a0 = agents[0]
+    if not all(isinstance(a, EDP) for a in agents):
+        return "only EDP / CDP agents stack (BC, DQL and IDQL take turns)"
+    cfg = a0.cfg
+    if cfg.critic != "td3" or cfg.q_action != "approx":
+        return "the IQL critic and DQL's chain do not stack"
+    if cfg.grad_clip is not None:
+        return "gradient clipping is per seed and does not stack"
+    if cfg.sampler == "ddpm":
+        return "DDPM sampling draws at every step and does not stack"
+    if a0.reg is not None:
+        c = a0.reg.config
+        if c.form != "eig" or resolve_method(c.method, a0.act_dim, c.exact_max_dim) != "exact" or c.products != "native":
+            return "the term stacks with the exact eigenvalue on the network's own products alone"
+    if any(_settings(a.cfg) != _settings(cfg) or a.act_dim != a0.act_dim for a in agents):
+        return "the agents' configs differ"
+    if len({a.step for a in agents}) > 1:
+        return f"the agents are at different steps {[a.step for a in agents]}"
+    if any(a.generator is None for a in agents) or len({id(a.generator) for a in agents}) < len(agents):
+        return "every agent needs its own generator (Update.own_generators)"
+    if len({a.device for a in agents}) > 1:
+        return "the agents live on different devices"
+    return None
+
+
+def _settings(cfg) -> dict:
+    """A config's own fields (what it was made with; the schedule derives from them)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+
+
+class _Losses(nn.Module):
+    """One agent's loss methods as a module whose parameters ``functional_call`` can swap for
+    one seed's slice of the stacks (the agent's own code runs on the seed's weights)."""
+
+    def __init__(self, agent: EDP) -> None:
+        super().__init__()
+        for name in PARTS:
+            self.add_module(name, getattr(agent, name))
+        self.agent = [agent]  # a list: not a submodule
+
+    def forward(self, which: str, *args):
+        return getattr(self.agent[0], which)(*args)
+
+
+class StackedEDP:
+    """N EDP / CDP agents (one config, several seeds) updated as one vectorised model.
+
+    ``update(batches)`` with one batch per agent (each ``{"obs", "act", "rew", "next_obs",
+    "done"}`` of ``[B, ...]``) returns each agent's losses as :meth:`EDP.update` returns them.
+    The agents' parameters and optimiser states become views into the stacks: keep using the
+    agents for acting, checkpoints and records, but do not load a state into one while stacked
+    (its optimiser state would stop being a view)."""
+
+    def __init__(self, agents: list[EDP]) -> None:
+        why = stack_supported(agents)
+        if why is not None:
+            raise ValueError(f"these agents cannot be stacked: {why}")
+        self.agents, self.cfg = agents, agents[0].cfg
+        self.params: dict[str, dict[str, Tensor]] = {}
+        for name in PARTS:
+            self.params[name] = _stack_module([getattr(a, name) for a in agents])
+        self.opts = {opt: _stack_adam([getattr(a, opt) for a in agents], [getattr(a, part) for a in agents],
+                                      self.params[part]) for opt, part in OPTIMIZERS.items()}
+        self.losses = _Losses(agents[0])
+
+    def _named(self, *parts: str, detach: tuple[str, ...] = ()) -> dict[str, Tensor]:
+        """The stacks of ``parts`` under :class:`_Losses`'s parameter names."""
+        return {f"{part}.{k}": (v.detach() if part in detach else v)
+                for part in parts for k, v in self.params[part].items()}
+
+    def draws(self, batches: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Each agent's draws for one update, from its own generators in a lone update's order
+        (the host coin in ``prepare``, the critic target's start, the denoising loss's t and
+        noise), stacked ``[N, ...]``."""
+        cfg, out = self.cfg, {"x_T": [], "t": [], "noise": [], "swap": []}
+        for agent, batch in zip(self.agents, batches):
+            agent.prepare()
+            out["x_T"].append(agent.draw_start(batch["next_obs"].shape[0]))
+            t, noise, _ = noisy_batch(batch["act"], cfg.schedule, None, None, cfg.diffusion_steps, agent.generator)
+            out["t"].append(t)
+            out["noise"].append(noise)
+            out["swap"].append(agent._swap.clone())
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def update(self, batches: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        if len(batches) != len(self.agents):
+            raise ValueError(f"{len(self.agents)} agents need {len(self.agents)} batches, got {len(batches)}")
+        d = self.draws(batches)
+        batch = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+        call = self.losses
+
+        def critic(params, b, x_T):
+            return functional_call(call, params, ("critic_loss", b, x_T))
+
+        def actor(params, b, t, noise, swap):
+            return functional_call(call, params, ("actor_loss", b, t, noise, swap))
+
+        critic_loss = vmap(critic)(self._named("critic", "critic_target", "actor_ema"), batch, d["x_T"])
+        _step(self.opts["critic_opt"], critic_loss)
+        actor_loss, parts = vmap(actor)(self._named("actor", "critic", detach=("critic",)), batch,
+                                        d["t"], d["noise"], d["swap"])
+        _step(self.opts["actor_opt"], actor_loss)
+        for agent in self.agents:
+            agent.advance()
+        for opt_name, opt in self.opts.items():  # the schedule the agents just set
+            lr = getattr(self.agents[0], opt_name).param_groups[0]["lr"]
+            for group in opt.param_groups:
+                group["lr"] = lr
+        losses = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
+        return [{k: v[i] for k, v in losses.items()} for i in range(len(self.agents))]
+
+
+def _step(opt: torch.optim.Optimizer, per_seed: Tensor) -> None:
+    """Each seed's gradient is that of its own loss: the seeds share no weight, so the gradient
+    of their sum is each one's own."""
+    opt.zero_grad(set_to_none=True)
+    per_seed.sum().backward()
+    opt.step()
+
+
+@torch.no_grad()
+def _stack_module(modules: list[nn.Module]) -> dict[str, Tensor]:
+    """The modules' parameters and buffers stacked ``[N, ...]``; each module's own tensors become
+    views into the stacks (so they see every update, and updates through them land in it)."""
+    stacks: dict[str, Tensor] = {}
+    for name, p in modules[0].named_parameters():
+        s = torch.stack([m.get_parameter(name).detach() for m in modules])
+        for i, m in enumerate(modules):
+            m.get_parameter(name).data = s[i]
+        stacks[name] = s.requires_grad_(p.requires_grad)
+    for name, _ in modules[0].named_buffers():
+        s = torch.stack([m.get_buffer(name) for m in modules])
+        for i, m in enumerate(modules):
+            m.get_buffer(name).data = s[i]
+        stacks[name] = s
+    return stacks
+
+
+@torch.no_grad()
+def _stack_adam(opts: list[torch.optim.Optimizer], modules: list[nn.Module],
+                stacks: dict[str, Tensor]) -> torch.optim.Optimizer:
+    """One Adam over the stacked parameters with the agents' settings and state; each agent's
+    state becomes views into it (its checkpoints stay its own)."""
+    group = {k: v for k, v in opts[0].param_groups[0].items() if k != "params"}
+    names = [n for n, _ in modules[0].named_parameters()]
+    opt = torch.optim.Adam([stacks[n] for n in names], **group)
+    for n in names:
+        own = [m.get_parameter(n) for m in modules]
+        states = [o.state.get(p, {}) for o, p in zip(opts, own)]
+        if all(states):
+            if len({float(s["step"]) for s in states}) > 1:
+                raise ValueError("the agents' optimisers are at different steps")
+            st = {"step": states[0]["step"].clone(),
+                  "exp_avg": torch.stack([s["exp_avg"] for s in states]),
+                  "exp_avg_sq": torch.stack([s["exp_avg_sq"] for s in states])}
+        elif not any(states):  # fresh: what Adam's first step would set up
+            st = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(stacks[n]),
+                  "exp_avg_sq": torch.zeros_like(stacks[n])}
+        else:
+            raise ValueError("some agents' optimisers have state and some have none")
+        opt.state[stacks[n]] = st
+        for i, (o, p) in enumerate(zip(opts, own)):
+            o.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"][i], "exp_avg_sq": st["exp_avg_sq"][i]}
+    return opt

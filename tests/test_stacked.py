@@ -1,0 +1,138 @@
+"""Seeds stacked into one vectorised model (cdp.rl.stacked) update as the same seeds apart."""
+
+import csv
+
+import pytest
+import torch
+
+from cdp.contraction import ContractionConfig
+from cdp.rl.edp import EDP, EDPConfig
+from cdp.rl.stacked import StackedEDP, stack_supported
+
+
+def agents(n: int, cfg: EDPConfig, obs: int = 11, act: int = 3) -> list[EDP]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        agent = EDP(obs, act, cfg)
+        agent.own_generators()
+        out.append(agent)
+    return out
+
+
+def batches(n: int, g: torch.Generator, B: int = 32, obs: int = 11, act: int = 3) -> list[dict]:
+    return [{"obs": torch.randn(B, obs, generator=g), "act": torch.rand(B, act, generator=g) * 2 - 1,
+             "rew": torch.randn(B, generator=g), "next_obs": torch.randn(B, obs, generator=g),
+             "done": (torch.rand(B, generator=g) < 0.2).float()} for _ in range(n)]
+
+
+# the EMA and the critic target move from the second step on; margin 100 puts every windowed row
+# above the hinge's floor, so the term's gradient acts (at the default margin a fresh network's
+# rows sit below it and the term is a constant)
+SCHEDULE = dict(ema_start=2, ema_every=1, target_every=2)
+CASES = {
+    "edp-official": EDPConfig.official(100, **SCHEDULE),
+    "cdp-official": EDPConfig.official(100, contraction=ContractionConfig(t_max=0.1, window="official", margin=100.0,
+                                                                        products="native"), **SCHEDULE),
+    "cdp-every-t": EDPConfig(contraction=ContractionConfig(margin=100.0, products="native"), **SCHEDULE),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_stacked_seeds_update_as_the_seeds_apart(case):
+    cfg, n, steps = CASES[case], 3, 5
+    apart, together = agents(n, cfg), agents(n, cfg)
+    stack = StackedEDP(together)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        bs = batches(n, g)
+        want = [a.update(b) for a, b in zip(apart, bs)]
+        got = stack.update(bs)
+        for w, o in zip(want, got):
+            assert list(w) == list(o)  # the same metrics, in the same order
+            for k in w:
+                assert torch.allclose(w[k], o[k], rtol=1e-4, atol=1e-5), (k, w[k], o[k])
+    assert not torch.allclose(want[0]["actor_loss"], want[1]["actor_loss"])  # the seeds really differ
+    if cfg.contraction is not None:
+        assert float(want[0]["contraction_active"]) > 0  # the term's gradient acted
+    for a, b in zip(apart, together):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa["step"] == sb["step"] == steps
+        for part in ("actor", "actor_ema", "critic", "critic_target"):
+            for k in sa[part]:
+                assert torch.allclose(sa[part][k], sb[part][k], atol=2e-5), (part, k)
+        for opt in ("actor_opt", "critic_opt"):
+            assert sa[opt]["param_groups"][0]["lr"] == sb[opt]["param_groups"][0]["lr"]
+            for i, st in sa[opt]["state"].items():
+                assert float(st["step"]) == float(sb[opt]["state"][i]["step"]) == steps
+                assert torch.allclose(st["exp_avg"], sb[opt]["state"][i]["exp_avg"], atol=1e-6)
+                assert torch.allclose(st["exp_avg_sq"], sb[opt]["state"][i]["exp_avg_sq"], atol=1e-8)
+        assert torch.equal(a.generator.get_state(), b.generator.get_state())  # the same draws, as many
+
+
+def test_a_stacked_agent_acts_on_its_own_weights_and_a_checkpoint_holds_its_own_numbers(tmp_path):
+    from cdp.runlog import load_checkpoint, save_checkpoint
+
+    group = agents(3, EDPConfig(n_candidates=4))
+    StackedEDP(group).update(batches(3, torch.Generator().manual_seed(1)))
+    w = group[1].actor.state_dict()["mid.0.weight"]
+    assert w.untyped_storage().nbytes() == 3 * w.numel() * w.element_size()  # a view into the stack
+    save_checkpoint(tmp_path / "c.pt", {"agent": group[1].state_dict()})
+    loaded = load_checkpoint(tmp_path / "c.pt")["agent"]
+    lw = loaded["actor"]["mid.0.weight"]
+    assert torch.equal(lw, w) and lw.untyped_storage().nbytes() == w.numel() * w.element_size()
+    fresh = EDP(11, 3, EDPConfig(n_candidates=4))
+    fresh.load_state_dict(loaded)  # a lone agent resumes from it
+    assert torch.equal(fresh.actor.state_dict()["mid.0.weight"], w)
+
+
+def test_what_cannot_be_stacked_says_why():
+    assert stack_supported(agents(2, EDPConfig())) is None
+    assert "DQL's chain" in stack_supported(agents(2, EDPConfig.dql()))
+    assert "clipping" in stack_supported(agents(2, EDPConfig(grad_clip=4.0)))
+    assert "exact eigenvalue" in stack_supported(agents(2, EDPConfig(contraction=ContractionConfig(method="lanczos"))))
+    at_two_steps = agents(2, EDPConfig())
+    at_two_steps[1].step = 3
+    assert "different steps [0, 3]" in stack_supported(at_two_steps)
+    shared = agents(2, EDPConfig())
+    shared[1].generator = shared[0].generator
+    assert "its own generator" in stack_supported(shared)
+    with pytest.raises(ValueError, match="cannot be stacked: .*configs differ"):
+        StackedEDP([*agents(1, EDPConfig()), *agents(1, EDPConfig(eta=2.0))])
+
+
+def rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+@pytest.mark.slow
+def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path):
+    from cdp.rl.ensemble import train_ensemble
+    from cdp.rl.trainer import TrainConfig, train
+
+    kw = dict(algo="cdp", dataset=tiny_dataset, preset="official", batch_size=32, eval_every=3, eval_episodes=2,
+              checkpoint_every=3, log_every=1, fraction=0.5, steps=6)
+    seeds = [0, 1]
+    alone = {s: tmp_path / "alone" / f"s{s}" for s in seeds}
+    together = {s: tmp_path / "together" / f"s{s}" for s in seeds}
+    for s in seeds:
+        train(TrainConfig(seed=s, **kw), alone[s], progress=False)
+    sums = train_ensemble([TrainConfig(seed=s, **kw) for s in seeds], list(together.values()), progress=False,
+                          stacked=True)
+    assert [x["step"] for x in sums] == [6, 6]
+    for s in seeds:
+        a, t = alone[s], together[s]
+        for name in ("metrics.csv", "eval.csv"):
+            ra, rt = rows(a / name), rows(t / name)
+            assert [list(r) for r in ra] == [list(r) for r in rt] and len(ra) == len(rt) > 0
+            for x, y in zip(ra, rt):
+                for k in x:
+                    if k not in ("seconds",):
+                        assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-3, abs=1e-4), (name, k)
+        wa = torch.load(a / "checkpoint.pt", weights_only=False)
+        wt = torch.load(t / "checkpoint.pt", weights_only=False)
+        assert wa["rng"] == wt["rng"] and torch.equal(wa["torch_rng"], wt["torch_rng"])
+        for k, v in wa["agent"]["actor"].items():
+            assert torch.allclose(v, wt["agent"]["actor"][k], atol=1e-5)
+        # a seed's checkpoint holds its own numbers, not the whole stack
+        assert (t / "checkpoint.pt").stat().st_size < 1.05 * (a / "checkpoint.pt").stat().st_size
