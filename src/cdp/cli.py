@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "that outlast the slot)")
     sw.add_argument("--ensemble-seeds", action="store_true",
                     help="train the offline-RL runs that differ only in their seed together, one process per group "
-                         "(on a GPU their steps overlap; on a CPU separate processes go faster)")
+                         "(on a GPU stacked into one vectorised model, cdp.rl.stacked; on a CPU in turn, where "
+                         "separate processes go faster)")
     return p
 
 
