@@ -110,14 +110,17 @@ def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_p
     from cdp.rl.ensemble import train_ensemble
     from cdp.rl.trainer import TrainConfig, train
 
-    kw = dict(algo="cdp", dataset=tiny_dataset, preset="official", batch_size=32, eval_every=3, eval_episodes=2,
-              checkpoint_every=3, log_every=1, fraction=0.5, steps=6)
+    kw = dict(algo="cdp", dataset=tiny_dataset, batch_size=32, eval_every=3, eval_episodes=2,
+              checkpoint_every=3, log_every=1, fraction=0.5)
     seeds = [0, 1]
     alone = {s: tmp_path / "alone" / f"s{s}" for s in seeds}
     together = {s: tmp_path / "together" / f"s{s}" for s in seeds}
     for s in seeds:
-        train(TrainConfig(seed=s, **kw), alone[s], progress=False)
-    sums = train_ensemble([TrainConfig(seed=s, **kw) for s in seeds], list(together.values()), progress=False,
+        train(TrainConfig(seed=s, steps=6, **kw), alone[s], progress=False)
+    # three steps stacked, then resumed from the checkpoints and stacked again (optimiser state restacked)
+    train_ensemble([TrainConfig(seed=s, steps=3, **kw) for s in seeds], list(together.values()), progress=False,
+                   stacked=True)
+    sums = train_ensemble([TrainConfig(seed=s, steps=6, **kw) for s in seeds], list(together.values()), progress=False,
                           stacked=True)
     assert [x["step"] for x in sums] == [6, 6]
     for s in seeds:
