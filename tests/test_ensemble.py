@@ -72,11 +72,23 @@ def test_a_sweep_groups_the_seeds_of_one_config():
 
 
 @pytest.mark.slow
-def test_the_cli_trains_several_seeds_in_one_process(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("how", [[], ["--stacked"]])
+def test_the_cli_trains_several_seeds_in_one_process(tiny_dataset, tmp_path, how):
     from cdp.cli import main
 
     args = ["rl", "train", "edp", "--dataset", tiny_dataset, "--steps", "2", "--eval-every", "2", "--eval-episodes", "1",
-            "--seeds", "3", "4", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+            "--seeds", "3", "4", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), *how]
     assert main(args) == 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["edp-f1-s3", "edp-f1-s4"]
     assert len(list((tmp_path / "res").rglob("*.json"))) == 2
+
+
+@pytest.mark.slow
+def test_the_cli_says_why_seeds_cannot_be_stacked(tiny_dataset, tmp_path, capsys):
+    from cdp.cli import main
+
+    args = ["rl", "train", "dql", "--dataset", tiny_dataset, "--steps", "2", "--seeds", "3", "4", "--stacked",
+            "--out", str(tmp_path / "runs")]
+    assert main(args) == 2
+    assert "cannot be stacked (the IQL critic and DQL's chain do not stack)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made

@@ -18,12 +18,13 @@ import contextlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..runlog import RunInterrupted, StopSignals
 from ..runtime import resolve_device
 from .stacked import StackedEDP, stack_supported
-from .trainer import TrainConfig, _Run, claim_run, load_run_data, run_cut
+from .trainer import TrainConfig, _Run, claim_run, load_run_data, make_agent, run_cut
 
 
 def check_seeds_only(cfgs: list[TrainConfig]) -> None:
@@ -58,6 +59,12 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                          "stack them (stacked=True) or train them as separate runs there")
     full, env_id, transform = load_run_data(cfg0)
     cuts = [run_cut(c, full, transform) for c in cfgs]
+    if stack:  # refused before any run folder is made (fresh agents; steps are checked once loaded)
+        with torch.random.fork_rng(devices=[]):
+            probe = [make_agent(c, cuts[0].obs_dim, cuts[0].act_dim) for c in cfgs[:2]]
+        for agent in probe:
+            agent.own_generators()
+        _check_stackable(probe)
     with contextlib.ExitStack() as claimed:
         for cfg, out, data in zip(cfgs, outs, cuts):
             claimed.enter_context(claim_run(cfg, Path(out), data, reenter))
@@ -65,11 +72,8 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                 for cfg, out, data in zip(cfgs, outs, cuts)]
         stacker = None
         if stack:
-            why = stack_supported([r.agent for r in runs])
-            if why is not None:
-                raise ValueError(f"these runs cannot be stacked ({why}); train them in turn on a CPU "
-                                 "or as separate runs")
-            stacker = StackedEDP([r.agent for r in runs])  # type: ignore[misc]
+            _check_stackable([r.agent for r in runs])
+            stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]
         total = sum(c.steps for c in cfgs)
         bar = tqdm(total=total, initial=sum(r.agent.step for r in runs), disable=not progress,
                    desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds" + (" stacked" if stack else ""))
@@ -94,3 +98,9 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                 for r in runs:
                     r.close()
         return [r.summary() for r in runs]
+
+
+def _check_stackable(agents: list) -> None:
+    why = stack_supported(agents)
+    if why is not None:
+        raise ValueError(f"these runs cannot be stacked ({why}); train them in turn on a CPU or as separate runs")
