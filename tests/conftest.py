@@ -1,9 +1,18 @@
+import os
+
 import pytest
 import torch
 
 # One intra-op thread: the suite's networks are small, and on a 2-core machine with a training
 # run on the other core torch's two spinning threads thrash (one test went from 20 s to 555 s).
 torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one test process per core this process may use, at most 8 (each holds torch,
+    ~0.5 GB, and the ~40 training tests spread no further)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8))
 
 
 def pytest_collection_modifyitems(items):
