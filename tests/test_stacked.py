@@ -106,9 +106,19 @@ def rows(path):
 
 
 @pytest.mark.slow
-def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path):
+def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path, monkeypatch):
+    import cdp.rl.ensemble
     from cdp.rl.ensemble import train_ensemble
     from cdp.rl.trainer import TrainConfig, train
+
+    stacked_steps = []
+
+    class Counted(StackedEDP):
+        def update(self, batches):
+            stacked_steps.append(self.agents[0].step)
+            return super().update(batches)
+
+    monkeypatch.setattr(cdp.rl.ensemble, "StackedEDP", Counted)
 
     kw = dict(algo="cdp", dataset=tiny_dataset, batch_size=32, eval_every=3, eval_episodes=2,
               checkpoint_every=3, log_every=1, fraction=0.5)
@@ -117,12 +127,13 @@ def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_p
     together = {s: tmp_path / "together" / f"s{s}" for s in seeds}
     for s in seeds:
         train(TrainConfig(seed=s, steps=6, **kw), alone[s], progress=False)
-    # three steps stacked, then resumed from the checkpoints and stacked again (optimiser state restacked)
-    train_ensemble([TrainConfig(seed=s, steps=3, **kw) for s in seeds], list(together.values()), progress=False,
-                   stacked=True)
+    # seed 0 first trained alone to step 3; then seed 1 catches up alone, and both stack from its
+    # checkpoint and seed 1's state in memory (optimiser states stacked) to step 6
+    train(TrainConfig(seed=0, steps=3, **kw), together[0], progress=False)
     sums = train_ensemble([TrainConfig(seed=s, steps=6, **kw) for s in seeds], list(together.values()), progress=False,
                           stacked=True)
     assert [x["step"] for x in sums] == [6, 6]
+    assert stacked_steps == [3, 4, 5]  # seed 1 caught up alone, then steps 4 to 6 stacked
     for s in seeds:
         a, t = alone[s], together[s]
         for name in ("metrics.csv", "eval.csv"):

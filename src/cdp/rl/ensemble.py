@@ -47,7 +47,8 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
     together; returns their summaries, in order. Each folder is claimed and checked as
     :func:`cdp.rl.trainer.train` claims one; a stop signal checkpoints every run. ``stacked``:
     one vectorised update for all seeds (True), in turn (False), or None: stacked on a GPU, in
-    turn on a CPU (where the two go at about the same speed, ``benchmarks/ensemble.py``)."""
+    turn on a CPU (where the two go at about the same speed, ``benchmarks/ensemble.py``). Stacked
+    runs resumed from different steps: the ones behind first step alone up to the furthest."""
     check_seeds_only(cfgs)
     if len(outs) != len(cfgs):
         raise ValueError(f"{len(cfgs)} runs need {len(cfgs)} folders, got {len(outs)}")
@@ -71,18 +72,21 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
         runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True, eager=stack)
                 for cfg, out, data in zip(cfgs, outs, cuts)]
         stacker = None
-        if stack:
-            _check_stackable([r.agent for r in runs])
-            stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]
+        lead = max(r.agent.step for r in runs)  # stacked: runs resumed from earlier steps first catch up alone
         total = sum(c.steps for c in cfgs)
         bar = tqdm(total=total, initial=sum(r.agent.step for r in runs), disable=not progress,
                    desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds" + (" stacked" if stack else ""))
         with StopSignals() as stop:
             try:
                 while active := [r for r in runs if not r.done]:
+                    if stack and stacker is None and all(r.agent.step == lead for r in runs):
+                        _check_stackable([r.agent for r in runs])
+                        stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]
                     if stacker is not None:  # the seeds share one step count and budget: all or none active
                         losses = stacker.update([r.batch() for r in runs])
                     else:
+                        if stack:
+                            active = [r for r in active if r.agent.step < lead]
                         losses = [None] * len(active)
                     stopped: RunInterrupted | None = None
                     for r, loss in zip(active, losses):
