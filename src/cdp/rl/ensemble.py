@@ -80,8 +80,7 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
             try:
                 while active := [r for r in runs if not r.done]:
                     if stack and stacker is None and all(r.agent.step == lead for r in runs):
-                        _check_stackable([r.agent for r in runs])
-                        stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]
+                        stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]  # checks them again
                     if stacker is not None:  # the seeds share one step count and budget: all or none active
                         losses = stacker.update([r.batch() for r in runs])
                     else:

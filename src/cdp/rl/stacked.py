@@ -31,6 +31,7 @@ from torch.func import functional_call, vmap
 
 from ..contraction.eig import resolve_method
 from ..diffusion.loss import noisy_batch
+from ..update import zero_step
 from .edp import EDP
 
 PARTS = ("actor", "actor_ema", "critic", "critic_target")  # the networks stacked
@@ -138,11 +139,12 @@ class StackedEDP:
         def actor(params, b, t, noise, swap):
             return functional_call(call, params, ("actor_loss", b, t, noise, swap))
 
+        # the seeds share no weight, so the gradient of their losses' sum is each seed's own
         critic_loss = vmap(critic)(self._named("critic", "critic_target", "actor_ema"), batch, d["x_T"])
-        _step(self.opts["critic_opt"], critic_loss)
+        zero_step(self.opts["critic_opt"], critic_loss.sum())
         actor_loss, parts = vmap(actor)(self._named("actor", "critic", detach=("critic",)), batch,
                                         d["t"], d["noise"], d["swap"])
-        _step(self.opts["actor_opt"], actor_loss)
+        zero_step(self.opts["actor_opt"], actor_loss.sum())
         for agent in self.agents:
             agent.advance()
         for opt_name, opt in self.opts.items():  # the schedule the agents just set
@@ -151,14 +153,6 @@ class StackedEDP:
                 group["lr"] = lr
         losses = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
         return [{k: v[i] for k, v in losses.items()} for i in range(len(self.agents))]
-
-
-def _step(opt: torch.optim.Optimizer, per_seed: Tensor) -> None:
-    """Each seed's gradient is that of its own loss: the seeds share no weight, so the gradient
-    of their sum is each one's own."""
-    opt.zero_grad(set_to_none=True)
-    per_seed.sum().backward()
-    opt.step()
 
 
 @torch.no_grad()
