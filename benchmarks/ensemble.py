@@ -1,10 +1,12 @@
-"""Seeds in one process against one process per seed: EDP updates per second per seed.
+"""Seeds trained together against one process per seed: EDP updates per second per seed.
 
 One process (torch's default threads: every core), two ways: N agents with their own generators
-stepping in turn (`cdp.rl.ensemble`'s default on the CPU), and the same N agents stacked into
-one vectorised model (`cdp.rl.stacked`, `--stacked`). Separate: N processes started together
-(one thread each), each stepping one agent (what `cdp sweep` does). Batch 256, hopper shapes
-(11/3), every step's losses read, evaluation and logging left out everywhere.
+stepping in turn, and the same N agents stacked into one vectorised model (`cdp.rl.stacked`).
+Separate: N processes started together (one thread each), each stepping one agent (what
+`cdp sweep` does). Dealt out: the seeds dealt to one process per core (`cores // processes`
+threads each), each stepping its share in turn or stacked (what `cdp rl train --seeds` does on a
+CPU; on a GPU it is the one process). Batch 256, hopper shapes (11/3), every step's losses read,
+evaluation and logging left out everywhere.
 
     python benchmarks/ensemble.py [--seeds 4] [--steps 50] [--device cuda]
 """
@@ -23,6 +25,7 @@ from _common import parse
 from cdp.capture import host_floats
 from cdp.rl.edp import EDP, EDPConfig
 from cdp.rl.stacked import StackedEDP
+from cdp.runtime import usable_cores
 
 
 def agents_and_batch(n: int, device: torch.device):
@@ -59,26 +62,43 @@ def together(n: int, steps: int, device: torch.device, stacked: bool = False) ->
     return steps / (time.perf_counter() - t0)
 
 
-def worker(steps: int, device: torch.device, start_at: float) -> float:
-    torch.set_num_threads(1)  # one core per process: N processes share the machine's cores
-    (agent,), batch = agents_and_batch(1, device)
+def worker(steps: int, device: torch.device, start_at: float, share: int = 1, stacked: bool = False,
+           threads: int = 1) -> float:
+    """Steps per second per seed of one process on ``threads`` threads stepping ``share`` seeds (one:
+    a lone agent; more: in turn, or stacked)."""
+    torch.set_num_threads(threads)
+    agents, batch = agents_and_batch(share, device)
+    stacker = StackedEDP(agents) if stacked and share > 1 else None
+
+    def step() -> None:
+        if stacker is None:
+            for a in agents:
+                host_floats(a.update(batch))
+        else:
+            for losses in stacker.update([batch] * share):
+                host_floats(losses)
+
     for _ in range(3):
-        host_floats(agent.update(batch))
+        step()
     while time.time() < start_at:  # start the timed part together
         time.sleep(0.001)
     t0 = time.perf_counter()
     for _ in range(steps):
-        host_floats(agent.update(batch))
+        step()
     return steps / (time.perf_counter() - t0)
 
 
-def separate(n: int, steps: int, device: torch.device) -> float:
-    """Steps per second per seed, N processes started together (mean over them)."""
-    start_at = time.time() + 15.0 + 1.0 * n  # time for every process to import, build and warm up
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--steps", str(steps), "--device", str(device),
-                               "--start-at", str(start_at)], stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["steps_per_s"] for p in procs]
-    return sum(rates) / len(rates)
+def processes(n: int, steps: int, device: torch.device, procs: int, stacked: bool = False) -> float:
+    """Steps per second per seed, the ``n`` seeds dealt out to ``procs`` processes started together
+    (``cores // procs`` threads each; mean over the seeds)."""
+    shares = [len(range(i, n, procs)) for i in range(procs)]
+    threads = max(1, usable_cores() // procs)
+    start_at = time.time() + 15.0 + 1.0 * procs  # time for every process to import, build and warm up
+    cmd = [sys.executable, __file__, "--worker", "--steps", str(steps), "--device", str(device),
+           "--start-at", str(start_at), "--threads", str(threads)] + (["--stacked"] if stacked else [])
+    runs = [subprocess.Popen(cmd + ["--share", str(k)], stdout=subprocess.PIPE, text=True) for k in shares]
+    rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["steps_per_s"] for p in runs]
+    return sum(r * k for r, k in zip(rates, shares)) / n
 
 
 def main() -> None:
@@ -87,18 +107,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--share", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--stacked", action="store_true", help=argparse.SUPPRESS)
     args, header = parse(ap)
     if args.worker:
-        print(json.dumps({"steps_per_s": worker(args.steps, args.device, args.start_at)}))
+        rate = worker(args.steps, args.device, args.start_at, args.share, args.stacked, args.threads)
+        print(json.dumps({"steps_per_s": rate}))
         return
-    print(f"{header}; EDP updates, batch 256, {args.seeds} seeds, {args.steps} timed steps each\n")
-    print("| N seeds | one process, in turn | one process, stacked | N processes | stacked / N processes |\n"
-          "|---:|---:|---:|---:|---:|")
+    cores = usable_cores()
+    procs = min(args.seeds, cores) if args.device.type == "cpu" else 1  # `cdp rl train --seeds`' default
+    print(f"{header}; EDP updates, batch 256, {args.seeds} seeds, {args.steps} timed steps each; "
+          f"steps/s per seed\n")
+    print(f"| N seeds | one process, in turn | one process, stacked | N processes | {procs} processes, in turn "
+          f"| {procs} processes, stacked | `--seeds` default / N processes |\n|---:|---:|---:|---:|---:|---:|---:|")
     one = together(args.seeds, args.steps, args.device)
     stacked = together(args.seeds, args.steps, args.device, stacked=True)
-    print(f"(one process: {one:.1f} in turn, {stacked:.1f} stacked; steps/s per seed)", flush=True)
-    sep = separate(args.seeds, args.steps, args.device)
-    print(f"| {args.seeds} | {one:.1f} | {stacked:.1f} | {sep:.1f} | {stacked / sep:.2f}x |", flush=True)
+    print(f"(one process: {one:.1f} in turn, {stacked:.1f} stacked)", flush=True)
+    sep = processes(args.seeds, args.steps, args.device, args.seeds)
+    dealt = processes(args.seeds, args.steps, args.device, procs) if procs > 1 else one
+    dealt_stacked = processes(args.seeds, args.steps, args.device, procs, stacked=True) if procs > 1 else stacked
+    default = dealt if args.device.type == "cpu" else stacked  # cdp rl train --seeds: in turn on a CPU
+    print(f"| {args.seeds} | {one:.1f} | {stacked:.1f} | {sep:.1f} | {dealt:.1f} | {dealt_stacked:.1f} | "
+          f"{default / sep:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ def test_a_sweep_groups_the_seeds_of_one_config():
     assert [j.config["seed"] for j in units[1].members] == [0, 1]
     assert units[2].config["gamma"] == 2.0 and units[3].kind == "il"  # a lone seed and an imitation job stay single
 
+    # dealt over two workers (a CPU's sweep): seeds in turn, so 0 and 2 share one, 1 goes alone
+    units = group_seeds(jobs, parts=2)
+    assert [type(u) for u in units] == [SeedGroup, Job, Job, Job, Job, Job]
+    assert [j.config["seed"] for j in units[0].members] == [0, 2]
+    assert [(u.config["gamma"], u.config["seed"]) for u in units[1:4]] == [(0.1, 1), (1.0, 0), (1.0, 1)]
+    assert len(group_seeds(jobs, parts=5)) == 7  # never more parts than seeds: every job alone
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [[], ["--stacked"]])
@@ -81,6 +88,29 @@ def test_the_cli_trains_several_seeds_in_one_process(tiny_dataset, tmp_path, how
     assert main(args) == 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["edp-f1-s3", "edp-f1-s4"]
     assert len(list((tmp_path / "res").rglob("*.json"))) == 2
+
+
+@pytest.mark.slow
+def test_the_cli_deals_seeds_out_to_processes_that_leave_what_lone_runs_leave(tiny_dataset, tmp_path, capsys):
+    """Three seeds on two processes (seeds 3 and 5 in turn in one, 4 alone in the other): a run's
+    evaluations, weights and generators are a lone run's; every run is recorded."""
+    from cdp.cli import main
+
+    kw = dict(algo="edp", dataset=tiny_dataset, steps=4, eval_every=2, eval_episodes=1)
+    args = ["rl", "train", "edp", "--dataset", tiny_dataset, "--steps", "4", "--eval-every", "2",
+            "--eval-episodes", "1", "--seeds", "3", "4", "5", "--processes", "2",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    alone, run = tmp_path / "alone", tmp_path / "runs" / "edp-f1-s5"  # seed 5: in turn after seed 3
+    train(TrainConfig(seed=5, **kw), alone, progress=False)
+    assert rows(alone / "eval.csv") == rows(run / "eval.csv")
+    (wa, ra, ta), (wt, rt, tt) = agent_weights(alone), agent_weights(run)
+    assert ra == rt and torch.equal(ta, tt)
+    assert wa["actor"] and all(torch.equal(wa["actor"][k], wt["actor"][k]) for k in wa["actor"])
+    assert f"run folder: {run}" in printed
+    assert sorted(p.name for p in (tmp_path / "res").rglob("*.json")) == [f"edp-f1-s{s}.json" for s in (3, 4, 5)]
+    assert rows(tmp_path / "runs" / "edp-f1-s3" / "eval.csv") != rows(tmp_path / "runs" / "edp-f1-s5" / "eval.csv")
 
 
 @pytest.mark.slow

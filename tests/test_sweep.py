@@ -100,18 +100,18 @@ def test_sweep_runs_records_and_skips_finished_runs(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_trains_a_grids_seeds_together_and_records_each(tiny_dataset, tmp_path):
-    """--ensemble-seeds: the two seeds of the grid train in one worker and leave the records and
-    logs separate runs leave."""
+    """--ensemble-seeds: the grid's three seeds, dealt over the two workers (seeds 0 and 2 together
+    in one, seed 1 alone), leave the records and logs separate runs leave."""
     import csv
 
-    sweep = load_sweep(config(tmp_path, tiny_dataset))
+    sweep = load_sweep(config(tmp_path, tiny_dataset, seeds="[0, 1, 2]"))
     ran = run_sweep(sweep, progress=False, ensemble_seeds=True)
-    assert len(ran) == 2 and all(is_finished(j) for j in sweep.jobs())
-    assert sorted(r.name for r in (tmp_path / "results").rglob("*.json")) == ["bc-f1-s0.json", "bc-f1-s1.json"]
+    assert len(ran) == 3 and all(is_finished(j) for j in sweep.jobs())
+    assert sorted(r.name for r in (tmp_path / "results").rglob("*.json")) == [f"bc-f1-s{s}.json" for s in range(3)]
     alone = tmp_path / "alone"
     from cdp.rl.trainer import TrainConfig, train
 
-    job = sweep.jobs()[1]
+    job = sweep.jobs()[2]  # trained beside seed 0
     train(TrainConfig(**job.config), alone, progress=False)
     strip = lambda p: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(p.open())]  # noqa: E731
     assert strip(alone / "metrics.csv") == strip(Path(job.out) / "metrics.csv")

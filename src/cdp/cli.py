@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .runtime import tune_allocator
+from .runtime import resolve_device, tune_allocator, usable_cores
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -127,11 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
     tr.add_argument("--seeds", type=_seed, nargs="+", default=None,
-                    help="several seeds of this config trained together in one process (cdp.rl.ensemble; each run "
+                    help="several seeds of this config trained together (cdp.rl.ensemble; each run "
                          "in its own folder under --out, default runs/rl/<dataset>); overrides --seed")
     tr.add_argument("--stacked", default=None, action=argparse.BooleanOptionalAction,
                     help="with --seeds: one vectorised update for all seeds (cdp.rl.stacked; EDP / CDP) or "
                          "one seed after another (--no-stacked); default: stacked on a GPU, in turn on a CPU")
+    tr.add_argument("--processes", type=_positive_int, default=None,
+                    help="with --seeds: worker processes the seeds are dealt out to, each training its share "
+                         "together; default: one per CPU core (at most one per seed) on a CPU, where processes "
+                         "use the cores better than threads, one on a GPU")
     tr.add_argument("--preset", default="cdp", choices=PRESETS,
                     help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
                          "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
@@ -296,11 +300,23 @@ def _run(args: argparse.Namespace) -> int:
             cfgs = [replace(cfg, seed=s) for s in args.seeds]
             parent = args.out or f"runs/rl/{cfg.dataset_slug()}"
             outs = [f"{parent}/{c.run_name()}" for c in cfgs]
-            for c, o, summary in zip(cfgs, outs, train_ensemble(cfgs, outs, stacked=args.stacked)):
+            processes = args.processes
+            if processes is None:
+                on_cpu = resolve_device(cfg.device).type == "cpu"
+                processes = min(len(cfgs), usable_cores()) if on_cpu else 1
+            if processes > 1:  # each process records its runs
+                from .sweep import train_seeds
+
+                summaries = train_seeds(cfgs, outs, processes, args.results, args.stacked)
+            else:
+                summaries = train_ensemble(cfgs, outs, stacked=args.stacked)
+                for o in outs if args.results else []:
+                    record(o, args.results)
+            for c, o, summary in zip(cfgs, outs, summaries):
                 print(json.dumps(summary, indent=2))
                 print(f"run folder: {o}")
                 if args.results:
-                    print(f"record: {record(o, args.results)}")
+                    print(f"record: {c.record_path(args.results)}")
         else:
             out = args.out or f"runs/rl/{cfg.dataset_slug()}/{cfg.run_name()}"
             summary = train(cfg, out)

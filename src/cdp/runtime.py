@@ -14,6 +14,7 @@ is untouched; the price is that the process keeps its peak heap instead of retur
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
@@ -31,6 +32,15 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 
     except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one: a container
+    or ``taskset`` may allow fewer than the machine has), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from .io import check_types, read_json, required_fields
 from .runlog import RunBusy, RunInterrupted, finished_in_folder, run_holder
-from .runtime import tune_allocator
+from .runtime import tune_allocator, usable_cores
 
 KINDS = ("rl", "il")
 _TOP_KEYS = {"kind", "out", "results", "workers", "threads", "gpus", "fixed", "grid", "name"}
@@ -76,6 +76,7 @@ class SeedGroup:
     worker process (:func:`cdp.rl.ensemble.train_ensemble`): what ``--ensemble-seeds`` queues."""
 
     members: list[Job]
+    stacked: bool | None = None  # cdp.rl.ensemble.train_ensemble's: None lets the device decide
 
     @property
     def threads(self) -> int:
@@ -86,10 +87,11 @@ class SeedGroup:
         return self.members[0].gpus
 
 
-def group_seeds(jobs: list[Job]) -> list[Job | SeedGroup]:
+def group_seeds(jobs: list[Job], parts: int = 1) -> list[Job | SeedGroup]:
     """``jobs`` with the offline-RL ones that differ only in their seed (and share a results folder)
     gathered into :class:`SeedGroup` s, in the order of each group's first job; imitation jobs and
-    lone seeds stay as they are."""
+    lone seeds stay as they are. ``parts``: each group is dealt out (seeds in turn) into at most
+    that many groups, one worker process each (what :func:`run_sweep` does on a CPU)."""
     groups: dict[str, list[Job]] = {}
     order: list[Job | str] = []
     for j in jobs:
@@ -107,9 +109,24 @@ def group_seeds(jobs: list[Job]) -> list[Job | SeedGroup]:
         if isinstance(item, Job):
             out.append(item)
         else:
-            members = groups[item]
-            out.append(members[0] if len(members) == 1 else SeedGroup(members))
+            out.extend(deal(groups[item], parts))
     return out
+
+
+def deal(members: list[Job], parts: int, stacked: bool | None = None) -> list[Job | SeedGroup]:
+    """``members`` (seeds of one config) dealt in turn into at most ``parts`` units: a lone job
+    stays a :class:`Job`, two or more make a :class:`SeedGroup`."""
+    k = max(1, min(parts, len(members)))
+    shares = [members[i::k] for i in range(k)]
+    return [s[0] if len(s) == 1 else SeedGroup(s, stacked) for s in shares]
+
+
+def _on_cpu(job: Job) -> bool:
+    """The job trains on the CPU (a device this machine lacks is the job's own error, later)."""
+    import torch
+
+    name = job.config.get("device", "auto")
+    return name == "cpu" or (name == "auto" and not torch.cuda.is_available())
 
 
 @dataclass
@@ -447,7 +464,8 @@ def _train_group(group: SeedGroup) -> str:
     torch.set_num_threads(group.threads)
     tune_allocator()
     jobs = group.members
-    train_ensemble([TrainConfig(**j.config) for j in jobs], [j.out for j in jobs], progress=False, reenter=False)
+    train_ensemble([TrainConfig(**j.config) for j in jobs], [j.out for j in jobs], progress=False, reenter=False,
+                   stacked=group.stacked)
     for j in jobs:
         if j.results:
             record(j.out, j.results)
@@ -553,7 +571,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     deadline = None if time_limit_s is None else time.time() + time_limit_s
     sweeps = [sweep] if isinstance(sweep, SweepConfig) else list(sweep)
     jobs = queue(sweeps)
-    workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
+    workers = max(s.workers or usable_cores() for s in sweeps)
     todo = [j for j in jobs if not is_finished(j)]
     make_missing_data(todo)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="sweep", unit="run")
@@ -574,7 +592,10 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     def live(running: list[Job]) -> None:
         bar.set_postfix_str(live_progress(running), refresh=True)
 
-    units: list[Job | SeedGroup] = group_seeds(todo) if ensemble_seeds else list(todo)
+    # on a CPU, processes use the cores better than one process's threads do for these small
+    # networks (benchmarks/ensemble.py), so a group is dealt out over the workers there
+    parts = workers if todo and all(_on_cpu(j) for j in todo if j.kind == "rl") else 1
+    units: list[Job | SeedGroup] = group_seeds(todo, parts) if ensemble_seeds else list(todo)
 
     def unit_done(unit: Job | SeedGroup, error: BaseException | None) -> None:
         for job in unit.members if isinstance(unit, SeedGroup) else [unit]:
@@ -606,6 +627,49 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
         raise SweepFailed(f"{len(errors)} of {len(todo)} jobs failed (each named above); first: {job.out}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     return [j for j in todo if j not in busy]
+
+
+def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str | None = None,
+                stacked: bool | None = None, progress: bool = True) -> list[dict]:
+    """Seeds of one offline-RL config (``cdp rl train --seeds``) on ``processes`` worker processes,
+    the seeds dealt out in turn, each process training its share together
+    (:func:`cdp.rl.ensemble.train_ensemble`, one lone seed as :func:`cdp.rl.trainer.train`) on
+    ``cores // processes`` threads; with ``results``, each run's record. Returns the runs'
+    summaries, in order. A failing share does not stop the others; its error is raised at the end."""
+    from .rl.ensemble import check_seeds_only, refuse_unstackable
+
+    check_seeds_only(cfgs)
+    if len(outs) != len(cfgs):
+        raise ValueError(f"{len(cfgs)} runs need {len(cfgs)} folders, got {len(outs)}")
+    if stacked:  # refused before any run folder is made, as one process refuses
+        refuse_unstackable(cfgs)
+    threads = max(1, usable_cores() // processes)
+    jobs = [Job("rl", _asdict(c), str(o), results, threads) for c, o in zip(cfgs, outs)]
+    units = deal(jobs, processes, stacked)
+    bar = tqdm(total=sum(c.steps for c in cfgs), disable=not progress, unit="step",
+               desc=f"{cfgs[0].algo} {Path(cfgs[0].dataset).name} x{len(cfgs)} seeds on {len(units)} processes")
+    errors: list[BaseException] = []
+
+    def done(unit: Job | SeedGroup, error: BaseException | None) -> None:
+        if error is not None:
+            errors.append(error)
+            bar.write(f"failed: {', '.join(j.out for j in _members(unit))}: {error}")
+
+    def live(_running: list) -> None:
+        bar.n = sum(_logged_step(j) or 0 for j in jobs)
+        bar.refresh()
+
+    live([])
+    _run_local(units, len(units), done, live)
+    live([])
+    bar.close()
+    if errors:
+        raise errors[0]
+    return [read_json(Path(j.out) / "summary.json", "run summary") for j in jobs]
+
+
+def _members(unit: Job | SeedGroup) -> list[Job]:
+    return unit.members if isinstance(unit, SeedGroup) else [unit]
 
 
 def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:

@@ -3,8 +3,10 @@
 Every run keeps what it would have alone: its own data cut, batch order, generators (seeded as
 the run alone seeds torch's), network, optimiser, run folder, logs, checkpoints and record.
 
-Two ways to step them. In turn (the default on a CPU): one run's update after another; a run
-of the ensemble and the same run trained alone leave the same files, to the bit. Stacked
+Two ways to step them. In turn (the default on a CPU, where ``cdp rl train --seeds`` deals the
+seeds out to one such process per core: :func:`cdp.sweep.train_seeds`): one run's update after
+another; a run of the ensemble and the same run trained alone leave the same files, to the bit.
+Stacked
 (:mod:`cdp.rl.stacked`; the default on a GPU, where the seeds' small kernels merge into N-wide
 ones): one vectorised update for all seeds, the same files to float rounding.
 
@@ -47,7 +49,8 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
     together; returns their summaries, in order. Each folder is claimed and checked as
     :func:`cdp.rl.trainer.train` claims one; a stop signal checkpoints every run. ``stacked``:
     one vectorised update for all seeds (True), in turn (False), or None: stacked on a GPU, in
-    turn on a CPU (where the two go at about the same speed, ``benchmarks/ensemble.py``). Stacked
+    turn on a CPU (where one-thread stacking saves little: ``benchmarks/ensemble.py``; to use
+    several cores, deal the seeds out to processes, :func:`cdp.sweep.train_seeds`). Stacked
     runs resumed from different steps: the ones behind first step alone up to the furthest."""
     check_seeds_only(cfgs)
     if len(outs) != len(cfgs):
@@ -61,11 +64,7 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
     full, env_id, transform = load_run_data(cfg0)
     cuts = [run_cut(c, full, transform) for c in cfgs]
     if stack:  # refused before any run folder is made (fresh agents; steps are checked once loaded)
-        with torch.random.fork_rng(devices=[]):
-            probe = [make_agent(c, cuts[0].obs_dim, cuts[0].act_dim) for c in cfgs[:2]]
-        for agent in probe:
-            agent.own_generators()
-        _check_stackable(probe)
+        refuse_unstackable(cfgs, cuts[0])
     with contextlib.ExitStack() as claimed:
         for cfg, out, data in zip(cfgs, outs, cuts):
             claimed.enter_context(claim_run(cfg, Path(out), data, reenter))
@@ -103,7 +102,17 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
         return [r.summary() for r in runs]
 
 
-def _check_stackable(agents: list) -> None:
-    why = stack_supported(agents)
+def refuse_unstackable(cfgs: list[TrainConfig], data=None) -> None:
+    """A ``ValueError`` saying why, unless fresh agents of ``cfgs`` stack (:func:`stack_supported`;
+    steps are checked once runs are loaded). ``data``: a cut of the runs' data, for its dimensions
+    (default: loaded)."""
+    if data is None:
+        full, _, transform = load_run_data(cfgs[0])
+        data = run_cut(cfgs[0], full, transform)
+    with torch.random.fork_rng(devices=[]):
+        probe = [make_agent(c, data.obs_dim, data.act_dim) for c in cfgs[:2]]
+    for agent in probe:
+        agent.own_generators()
+    why = stack_supported(probe)
     if why is not None:
         raise ValueError(f"these runs cannot be stacked ({why}); train them in turn on a CPU or as separate runs")
