@@ -70,12 +70,30 @@ def test_a_sweep_groups_the_seeds_of_one_config():
     assert [j.config["seed"] for j in units[1].members] == [0, 1]
     assert units[2].config["gamma"] == 2.0 and units[3].kind == "il"  # a lone seed and an imitation job stay single
 
-    # dealt over two workers (a CPU's sweep): seeds in turn, so 0 and 2 share one, 1 goes alone
-    units = group_seeds(jobs, parts=2)
+
+def test_ensemble_seeds_deals_seeds_over_a_cpus_workers_and_stacks_on_a_gpu_what_stacks(tiny_dataset, monkeypatch):
+    import cdp.sweep as sweep
+    from cdp.sweep import Job, SeedGroup, deal, seed_units
+
+    def job(seed, algo="cdp", gamma=0.1):
+        cfg = {**TrainConfig(algo=algo, dataset=tiny_dataset, gamma=gamma, seed=seed, device="cpu").__dict__}
+        return Job("rl", cfg, f"out/{algo}-g{gamma}-s{seed}", None)
+
+    jobs = [job(0), job(1), job(2), job(0, gamma=1.0), job(1, gamma=1.0), job(0, "bc"), job(1, "bc")]
+    # on a CPU, over two workers: each config's seeds dealt in turn (0 and 2 share one, 1 alone)
+    units = seed_units(jobs, workers=2)
     assert [type(u) for u in units] == [SeedGroup, Job, Job, Job, Job, Job]
     assert [j.config["seed"] for j in units[0].members] == [0, 2]
-    assert [(u.config["gamma"], u.config["seed"]) for u in units[1:4]] == [(0.1, 1), (1.0, 0), (1.0, 1)]
-    assert len(group_seeds(jobs, parts=5)) == 7  # never more parts than seeds: every job alone
+    assert [(u.config["algo"], u.config["gamma"], u.config["seed"]) for u in units[1:4]] == [
+        ("cdp", 0.1, 1), ("cdp", 1.0, 0), ("cdp", 1.0, 1)]
+    assert len(seed_units(jobs, workers=1)) == 3  # one worker: whole groups
+    assert len(deal(jobs[:3], 5)) == 3  # never more shares than seeds
+    # on a GPU: a config that stacks stays one group; BC's seeds (which do not stack) go alone
+    monkeypatch.setattr(sweep, "_on_cpu", lambda j: False)
+    units = seed_units(jobs, workers=2)
+    assert [type(u) for u in units] == [SeedGroup, SeedGroup, Job, Job]
+    assert [len(u.members) for u in units[:2]] == [3, 2]
+    assert [u.config["seed"] for u in units[2:]] == [0, 1]
 
 
 @pytest.mark.slow

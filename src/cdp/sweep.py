@@ -87,11 +87,10 @@ class SeedGroup:
         return self.members[0].gpus
 
 
-def group_seeds(jobs: list[Job], parts: int = 1) -> list[Job | SeedGroup]:
+def group_seeds(jobs: list[Job]) -> list[Job | SeedGroup]:
     """``jobs`` with the offline-RL ones that differ only in their seed (and share a results folder)
     gathered into :class:`SeedGroup` s, in the order of each group's first job; imitation jobs and
-    lone seeds stay as they are. ``parts``: each group is dealt out (seeds in turn) into at most
-    that many groups, one worker process each (what :func:`run_sweep` does on a CPU)."""
+    lone seeds stay as they are."""
     groups: dict[str, list[Job]] = {}
     order: list[Job | str] = []
     for j in jobs:
@@ -109,7 +108,7 @@ def group_seeds(jobs: list[Job], parts: int = 1) -> list[Job | SeedGroup]:
         if isinstance(item, Job):
             out.append(item)
         else:
-            out.extend(deal(groups[item], parts))
+            out.extend(deal(groups[item], 1))
     return out
 
 
@@ -119,6 +118,35 @@ def deal(members: list[Job], parts: int, stacked: bool | None = None) -> list[Jo
     k = max(1, min(parts, len(members)))
     shares = [members[i::k] for i in range(k)]
     return [s[0] if len(s) == 1 else SeedGroup(s, stacked) for s in shares]
+
+
+def seed_units(jobs: list[Job], workers: int) -> list[Job | SeedGroup]:
+    """What ``--ensemble-seeds`` queues: the seeds of each config (:func:`group_seeds`) on a CPU
+    dealt out over the ``workers`` (processes use the cores better than one process's threads do
+    for these small networks: benchmarks/ensemble.py); on a GPU stacked into one model, or, where
+    the config does not stack (BC, DQL, IDQL: :func:`cdp.rl.stacked.stack_supported`), each seed a
+    job of its own (seeds taking turns on a GPU are refused: :mod:`cdp.rl.ensemble`)."""
+    out: list[Job | SeedGroup] = []
+    for unit in group_seeds(jobs):
+        if not isinstance(unit, SeedGroup):
+            out.append(unit)
+        elif _on_cpu(unit.members[0]):
+            out.extend(deal(unit.members, workers))
+        else:
+            out.extend([unit] if _stacks(unit) else unit.members)
+    return out
+
+
+def _stacks(group: SeedGroup) -> bool:
+    """The group's runs can be stacked (probe agents on the CPU)."""
+    from .rl.ensemble import refuse_unstackable
+    from .rl.trainer import TrainConfig
+
+    try:
+        refuse_unstackable([TrainConfig(**j.config) for j in group.members])
+    except ValueError:
+        return False
+    return True
 
 
 def _on_cpu(job: Job) -> bool:
@@ -554,7 +582,8 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     on the Ray instance this process already joined, or on a local one sized to ``sweep.workers``;
     a task whose worker dies is retried and resumes from its run's checkpoint. The run folders must
     be on storage every node sees. ``ensemble_seeds``: the unfinished offline-RL runs of one config
-    that differ only in their seed train together, one worker per group (:func:`group_seeds`).
+    that differ only in their seed train together, dealt over the workers on a CPU, stacked on a
+    GPU (:func:`seed_units`).
 
     ``time_limit_s`` (local backend): a run starts only if it should finish before the limit at the
     pace of the queue's finished runs (:func:`first_that_fits`; a later, shorter run may go first),
@@ -592,10 +621,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     def live(running: list[Job]) -> None:
         bar.set_postfix_str(live_progress(running), refresh=True)
 
-    # on a CPU, processes use the cores better than one process's threads do for these small
-    # networks (benchmarks/ensemble.py), so a group is dealt out over the workers there
-    parts = workers if todo and all(_on_cpu(j) for j in todo if j.kind == "rl") else 1
-    units: list[Job | SeedGroup] = group_seeds(todo, parts) if ensemble_seeds else list(todo)
+    units: list[Job | SeedGroup] = seed_units(todo, workers) if ensemble_seeds else list(todo)
 
     def unit_done(unit: Job | SeedGroup, error: BaseException | None) -> None:
         for job in unit.members if isinstance(unit, SeedGroup) else [unit]:
