@@ -127,6 +127,10 @@ def test_the_cli_deals_seeds_out_to_processes_that_leave_what_lone_runs_leave(ti
     assert ra == rt and torch.equal(ta, tt)
     assert wa["actor"] and all(torch.equal(wa["actor"][k], wt["actor"][k]) for k in wa["actor"])
     assert f"run folder: {run}" in printed
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    assert main(args) == 0  # again: finished runs are not trained again, their summaries printed
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.count("run folder:") == 3
     assert sorted(p.name for p in (tmp_path / "res").rglob("*.json")) == [f"edp-f1-s{s}.json" for s in (3, 4, 5)]
     assert rows(tmp_path / "runs" / "edp-f1-s3" / "eval.csv") != rows(tmp_path / "runs" / "edp-f1-s5" / "eval.csv")
 

@@ -115,6 +115,8 @@ def group_seeds(jobs: list[Job]) -> list[Job | SeedGroup]:
 def deal(members: list[Job], parts: int, stacked: bool | None = None) -> list[Job | SeedGroup]:
     """``members`` (seeds of one config) dealt in turn into at most ``parts`` units: a lone job
     stays a :class:`Job`, two or more make a :class:`SeedGroup`."""
+    if not members:
+        return []
     k = max(1, min(parts, len(members)))
     shares = [members[i::k] for i in range(k)]
     return [s[0] if len(s) == 1 else SeedGroup(s, stacked) for s in shares]
@@ -660,8 +662,9 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
     """Seeds of one offline-RL config (``cdp rl train --seeds``) on ``processes`` worker processes,
     the seeds dealt out in turn, each process training its share together
     (:func:`cdp.rl.ensemble.train_ensemble`, one lone seed as :func:`cdp.rl.trainer.train`) on
-    ``cores // processes`` threads; with ``results``, each run's record. Returns the runs'
-    summaries, in order. A failing share does not stop the others; its error is raised at the end."""
+    ``cores // processes`` threads; with ``results``, each run's record. Runs finished at their
+    budget are not trained again. Returns the runs' summaries, in order. A failing share does not
+    stop the others; its error is raised at the end."""
     from .rl.ensemble import check_seeds_only, refuse_unstackable
 
     check_seeds_only(cfgs)
@@ -671,9 +674,16 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
         refuse_unstackable(cfgs)
     threads = max(1, usable_cores() // processes)
     jobs = [Job("rl", _asdict(c), str(o), results, threads) for c, o in zip(cfgs, outs)]
-    units = deal(jobs, processes, stacked)
+    todo = [j for j in jobs if finished_in_folder(Path(j.out), j.config["steps"]) is None]
+    for j in jobs if results else []:  # finished already: recorded here, as one process records them
+        if j not in todo:
+            from .rl.trainer import record
+
+            record(j.out, results)
+    units = deal(todo, processes, stacked)
     bar = tqdm(total=sum(c.steps for c in cfgs), disable=not progress, unit="step",
-               desc=f"{cfgs[0].algo} {Path(cfgs[0].dataset).name} x{len(cfgs)} seeds on {len(units)} processes")
+               desc=f"{cfgs[0].algo} {Path(cfgs[0].dataset).name} x{len(cfgs)} seeds"
+               + (f", {len(units)} processes" if len(units) > 1 else ""))
     errors: list[BaseException] = []
 
     def done(unit: Job | SeedGroup, error: BaseException | None) -> None:
@@ -681,17 +691,20 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
             errors.append(error)
             bar.write(f"failed: {', '.join(j.out for j in _members(unit))}: {error}")
 
-    def live(_running: list) -> None:
+    def live(_running: list) -> None:  # the steps the runs have logged (metrics.csv)
         bar.n = sum(_logged_step(j) or 0 for j in jobs)
         bar.refresh()
 
     live([])
-    _run_local(units, len(units), done, live)
-    live([])
-    bar.close()
+    if units:
+        _run_local(units, len(units), done, live)
     if errors:
+        bar.close()
         raise errors[0]
-    return [read_json(Path(j.out) / "summary.json", "run summary") for j in jobs]
+    summaries = [read_json(Path(j.out) / "summary.json", "run summary") for j in jobs]
+    bar.n = sum(x["step"] for x in summaries)  # the logs lag by up to a logging interval
+    bar.close()
+    return summaries
 
 
 def _members(unit: Job | SeedGroup) -> list[Job]:
