@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "anyway, to be checkpointed at the limit and resumed by a later sweep (for run folders "
                          "that outlast the slot)")
     sw.add_argument("--ensemble-seeds", action="store_true",
-                    help="train the offline-RL runs that differ only in their seed together, one process per group "
-                         "(on a GPU stacked into one vectorised model, cdp.rl.stacked; on a CPU in turn, where "
-                         "separate processes go faster)")
+                    help="train the offline-RL runs that differ only in their seed together: on a GPU stacked into "
+                         "one vectorised model per config (cdp.rl.stacked; configs that do not stack run each seed "
+                         "alone), on a CPU dealt out over the workers, each taking its share in turn")
     return p
 
 
