@@ -48,6 +48,58 @@ def test_an_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path, al
     assert rows(alone[0] / "metrics.csv") != rows(alone[1] / "metrics.csv")  # the seeds really differ
 
 
+def test_a_stop_checkpoints_every_run_even_those_whose_step_ended_before_it(tiny_dataset, tmp_path, monkeypatch):
+    """The stop lands while seed 1 steps, after seed 0's step of the same round ended: both runs
+    keep that step (before, seed 0's fresh folder was removed for want of a checkpoint)."""
+    import signal
+
+    from cdp.rl import trainer
+    from cdp.runlog import RunInterrupted
+
+    real = trainer._Run.finish
+
+    def finish(self, losses, stop):
+        if self.cfg.seed == 1 and self.agent.step == 2:
+            stop.signal = signal.SIGTERM  # what StopSignals' handler records
+        return real(self, losses, stop)
+
+    monkeypatch.setattr(trainer._Run, "finish", finish)
+    kw = dict(algo="bc", dataset=tiny_dataset, steps=10, eval_every=10, eval_episodes=1, checkpoint_every=100)
+    outs = [tmp_path / "s0", tmp_path / "s1"]
+    with pytest.raises(RunInterrupted, match="at step 2"):
+        train_ensemble([TrainConfig(seed=s, **kw) for s in (0, 1)], outs, progress=False)
+    assert [torch.load(o / "checkpoint.pt", weights_only=False)["agent"]["step"] for o in outs] == [2, 2]
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_every_process_of_seeds_dealt_out(tiny_dataset, tmp_path):
+    """SIGTERM to `cdp rl train --seeds` alone (as a scheduler sends it): its worker processes
+    checkpoint the step each run is on, and the command says so and exits 128 + 15."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "rl", "train", "bc", "--dataset", tiny_dataset,
+                             "--steps", "1000000", "--eval-every", "1000000", "--seeds", "0", "1", "2",
+                             "--processes", "2", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = [out / f"bc-f1-s{s}" for s in range(3)]
+    deadline = time.time() + 120
+    while not all(len(rows(r / "metrics.csv")) >= 2 for r in runs if (r / "metrics.csv").is_file()) \
+            or not all((r / "metrics.csv").is_file() for r in runs):
+        assert time.time() < deadline and proc.poll() is None, "the runs should be training"
+        time.sleep(0.2)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    for r in runs:
+        logged = int(rows(r / "metrics.csv")[-1]["step"])
+        assert torch.load(r / "checkpoint.pt", weights_only=False)["agent"]["step"] >= logged >= 200
+
+
 def test_an_ensemble_is_one_config_with_several_seeds():
     base = dict(algo="cdp", dataset="d")
     check_seeds_only([TrainConfig(seed=0, **base), TrainConfig(seed=1, **base)])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .io import check_types, read_json, required_fields
-from .runlog import RunBusy, RunInterrupted, finished_in_folder, run_holder
+from .runlog import RunBusy, RunInterrupted, StopSignals, finished_in_folder, run_holder
 from .runtime import tune_allocator, usable_cores
 
 KINDS = ("rl", "il")
@@ -454,8 +455,6 @@ def run_job(job: Job | SeedGroup) -> str:
     try:
         return _train_group(job) if isinstance(job, SeedGroup) else _train_job(job)
     except RunInterrupted as e:
-        import signal
-
         signal.signal(e.signum, signal.SIG_DFL)
         os.kill(os.getpid(), e.signum)
         raise
@@ -514,7 +513,6 @@ def init_worker(threads: int) -> None:
         torch.set_num_threads(threads)
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -696,8 +694,13 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
         bar.refresh()
 
     live([])
-    if units:
-        _run_local(units, len(units), done, live)
+    with StopSignals() as signals:  # a stop (Ctrl-C, SIGTERM) reaches every worker; each checkpoints
+        if units:
+            _run_local(units, len(units), done, live, stop=lambda: signals.signal is not None)
+    if signals.signal is not None:
+        bar.close()
+        raise RunInterrupted(f"stopped by {signal.Signals(signals.signal).name}: every unfinished run checkpointed "
+                             "the step it was on; the same command resumes", signals.signal)
     if errors:
         bar.close()
         raise errors[0]
@@ -733,10 +736,12 @@ POLL_S = 15.0
 
 
 def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
-               pick: Callable[[list], object] | None = None, deadline: float | None = None) -> list:
+               pick: Callable[[list], object] | None = None, deadline: float | None = None,
+               stop: Callable[[], bool] | None = None) -> list:
     """Run ``todo`` on ``workers`` processes, each unit as a worker frees (``pick`` chooses which of
-    those queued, None when none should start; default the first). At ``deadline`` every worker gets
-    SIGTERM, so its run checkpoints its step and exits; returns the units stopped that way."""
+    those queued, None when none should start; default the first). At ``deadline``, or once
+    ``stop()`` says so (checked every second), every worker gets SIGTERM, so its run checkpoints
+    its step and exits; returns the units stopped that way."""
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
     queued, stopped = list(todo), []
@@ -755,8 +760,8 @@ def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
 
         fill()
         while pending:
-            done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-            if deadline is not None and not stopping and time.time() >= deadline:
+            done, _ = wait(pending, timeout=POLL_S if stop is None else 1.0, return_when=FIRST_COMPLETED)
+            if not stopping and ((deadline is not None and time.time() >= deadline) or (stop is not None and stop())):
                 stopping = True
                 for proc in list(pool._processes.values()):  # the runs' own stop: checkpoint, then exit
                     proc.terminate()

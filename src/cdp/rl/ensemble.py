@@ -87,13 +87,19 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
                             active = [r for r in active if r.agent.step < lead]
                         losses = [None] * len(active)
                     stopped: RunInterrupted | None = None
+                    saved = []
                     for r, loss in zip(active, losses):
                         try:
                             r.finish(r.launch() if loss is None else loss, stop)
                         except RunInterrupted as e:  # checkpoint every run before stopping
                             stopped = stopped or e
+                            saved.append(r)
                         bar.update(1)
                     if stopped is not None:
+                        # the stop came after the step of the runs before it ended: checkpoint those too
+                        for r in runs:
+                            if r not in saved and not r.done:
+                                r.save()
                         raise stopped
             finally:
                 bar.close()
