@@ -237,12 +237,13 @@ def test_ray_backend_runs_a_two_job_grid(tiny_dataset, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
-    """Killing only the sweep process (SIGTERM, as a scheduler does) leaves no worker training."""
+    """Killing only the sweep process (SIGTERM, as a scheduler does) leaves no worker training: the
+    sweep passes the stop on, its worker checkpoints, and the sweep ends with one line."""
     p = config(tmp_path, tiny_dataset, steps=100000, seeds="[0]")
     p.write_text(p.read_text().replace("log_every = 5000", "log_every = 100"))
     job = load_sweep(p).jobs()[0]
-    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sweep", str(p)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen([sys.executable, "-m", "cdp.cli", "sweep", str(p)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     ckpt = os.path.join(job.out, "checkpoint.pt")
     # stop only once the worker is past its step-5000 checkpoint (a logged row after it): a stop
     # landing during that scheduled save would rightly end the run at 5000, and this test would race
@@ -252,7 +253,10 @@ def test_workers_die_with_the_sweep(tiny_dataset, tmp_path):
     children = [int(x) for x in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
     assert children, "the sweep should have a worker"
     proc.terminate()
-    proc.wait()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM: 1 running job(s) checkpointed" in err and "Traceback" not in err
+
     def running(pid):
         try:
             return open(f"/proc/{pid}/stat").read().split()[2] != "Z"

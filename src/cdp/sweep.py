@@ -635,11 +635,17 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
         def pick(queued: list[Job | SeedGroup]) -> Job | SeedGroup | None:
             return first_that_fits(queued, finished_pace(jobs), deadline - time.time(), fill)
 
+    signals = StopSignals()
     if units and backend == "ray":
         _run_ray(units, workers, address, unit_done, unit_live)
     elif units:
-        stopped = _run_local(units, workers, unit_done, unit_live, pick, deadline)
+        with signals:  # a stop (Ctrl-C, SIGTERM) reaches every worker; each checkpoints its run
+            stopped = _run_local(units, workers, unit_done, unit_live, pick, deadline,
+                                 stop=lambda: signals.signal is not None)
     bar.close()
+    if signals.signal is not None:
+        raise RunInterrupted(f"stopped by {signal.Signals(signals.signal).name}: {len(stopped)} running job(s) "
+                             "checkpointed the step they were on; the same command resumes them", signals.signal)
     if deadline is not None:
         left = [j for j in todo if not is_finished(j) and j not in busy and all(j is not e for e, _ in errors)]
         cut = [j for u in stopped for j in (u.members if isinstance(u, SeedGroup) else [u])]
