@@ -406,7 +406,7 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
 def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | None:
     """Seconds a job (or a group of seeds, trained in turn) still needs at ``pace`` (seconds per
     1k steps per algorithm / policy), from its last logged step; None where its kind has no pace."""
-    jobs = unit.members if isinstance(unit, SeedGroup) else [unit]
+    jobs = _members(unit)
     if any(_kind(j) not in pace for j in jobs):
         return None
     return sum(max(0, j.config["steps"] - (_logged_step(j) or 0)) / 1000 * pace[_kind(j)] for j in jobs)
@@ -624,11 +624,11 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     units: list[Job | SeedGroup] = seed_units(todo, workers) if ensemble_seeds else list(todo)
 
     def unit_done(unit: Job | SeedGroup, error: BaseException | None) -> None:
-        for job in unit.members if isinstance(unit, SeedGroup) else [unit]:
+        for job in _members(unit):
             finished(job, error)
 
     def unit_live(running: list[Job | SeedGroup]) -> None:
-        live([j for u in running for j in (u.members if isinstance(u, SeedGroup) else [u])])
+        live([j for u in running for j in _members(u)])
 
     pick, stopped = None, []
     if deadline is not None:
@@ -648,7 +648,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
                              "checkpointed the step they were on; the same command resumes them", signals.signal)
     if deadline is not None:
         left = [j for j in todo if not is_finished(j) and j not in busy and all(j is not e for e, _ in errors)]
-        cut = [j for u in stopped for j in (u.members if isinstance(u, SeedGroup) else [u])]
+        cut = [j for u in stopped for j in _members(u)]
         if left:
             print(f"time limit: {len(cut)} run(s) stopped at the limit, checkpointed (they resume); "
                   f"{len(left) - len(cut)} not started"
@@ -670,6 +670,7 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
     budget are not trained again. Returns the runs' summaries, in order. A failing share does not
     stop the others; its error is raised at the end."""
     from .rl.ensemble import check_seeds_only, refuse_unstackable
+    from .rl.trainer import record
 
     check_seeds_only(cfgs)
     if len(outs) != len(cfgs):
@@ -681,8 +682,6 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
     todo = [j for j in jobs if finished_in_folder(Path(j.out), j.config["steps"]) is None]
     for j in jobs if results else []:  # finished already: recorded here, as one process records them
         if j not in todo:
-            from .rl.trainer import record
-
             record(j.out, results)
     units = deal(todo, processes, stacked)
     bar = tqdm(total=sum(c.steps for c in cfgs), disable=not progress, unit="step",

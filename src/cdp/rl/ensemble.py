@@ -6,9 +6,8 @@ the run alone seeds torch's), network, optimiser, run folder, logs, checkpoints 
 Two ways to step them. In turn (the default on a CPU, where ``cdp rl train --seeds`` deals the
 seeds out to one such process per core: :func:`cdp.sweep.train_seeds`): one run's update after
 another; a run of the ensemble and the same run trained alone leave the same files, to the bit.
-Stacked
-(:mod:`cdp.rl.stacked`; the default on a GPU, where the seeds' small kernels merge into N-wide
-ones): one vectorised update for all seeds, the same files to float rounding.
+Stacked (:mod:`cdp.rl.stacked`; the default on a GPU, where the seeds' small kernels merge into
+N-wide ones): one vectorised update for all seeds, the same files to float rounding.
 
 Taking turns on a GPU is refused: that version (each run's CUDA graph on its own stream)
 crashed with an illegal memory access on an H200, and which of its parts causes it is not known.
