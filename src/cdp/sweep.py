@@ -635,17 +635,13 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
         def pick(queued: list[Job | SeedGroup]) -> Job | SeedGroup | None:
             return first_that_fits(queued, finished_pace(jobs), deadline - time.time(), fill)
 
-    signals = StopSignals()
-    if units and backend == "ray":
-        _run_ray(units, workers, address, unit_done, unit_live)
-    elif units:
-        with signals:  # a stop (Ctrl-C, SIGTERM) reaches every worker; each checkpoints its run
-            stopped = _run_local(units, workers, unit_done, unit_live, pick, deadline,
-                                 stop=lambda: signals.signal is not None)
-    bar.close()
-    if signals.signal is not None:
-        raise RunInterrupted(f"stopped by {signal.Signals(signals.signal).name}: {len(stopped)} running job(s) "
-                             "checkpointed the step they were on; the same command resumes them", signals.signal)
+    try:
+        if units and backend == "ray":
+            _run_ray(units, workers, address, unit_done, unit_live)
+        elif units:
+            stopped = _run_local(units, workers, unit_done, unit_live, pick, deadline)
+    finally:
+        bar.close()
     if deadline is not None:
         left = [j for j in todo if not is_finished(j) and j not in busy and all(j is not e for e, _ in errors)]
         cut = [j for u in stopped for j in _members(u)]
@@ -699,19 +695,15 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
         bar.refresh()
 
     live([])
-    with StopSignals() as signals:  # a stop (Ctrl-C, SIGTERM) reaches every worker; each checkpoints
+    try:
         if units:
-            _run_local(units, len(units), done, live, stop=lambda: signals.signal is not None)
-    if signals.signal is not None:
+            _run_local(units, len(units), done, live)
+        if errors:
+            raise errors[0]
+        summaries = [read_json(Path(j.out) / "summary.json", "run summary") for j in jobs]
+        bar.n = sum(x["step"] for x in summaries)  # the logs lag by up to a logging interval
+    finally:
         bar.close()
-        raise RunInterrupted(f"stopped by {signal.Signals(signals.signal).name}: every unfinished run checkpointed "
-                             "the step it was on; the same command resumes", signals.signal)
-    if errors:
-        bar.close()
-        raise errors[0]
-    summaries = [read_json(Path(j.out) / "summary.json", "run summary") for j in jobs]
-    bar.n = sum(x["step"] for x in summaries)  # the logs lag by up to a logging interval
-    bar.close()
     return summaries
 
 
@@ -736,22 +728,23 @@ def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
     return ", ".join(parts)
 
 
-#: Seconds between refreshes of the running jobs' steps in the sweep's progress line.
+#: Seconds between refreshes of the running jobs' steps in the progress line of a Ray sweep (a local
+#: pool looks every second, for a stop signal).
 POLL_S = 15.0
 
 
 def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
-               pick: Callable[[list], object] | None = None, deadline: float | None = None,
-               stop: Callable[[], bool] | None = None) -> list:
+               pick: Callable[[list], object] | None = None, deadline: float | None = None) -> list:
     """Run ``todo`` on ``workers`` processes, each unit as a worker frees (``pick`` chooses which of
-    those queued, None when none should start; default the first). At ``deadline``, or once
-    ``stop()`` says so (checked every second), every worker gets SIGTERM, so its run checkpoints
-    its step and exits; returns the units stopped that way."""
+    those queued, None when none should start; default the first). At ``deadline`` every worker
+    gets SIGTERM, so its run checkpoints its step and exits; returns the units stopped that way.
+    A stop this process receives (Ctrl-C, SIGTERM; checked every second) is passed on the same way,
+    then raised as :class:`cdp.runlog.RunInterrupted`."""
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pools inherited
     threads = max(j.threads for j in todo)  # BLAS pools: the widest job's (each job sets torch's own count)
     queued, stopped = list(todo), []
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=init_worker, initargs=(threads,)) as pool:
+    with StopSignals() as signals, ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                                       initializer=init_worker, initargs=(threads,)) as pool:
         pending: dict = {}
         stopping = False
 
@@ -765,8 +758,8 @@ def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
 
         fill()
         while pending:
-            done, _ = wait(pending, timeout=POLL_S if stop is None else 1.0, return_when=FIRST_COMPLETED)
-            if not stopping and ((deadline is not None and time.time() >= deadline) or (stop is not None and stop())):
+            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            if not stopping and ((deadline is not None and time.time() >= deadline) or signals.signal is not None):
                 stopping = True
                 for proc in list(pool._processes.values()):  # the runs' own stop: checkpoint, then exit
                     proc.terminate()
@@ -781,6 +774,9 @@ def _run_local(todo: list, workers: int, finished: Callable, live: Callable,
                     finished(job, err)
             if not stopping:
                 fill()
+    if signals.signal is not None:
+        raise RunInterrupted(f"stopped by {signal.Signals(signals.signal).name}: {len(stopped)} running job(s) "
+                             "checkpointed the step they were on; the same command resumes them", signals.signal)
     return stopped
 
 
