@@ -518,3 +518,26 @@ def test_fill_starts_a_run_that_cannot_finish_only_when_no_queued_run_fits(tmp_p
         run_sweep([], progress=False, fill=True)
     assert main(["sweep", "offline_rl_forms", "--fill"]) == 2  # refused before any run or dataset
     assert capsys.readouterr().err == f"cdp: error: {needs_limit}\n"
+
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_progress_line_in_a_log_file_is_redrawn_only_when_it_moves(tty):
+    import io
+
+    from tqdm import tqdm
+
+    from cdp.sweep import LiveLine
+
+    out = io.StringIO()
+    bar = tqdm(total=10, file=out, desc="sweep", mininterval=0)
+    line = LiveLine(bar, tty=tty)
+    for _ in range(5):  # five polls, nothing moved
+        line.show(postfix="a 100/1000")
+    line.show(postfix="a 200/1000")
+    for _ in range(3):
+        line.show(n=4)
+    draws = [d for d in out.getvalue().split("\r") if d.startswith("sweep")]
+    # the empty bar, then a file gets one line per change (a 100, a 200, n = 4), a terminal one per poll
+    assert len(draws) == (1 + 9 if tty else 1 + 3), draws
+    assert "4/10" in draws[-1] and "a 200/1000" in draws[-1]

@@ -618,8 +618,10 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
             on_done(job)
         bar.update(1)
 
+    line = LiveLine(bar)
+
     def live(running: list[Job]) -> None:
-        bar.set_postfix_str(live_progress(running), refresh=True)
+        line.show(postfix=live_progress(running))
 
     units: list[Job | SeedGroup] = seed_units(todo, workers) if ensemble_seeds else list(todo)
 
@@ -690,9 +692,10 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
             errors.append(error)
             bar.write(f"failed: {', '.join(j.out for j in _members(unit))}: {error}")
 
+    line = LiveLine(bar)
+
     def live(_running: list) -> None:  # the steps the runs have logged (metrics.csv)
-        bar.n = sum(_logged_step(j) or 0 for j in jobs)
-        bar.refresh()
+        line.show(n=sum(_logged_step(j) or 0 for j in jobs))
 
     live([])
     try:
@@ -709,6 +712,25 @@ def train_seeds(cfgs: list, outs: list[str | Path], processes: int, results: str
 
 def _members(unit: Job | SeedGroup) -> list[Job]:
     return unit.members if isinstance(unit, SeedGroup) else [unit]
+
+
+class LiveLine:
+    """A progress bar redrawn at every poll of the running jobs on a terminal (its clock moves),
+    but, written to a log file (a sweep under ``nohup``), only when what it shows moves: a
+    line a second for hours would bury the log's few messages."""
+
+    def __init__(self, bar: tqdm, tty: bool | None = None) -> None:
+        self.bar, self.tty = bar, sys.stderr.isatty() if tty is None else tty
+
+    def show(self, postfix: str | None = None, n: int | None = None) -> None:
+        """Set the text after the bar and / or its count, and redraw as above."""
+        moved = (postfix is not None and postfix != self.bar.postfix) or (n is not None and n != self.bar.n)
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        if n is not None:
+            self.bar.n = n
+        if self.tty or moved:
+            self.bar.refresh()
 
 
 def live_progress(jobs: list[Job], recent_s: float = 600.0) -> str:
