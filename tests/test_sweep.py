@@ -541,3 +541,28 @@ def test_a_progress_line_in_a_log_file_is_redrawn_only_when_it_moves(tty):
     # the empty bar, then a file gets one line per change (a 100, a 200, n = 4), a terminal one per poll
     assert len(draws) == (1 + 9 if tty else 1 + 3), draws
     assert "4/10" in draws[-1] and "a 200/1000" in draws[-1]
+
+
+def test_device_on_the_command_line_trains_every_run_there_and_keeps_their_folders(tiny_dataset, tmp_path, capsys):
+    """A study written for a GPU (``device = "cuda"``) runs on this CPU with ``--device cpu``;
+    where a run trained is not part of its config, so a second sweep on another device finds it
+    done."""
+    from cdp.cli import main
+
+    p = config(tmp_path, tiny_dataset, steps=4, seeds="[0]", extra="").read_text()
+    p = write(tmp_path, p.replace("[fixed]\n", '[fixed]\ndevice = "cuda"\n'), "gpu.toml")
+    job = load_sweep(p).jobs()[0]
+    if not torch_cuda():  # as written it cannot train here
+        assert main(["sweep", str(p)]) != 0 and not is_finished(job)
+    capsys.readouterr()
+    assert main(["sweep", str(p), "--device", "cpu"]) == 0
+    assert is_finished(job) and json.loads((Path(job.out) / "config.json").read_text())["device"] == "cpu"
+    assert "0 runs trained" in (main(["sweep", str(p), "--device", "auto"]) == 0 and capsys.readouterr().out)
+    assert main(["sweep", str(p), "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'; use cpu, cuda, cuda:N, mps or auto" in capsys.readouterr().err
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

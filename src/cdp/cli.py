@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sweep config (TOML or JSON), e.g. experiments/offline_rl.toml, or the name of a bundled "
                          "study (offline_rl, imitation_lift, ...); several share one queue, in order")
     sw.add_argument("--workers", type=_positive_int, default=None, help="parallel jobs (default: the config's)")
+    sw.add_argument("--device", default=None,
+                    help="train every run there (cpu, cuda, cuda:N, mps, auto) whatever the configs say; where a "
+                         "run trains is not part of its config, so runs resume and count as done across devices")
     sw.add_argument("--dry-run", "--status", action="store_true",
                     help="list the jobs and the state of each (done / running, at which step and by whom / "
                          "stopped part-way / todo); run nothing")
@@ -387,6 +390,8 @@ def _run(args: argparse.Namespace) -> int:
             sweeps.append(load_sweep(config))
             if args.workers:
                 sweeps[-1].workers = args.workers
+            if args.device:
+                sweeps[-1].on_device(args.device)
         if args.dry_run:
             states = [(job, *job_state(job)) for job in queue(sweeps)]
             for job, state, detail in states:
@@ -394,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
             counts = {s: sum(st == s for _, st, _ in states) for s in ("done", "running", "stopped", "todo")}
             print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)})")
             jobs = [job for job, _, _ in states]
-            workers = max(s.workers or os.cpu_count() or 1 for s in sweeps)
+            workers = max(s.workers or usable_cores() for s in sweeps)
             on_workers = lambda h: f" (~{h / workers:.1f} h on {workers} workers)" if workers > 1 else ""  # noqa: E731
             finished = finished_pace(jobs)  # reads every record once, for both estimates
             left = hours_left(jobs, pace=finished)

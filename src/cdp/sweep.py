@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from .io import check_types, read_json, required_fields
 from .runlog import RunBusy, RunInterrupted, StopSignals, finished_in_folder, run_holder
-from .runtime import tune_allocator, usable_cores
+from .runtime import check_device_name, tune_allocator, usable_cores
 
 KINDS = ("rl", "il")
 _TOP_KEYS = {"kind", "out", "results", "workers", "threads", "gpus", "fixed", "grid", "name"}
@@ -171,6 +171,14 @@ class SweepConfig:
     threads: int = 1
     gpus: float = 0.0  # Ray backend: GPUs each job reserves (fractions share one)
     name: str | None = None
+
+    def on_device(self, device: str) -> None:
+        """Train every job on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``) whatever
+        ``fixed`` or the grid say. Where a run trains is not part of what it computes: its folder,
+        name and record stay the same, and it resumes on another device."""
+        check_device_name(device)
+        self.grid = {k: v for k, v in self.grid.items() if k != "device"}
+        self.fixed = {**self.fixed, "device": device}
 
     def jobs(self) -> list[Job]:
         """The grid's jobs in order (first grid key slowest), each config checked."""
