@@ -6,7 +6,8 @@ Separate: N processes started together (one thread each), each stepping one agen
 `cdp sweep` does). Dealt out: the seeds dealt to one process per core (`cores // processes`
 threads each), each stepping its share in turn or stacked (what `cdp rl train --seeds` does on a
 CPU; on a GPU it is the one process). Batch 256, hopper shapes (11/3), every step's losses read,
-evaluation and logging left out everywhere.
+evaluation and logging left out everywhere. On a CUDA device a lone agent's update and a stack's
+are replayed as CUDA graphs (as the trainers run them); seeds in turn run eagerly.
 
     python benchmarks/ensemble.py [--seeds 4] [--steps 50] [--device cuda]
 """
@@ -22,7 +23,7 @@ import time
 import torch
 from _common import parse
 
-from cdp.capture import host_floats
+from cdp.capture import GraphedUpdate, graphs_available, host_floats
 from cdp.rl.edp import EDP, EDPConfig
 from cdp.rl.stacked import StackedEDP
 from cdp.runtime import usable_cores
@@ -44,7 +45,7 @@ def agents_and_batch(n: int, device: torch.device):
 def together(n: int, steps: int, device: torch.device, stacked: bool = False) -> float:
     """Steps per second per seed, N seeds in this process (in turn, or stacked)."""
     agents, batch = agents_and_batch(n, device)
-    stack = StackedEDP(agents) if stacked else None
+    stack = StackedEDP(agents, graphs=graphs_available(device)) if stacked else None
 
     def round_() -> None:
         if stack is not None:
@@ -68,12 +69,15 @@ def worker(steps: int, device: torch.device, start_at: float, share: int = 1, st
     a lone agent; more: in turn, or stacked)."""
     torch.set_num_threads(threads)
     agents, batch = agents_and_batch(share, device)
-    stacker = StackedEDP(agents) if stacked and share > 1 else None
+    graphs = graphs_available(device)
+    stacker = StackedEDP(agents, graphs=graphs) if stacked and share > 1 else None
+    # a lone run on a GPU replays its update as a CUDA graph, as the trainer does
+    updates = [GraphedUpdate(a) if graphs and share == 1 else a.update for a in agents]
 
     def step() -> None:
         if stacker is None:
-            for a in agents:
-                host_floats(a.update(batch))
+            for update in updates:
+                host_floats(update(batch))
         else:
             for losses in stacker.update([batch] * share):
                 host_floats(losses)

@@ -135,8 +135,8 @@ class GraphedUpdate:
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        if self.agent.generator is not None:  # a private generator: its draws advance on every replay too
-            graph.register_generator_state(self.agent.generator)
+        for generator in self.agent.generators():  # private generators: their draws advance on every replay too
+            graph.register_generator_state(generator)
         with torch.cuda.graph(graph):
             self.outputs = self.agent.compute(self.inputs)
         self.graph = graph

@@ -37,6 +37,11 @@ class Update:
         else:
             self.generator = self.host_generator
 
+    def generators(self) -> list[torch.Generator]:
+        """The private generators the device work draws from (a CUDA graph must advance each on
+        every replay); none when it draws from torch's default ones."""
+        return [] if self.generator is None else [self.generator]
+
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One training update on ``batch``; its losses as 0-d tensors on ``device``."""
         self.prepare()

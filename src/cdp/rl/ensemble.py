@@ -7,7 +7,8 @@ Two ways to step them. In turn (the default on a CPU, where ``cdp rl train --see
 seeds out to one such process per core: :func:`cdp.sweep.train_seeds`): one run's update after
 another; a run of the ensemble and the same run trained alone leave the same files, to the bit.
 Stacked (:mod:`cdp.rl.stacked`; the default on a GPU, where the seeds' small kernels merge into
-N-wide ones): one vectorised update for all seeds, the same files to float rounding.
+N-wide ones, the whole N-seed update replayed as one CUDA graph unless the config turns graphs
+off): one vectorised update for all seeds, the same files to float rounding.
 
 Taking turns on a GPU is refused: that version (each run's CUDA graph on its own stream)
 crashed with an illegal memory access on an H200, and which of its parts causes it is not known.
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..capture import graphs_available
 from ..runlog import RunInterrupted, StopSignals
 from ..runtime import resolve_device
 from .stacked import StackedEDP, stack_supported
@@ -78,7 +80,8 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
             try:
                 while active := [r for r in runs if not r.done]:
                     if stack and stacker is None and all(r.agent.step == lead for r in runs):
-                        stacker = StackedEDP([r.agent for r in runs])  # type: ignore[arg-type]  # checks them again
+                        stacker = StackedEDP([r.agent for r in runs],  # type: ignore[arg-type]  # checks them again
+                                             graphs=cfg0.graphs and graphs_available(device))
                     if stacker is not None:  # the seeds share one step count and budget: all or none active
                         losses = stacker.update([r.batch() for r in runs])
                     else:

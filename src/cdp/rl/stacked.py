@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from ..capture import GraphedUpdate, set_lr
 from ..contraction.eig import resolve_method
 from ..diffusion.loss import noisy_batch
-from ..update import zero_step
+from ..update import Update, zero_step
 from .edp import EDP
 
 PARTS = ("actor", "actor_ema", "critic", "critic_target")  # the networks stacked
@@ -86,51 +87,77 @@ class _Losses(nn.Module):
         return getattr(self.agent[0], which)(*args)
 
 
-class StackedEDP:
+class StackedEDP(Update):
     """N EDP / CDP agents (one config, several seeds) updated as one vectorised model.
 
     ``update(batches)`` with one batch per agent (each ``{"obs", "act", "rew", "next_obs",
     "done"}`` of ``[B, ...]``) returns each agent's losses as :meth:`EDP.update` returns them.
     The agents' parameters and optimiser states become views into the stacks: keep using the
     agents for acting, checkpoints and records, but do not load a state into one while stacked
-    (its optimiser state would stop being a view)."""
+    (its optimiser state would stop being a view).
 
-    def __init__(self, agents: list[EDP]) -> None:
+    It is an :class:`cdp.update.Update` over the stacked batch (``[N, B, ...]``): ``prepare``
+    is the agents' host-side choices, ``compute`` draws each seed's noise from its own generator
+    and runs the vectorised passes, ``advance`` moves every agent on. So with ``graphs=True``
+    (agents on a CUDA device) the whole N-seed update is recorded once as a CUDA graph and
+    replayed (:class:`cdp.capture.GraphedUpdate`), each seed's generator registered with it."""
+
+    def __init__(self, agents: list[EDP], graphs: bool = False) -> None:
         why = stack_supported(agents)
         if why is not None:
             raise ValueError(f"these agents cannot be stacked: {why}")
         self.agents, self.cfg = agents, agents[0].cfg
+        self.device, self.step = agents[0].device, agents[0].step
         self.params: dict[str, dict[str, Tensor]] = {}
         for name in PARTS:
             self.params[name] = _stack_module([getattr(a, name) for a in agents])
         self.opts = {opt: _stack_adam([getattr(a, opt) for a in agents], [getattr(a, part) for a in agents],
                                       self.params[part]) for opt, part in OPTIMIZERS.items()}
         self.losses = _Losses(agents[0])
+        self._graphed: GraphedUpdate | None = None
+        if graphs:
+            self._graphed = GraphedUpdate(self)  # makes the stacked optimisers capturable (step counters move)
+            for opt_name, part in OPTIMIZERS.items():  # so the agents' states view the moved counters
+                _share_adam_state(self.opts[opt_name], [getattr(a, opt_name) for a in agents],
+                                  [getattr(a, part) for a in agents])
+
+    def generators(self) -> list[torch.Generator]:
+        return [a.generator for a in self.agents]  # type: ignore[misc]  # stack_supported: each agent has its own
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return list(self.opts.values())
 
     def _named(self, *parts: str, detach: tuple[str, ...] = ()) -> dict[str, Tensor]:
         """The stacks of ``parts`` under :class:`_Losses`'s parameter names."""
         return {f"{part}.{k}": (v.detach() if part in detach else v)
                 for part in parts for k, v in self.params[part].items()}
 
-    def draws(self, batches: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Each agent's draws for one update, from its own generators in a lone update's order
-        (the host coin in ``prepare``, the critic target's start, the denoising loss's t and
-        noise), stacked ``[N, ...]``."""
-        cfg, out = self.cfg, {"x_T": [], "t": [], "noise": [], "swap": []}
-        for agent, batch in zip(self.agents, batches):
-            agent.prepare()
-            out["x_T"].append(agent.draw_start(batch["next_obs"].shape[0]))
-            t, noise, _ = noisy_batch(batch["act"], cfg.schedule, None, None, cfg.diffusion_steps, agent.generator)
-            out["t"].append(t)
-            out["noise"].append(noise)
-            out["swap"].append(agent._swap.clone())
-        return {k: torch.stack(v) for k, v in out.items()}
-
-    def update(self, batches: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    def update(self, batches: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:  # type: ignore[override]
         if len(batches) != len(self.agents):
             raise ValueError(f"{len(self.agents)} agents need {len(self.agents)} batches, got {len(batches)}")
-        d = self.draws(batches)
         batch = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+        losses = self._graphed(batch) if self._graphed is not None else super().update(batch)
+        return [{k: v[i] for k, v in losses.items()} for i in range(len(self.agents))]
+
+    def prepare(self) -> None:
+        for agent in self.agents:  # the host coin of q_pair "random"
+            agent.prepare()
+
+    def draws(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each agent's device draws for one update, from its own generator in a lone update's
+        order (the critic target's start, the denoising loss's t and noise), with its twin coin,
+        stacked ``[N, ...]``."""
+        cfg, out = self.cfg, {"x_T": [], "t": [], "noise": [], "swap": []}
+        for i, agent in enumerate(self.agents):
+            out["x_T"].append(agent.draw_start(batch["next_obs"].shape[1]))
+            t, noise, _ = noisy_batch(batch["act"][i], cfg.schedule, None, None, cfg.diffusion_steps, agent.generator)
+            out["t"].append(t)
+            out["noise"].append(noise)
+            out["swap"].append(agent._swap)
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        d = self.draws(batch)
         call = self.losses
 
         def critic(params, b, x_T):
@@ -145,14 +172,14 @@ class StackedEDP:
         actor_loss, parts = vmap(actor)(self._named("actor", "critic", detach=("critic",)), batch,
                                         d["t"], d["noise"], d["swap"])
         zero_step(self.opts["actor_opt"], actor_loss.sum())
-        for agent in self.agents:
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
+
+    def advance(self) -> None:
+        for agent in self.agents:  # step counters, learning-rate schedules, target and EMA averages
             agent.advance()
         for opt_name, opt in self.opts.items():  # the schedule the agents just set
-            lr = getattr(self.agents[0], opt_name).param_groups[0]["lr"]
-            for group in opt.param_groups:
-                group["lr"] = lr
-        losses = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
-        return [{k: v[i] for k, v in losses.items()} for i in range(len(self.agents))]
+            set_lr(opt, float(getattr(self.agents[0], opt_name).param_groups[0]["lr"]))
+        self.step = self.agents[0].step
 
 
 @torch.no_grad()
@@ -171,6 +198,17 @@ def _stack_module(modules: list[nn.Module]) -> dict[str, Tensor]:
             m.get_buffer(name).data = s[i]
         stacks[name] = s
     return stacks
+
+
+def _share_adam_state(stacked: torch.optim.Optimizer, opts: list[torch.optim.Optimizer],
+                      modules: list[nn.Module]) -> None:
+    """Point each agent's Adam state at its slice of the stacked one again (after
+    :func:`cdp.capture.make_capturable` replaced the stacked step counters)."""
+    for n, stack in zip([n for n, _ in modules[0].named_parameters()], stacked.param_groups[0]["params"]):
+        st = stacked.state[stack]
+        for i, (o, m) in enumerate(zip(opts, modules)):
+            o.state[m.get_parameter(n)] = {"step": st["step"], "exp_avg": st["exp_avg"][i],
+                                           "exp_avg_sq": st["exp_avg_sq"][i]}
 
 
 @torch.no_grad()
