@@ -54,6 +54,8 @@ def test_cli_sweep_takes_a_bundled_study_by_name(capsys, tmp_path, monkeypatch):
     assert out.splitlines()[-1] == "0 done, 0 running, 0 stopped, 24 todo (of 24)"
     assert main(["sweep", "nope"]) == 2
     assert "no bundled study 'nope'" in capsys.readouterr().err
+    assert main(["reproduce", "--report-only", "--only", "offline_rl", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err and not (tmp_path / "results").exists()
 
 
 def test_report_only_writes_the_page_from_the_records_and_trains_nothing(tmp_path, monkeypatch):
@@ -73,3 +75,6 @@ def test_report_only_writes_the_page_from_the_records_and_trains_nothing(tmp_pat
     assert "report only: 1 of 24 runs recorded" in text and "report only: 0 of 36 runs recorded" in text
     assert f"| 100% | {job.config['algo']} | 1 | 31.5 |" in text  # one seed: no standard error
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # nothing trained or made
+    # where runs train is not part of them: asked for on a GPU, the CPU run's record still counts
+    text = reproduce(only=["offline_rl"], progress=False, report_only=True, device="cuda").read_text()
+    assert "report only: 1 of 24 runs recorded" in text and f"| 100% | {job.config['algo']} | 1 | 31.5 |" in text

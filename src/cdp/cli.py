@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quick", action="store_true", help="every study shrunk (steps / 25, one seed): a pipeline check")
     rp.add_argument("--only", nargs="+", default=None, help="study names (default: all)")
     rp.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: each study's)")
+    rp.add_argument("--device", default=None, help="as cdp sweep's: train every run there (cpu, cuda, cuda:N, mps, auto)")
     rp.add_argument("--out", default=None, help="markdown file (default results/reproduce[-quick].md)")
     rp.add_argument("--report-only", action="store_true", help="train nothing: the page from the records so far")
     rp.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
@@ -376,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
         from .reproduce import reproduce
 
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only,
-                  time_limit_s=args.time_limit, fill=args.fill)
+                  time_limit_s=args.time_limit, fill=args.fill, device=args.device)
     elif args.command == "sweep":
         from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, plan_within, queue,
                             run_sweep)

@@ -100,13 +100,15 @@ def _scale_line(sweep: SweepConfig) -> str:
 
 def reproduce(quick: bool = False, only: list[str] | None = None, workers: int | None = None,
               out: str | Path | None = None, progress: bool = True, quick_scale: Quick = Quick(),
-              report_only: bool = False, time_limit_s: float | None = None, fill: bool = False) -> Path:
+              report_only: bool = False, time_limit_s: float | None = None, fill: bool = False,
+              device: str | None = None) -> Path:
     """Run the studies (all, or ``only`` these names) and write the combined markdown; returns its path.
     ``time_limit_s``, ``fill``: as :func:`cdp.sweep.run_sweep`'s (runs that fit, then checkpoint and stop).
     Every study's runs go into one queue (``cdp.sweep.queue``), in study order, so no core idles
     while a later study has runs to do; the page is rewritten as each study completes.
     ``report_only``: train nothing and make no data, write the page from the records as they
-    stand (how many of each grid's runs are recorded is on the page)."""
+    stand (how many of each grid's runs are recorded is on the page). ``device``: train every run
+    there, whatever the study files say (:meth:`cdp.sweep.SweepConfig.on_device`)."""
     names = list(STUDIES) if not only else only
     unknown = [n for n in names if n not in STUDIES]
     if unknown:
@@ -126,6 +128,8 @@ def reproduce(quick: bool = False, only: list[str] | None = None, workers: int |
         sweep = shrink(sweep, quick_scale) if quick else sweep
         if workers is not None:
             sweep.workers = workers
+        if device is not None:
+            sweep.on_device(device)
         sweeps[name] = sweep
         print(f"== {name}: {STUDIES[name]}\n   {_scale_line(sweep)}", flush=True)
     jobs = {name: sweep.jobs() for name, sweep in sweeps.items()}
