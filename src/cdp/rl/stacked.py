@@ -202,7 +202,7 @@ def _stack_module(modules: list[nn.Module]) -> dict[str, Tensor]:
 
 def _share_adam_state(stacked: torch.optim.Optimizer, opts: list[torch.optim.Optimizer],
                       modules: list[nn.Module]) -> None:
-    """Point each agent's Adam state at its slice of the stacked one again (after
+    """Point each agent's Adam state at its slice of the stacked one (again after
     :func:`cdp.capture.make_capturable` replaced the stacked step counters)."""
     for n, stack in zip([n for n, _ in modules[0].named_parameters()], stacked.param_groups[0]["params"]):
         st = stacked.state[stack]
@@ -234,6 +234,5 @@ def _stack_adam(opts: list[torch.optim.Optimizer], modules: list[nn.Module],
         else:
             raise ValueError("some agents' optimisers have state and some have none")
         opt.state[stacks[n]] = st
-        for i, (o, p) in enumerate(zip(opts, own)):
-            o.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"][i], "exp_avg_sq": st["exp_avg_sq"][i]}
+    _share_adam_state(opt, opts, modules)
     return opt
