@@ -99,6 +99,11 @@ def test_what_cannot_be_stacked_says_why():
     assert "its own generator" in stack_supported(shared)
     with pytest.raises(ValueError, match="cannot be stacked: .*configs differ"):
         StackedEDP([*agents(1, EDPConfig()), *agents(1, EDPConfig(eta=2.0))])
+    on_cpu = agents(2, EDPConfig())
+    where = [p.data_ptr() for p in on_cpu[0].actor.parameters()]
+    with pytest.raises(ValueError, match="graphs=True needs agents on a CUDA device, not cpu"):
+        StackedEDP(on_cpu, graphs=True)
+    assert [p.data_ptr() for p in on_cpu[0].actor.parameters()] == where  # refused before its weights became views
 
 
 def rows(path):

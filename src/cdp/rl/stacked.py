@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from ..capture import GraphedUpdate, set_lr
+from ..capture import GraphedUpdate, graphs_available, set_lr
 from ..contraction.eig import resolve_method
 from ..diffusion.loss import noisy_batch
 from ..update import Update, zero_step
@@ -106,6 +106,8 @@ class StackedEDP(Update):
         why = stack_supported(agents)
         if why is not None:
             raise ValueError(f"these agents cannot be stacked: {why}")
+        if graphs and not graphs_available(agents[0].device):  # before the agents' weights become views
+            raise ValueError(f"graphs=True needs agents on a CUDA device, not {agents[0].device}")
         self.agents, self.cfg = agents, agents[0].cfg
         self.device, self.step = agents[0].device, agents[0].step
         self.params: dict[str, dict[str, Tensor]] = {}
