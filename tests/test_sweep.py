@@ -541,6 +541,9 @@ def test_a_progress_line_in_a_log_file_is_redrawn_only_when_it_moves(tty):
     # the empty bar, then a file gets one line per change (a 100, a 200, n = 4), a terminal one per poll
     assert len(draws) == (1 + 9 if tty else 1 + 3), draws
     assert "4/10" in draws[-1] and "a 200/1000" in draws[-1]
+    off = tqdm(total=10, file=out, disable=True)  # progress turned off: nothing drawn, nothing raised
+    LiveLine(off, tty=tty).show(postfix="a 300/1000", n=5)
+    assert out.getvalue().count("\r") == len(draws)
 
 
 def test_device_on_the_command_line_trains_every_run_there_and_keeps_their_folders(tiny_dataset, tmp_path, capsys):

@@ -732,6 +732,8 @@ class LiveLine:
 
     def show(self, postfix: str | None = None, n: int | None = None) -> None:
         """Set the text after the bar and / or its count, and redraw as above."""
+        if self.bar.disable:  # progress off: a disabled bar has no text to set
+            return
         moved = (postfix is not None and postfix != self.bar.postfix) or (n is not None and n != self.bar.n)
         if postfix is not None:
             self.bar.set_postfix_str(postfix, refresh=False)
