@@ -190,3 +190,74 @@ def test_cdp_takes_the_exact_eigenvalue_on_kitchen_size_actions():
     J = jacobian(lambda a: actor(a, t, s), a_t, create_graph=False)
     lam = f / h.abs() + torch.linalg.eigvalsh(torch.sign(h)[:, None, None] * (J + J.transpose(1, 2)) / 2)[:, -1]
     torch.testing.assert_close(out.contraction.detach(), lam[win].mean(), rtol=1e-6, atol=1e-9)
+
+
+def test_the_q_weight_is_the_tasks_published_one_and_weighs_the_actors_q_term():
+    """eta: 0.005 on kitchen, 1 on hopper / walker2d (the official task files); the actor's loss
+    is the denoising loss + eta * the Q term; an explicit other weight is named in the run."""
+    from cdp.rl.trainer import TrainConfig, make_agent
+
+    kitchen, walker = "cdp/kitchen/complete-v0", "cdp/walker2d/medium-replay-sac-s1-v0"
+    for dataset, eta in ((kitchen, 0.005), ("D4RL/kitchen/mixed-v2", 0.005), (walker, 1.0),
+                         ("data/hopper-medium-replay-v2.hdf5", 1.0)):
+        for algo in ("edp", "cdp", "dql"):
+            cfg = TrainConfig(algo=algo, dataset=dataset)
+            assert cfg.eta == eta and cfg.run_name() == f"{algo}-f1-s0"  # the published weight: no suffix
+        assert TrainConfig(algo="bc", dataset=dataset).eta is None  # no Q term
+    assert TrainConfig(algo="edp", dataset=kitchen, eta=1.0).run_name() == "edp-f1-eta1-s0"
+    assert TrainConfig(algo="cdp", dataset=walker, eta=0.5, gamma=1.0).run_name() == "cdp-f1-eta0.5-g1-s0"
+    with pytest.raises(ValueError, match="eta"):
+        TrainConfig(algo="edp", dataset=kitchen, eta=-1.0)
+    for dataset, eta in ((kitchen, 0.005), (walker, 1.0)):
+        torch.manual_seed(0)
+        agent = make_agent(TrainConfig(algo="edp", dataset=dataset), OBS, ACT)
+        m = agent.update(tiny_batch())
+        assert agent.cfg.eta == eta and float(m["q_loss"]) != 0
+        assert float(m["actor_loss"]) == pytest.approx(float(m["denoise_loss"] + eta * m["q_loss"]), rel=1e-6)
+
+
+def test_official_preset_takes_the_tasks_selection_temperature_and_leaves_kitchens_rewards():
+    from cdp.rl.tasks import OTHER, task_settings
+    from cdp.rl.trainer import DataTransform, TrainConfig, make_agent
+
+    # the task files: hopper 300, walker2d-medium-replay 100 (walker2d-medium 300), kitchen 5
+    for dataset, temp in (("cdp/hopper/medium-replay-v0", 300.0), ("cdp/walker2d/medium-replay-sac-s1-v0", 100.0),
+                          ("walker2d_medium_v2.hdf5", 300.0), ("cdp/kitchen/complete-v0", 5.0)):
+        agent = make_agent(TrainConfig(algo="cdp", dataset=dataset, preset="official", steps=10), OBS, ACT)
+        assert agent.cfg.temperature == temp
+    assert agent.cfg.eta == 0.005 and agent.cfg.init_noise_scale == 0.5  # the kitchen one, with the preset's rest
+    # a folder named like a task does not make a file that task's: the file's own name decides
+    assert task_settings("/data/kitchen/halfcheetah-medium-v2.hdf5") == OTHER
+    ep = lambda r: {"observations": np.full((3, 2), r, dtype=float), "actions": np.zeros((2, 1)),  # noqa: E731
+                    "rewards": np.array([r, r]), "terminations": np.zeros(2), "truncations": np.array([0, 1])}
+    full = Transitions.from_episodes([ep(1.0), ep(3.0)])  # returns 2 and 6
+    kitchen = DataTransform.for_run(TrainConfig(algo="cdp", dataset="cdp/kitchen/complete-v0", preset="official"), full)
+    hopper = DataTransform.for_run(TrainConfig(algo="cdp", dataset="cdp/hopper/medium-replay-v0", preset="official"), full)
+    assert kitchen.reward_factor == 1.0 and hopper.reward_factor == pytest.approx(1000 / 4)
+    assert np.allclose(kitchen.obs_mean, 2.0)  # observations normalised on both
+
+
+def test_a_run_saved_before_the_q_weight_resumes_only_at_the_weight_it_trained_with(tmp_path):
+    """A stored config without ``eta`` trained at 1: on kitchen it is the "-eta1" run, and the
+    published-weight config (0.005) refuses its folder; on walker2d (published 1) it matches."""
+    import json
+    from dataclasses import asdict
+
+    from cdp.rl.trainer import TrainConfig, claim_run
+
+    data = Transitions.from_episodes([{"observations": np.zeros((3, 2)), "actions": np.zeros((2, 1)), "rewards": np.ones(2),
+                                       "terminations": np.zeros(2), "truncations": np.array([0, 1])}])
+    for dataset, published in (("cdp/kitchen/complete-v0", 0.005), ("cdp/walker2d/medium-replay-sac-s1-v0", 1.0)):
+        for algo in ("edp", "bc"):
+            old = {k: v for k, v in asdict(TrainConfig(algo=algo, dataset=dataset)).items() if k != "eta"}
+            out = tmp_path / f"{dataset.split('/')[1]}-{algo}"
+            out.mkdir()
+            (out / "config.json").write_text(json.dumps(old))
+            (out / "checkpoint.pt").write_bytes(b"")  # a run under way: its folder stays whatever happens
+            if algo == "edp" and published != 1.0:
+                with pytest.raises(ValueError, match=r"another config \(differs in \['eta'\]\)"):
+                    with claim_run(TrainConfig(algo=algo, dataset=dataset), out, data):
+                        pass
+            with claim_run(TrainConfig(algo=algo, dataset=dataset, eta=1.0 if algo == "edp" else None), out, data):
+                pass  # the weight it trained with: resumes
+            assert json.loads((out / "config.json").read_text())["eta"] == (1.0 if algo == "edp" else None)

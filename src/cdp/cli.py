@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", required=True, help="Minari dataset id (local store) or D4RL .hdf5 path")
     tr.add_argument("--env", default=None, help="evaluation task (default: the Minari dataset's)")
     tr.add_argument("--critic", default="td3", choices=["td3", "iql"], help="edp/cdp critic style")
+    tr.add_argument("--eta", type=float, default=None,
+                    help="dql/edp/cdp: the weight of the actor's Q term (default: the task's published value, "
+                         "0.005 on kitchen, 1 on the MuJoCo tasks: cdp.rl.tasks)")
     tr.add_argument("--data-cut", default="transitions", choices=DATA_CUTS,
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
@@ -287,11 +290,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Minari dataset {did} " + ("was already in the local store: kept (--overwrite makes it again)"
                                           if kept else "is in the local store"))
     elif args.command == "rl" and args.rl_command == "train":
-        from .rl.trainer import TrainConfig, train
+        from .rl.trainer import Q_ALGOS, TrainConfig, train
+
+        if args.eta is not None and args.algo not in Q_ALGOS:
+            raise ValueError(f"--eta weighs the actor's Q term of {', '.join(Q_ALGOS)}; {args.algo} has none")
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
-                          exact_max_dim=args.exact_max_dim,
+                          exact_max_dim=args.exact_max_dim, eta=args.eta,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, graphs=not args.eager)
         from .rl.trainer import record

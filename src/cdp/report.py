@@ -65,7 +65,8 @@ def load_runs(root: str | Path) -> list[Run]:
         if not isinstance(cfg, dict) or not cfg or not isinstance(summary, dict):
             raise ValueError(f"{p}: a record with an empty or malformed config / summary; restore or delete it")
         try:
-            c = ILTrainConfig(**fill_saved(ILTrainConfig, cfg)) if "policy" in cfg else TrainConfig(**cfg)
+            c = ILTrainConfig(**fill_saved(ILTrainConfig, cfg)) if "policy" in cfg else \
+                TrainConfig(**fill_saved(TrainConfig, cfg))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{p}: its config is not a run config ({e})") from None
         if "policy" in cfg:  # imitation: success rates in percent

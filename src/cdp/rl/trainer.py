@@ -9,9 +9,11 @@ checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,11 @@ from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
+from .tasks import task_settings
 
 ALGOS = ("bc", "dql", "edp", "idql", "cdp")
+#: the algorithms whose actor loss has a Q term weighted by ``eta``
+Q_ALGOS = ("dql", "edp", "cdp")
 #: "official": the official CDP offline-RL runs' settings (docs/offline_rl.md): observations
 #: normalised by the dataset's mean / std, rewards scaled by 1000 / (spread of episode returns),
 #: and EDP as :meth:`EDPConfig.official` (cosine lr decay over the run, random twin Q term, the
@@ -53,6 +58,10 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     log_every: int = 100
     critic: str = "td3"  # edp / cdp: "td3" or "iql"
+    # dql / edp / cdp: the weight of the actor's Q term; None: the task's published value
+    # (cdp.rl.tasks: 0.005 on kitchen, 1 on the MuJoCo tasks), filled in here so every saved
+    # config names the value it trained with; unused (None) by bc / idql
+    eta: float | None = None
     gamma: float = 0.1  # cdp only
     t_max: float | None = 0.1  # cdp only: the official offline-RL window (t <= 0.1: 5 of 50 levels)
     window: str = "official"  # cdp only: "official" (mean over the window's rows) or "batch" (cdp 0.1's form)
@@ -66,12 +75,18 @@ class TrainConfig:
     graphs: bool = True  # on a CUDA device: the update and action selection replayed as CUDA graphs (cdp.capture)
     preset: str = "cdp"  # edp / cdp: "cdp" (this project's settings) or "official" (the official CDP runs': PRESETS)
 
+    #: what a stored config without a key meant: runs before the per-task Q weight all trained at 1
+    SAVED_BEFORE: ClassVar[dict] = {"eta": 1.0}
+
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
-        method (critic style, gamma, window), so runs of one grid never share a folder."""
+        method (critic style, a Q weight other than the task's published one, gamma, window), so
+        runs of one grid never share a folder."""
         name = f"{self.algo}-f{self.fraction:g}"
         if self.critic != "td3":
             name += f"-{self.critic}"
+        if self.algo in Q_ALGOS and self.eta != task_settings(self.dataset, self.env_id).eta:
+            name += f"-eta{self.eta:g}"
         if self.algo == "cdp" and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
         if self.algo == "cdp" and self.t_max != 0.1:
@@ -110,6 +125,12 @@ class TrainConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.data_cut not in DATA_CUTS:
             raise ValueError(f"data_cut must be one of {DATA_CUTS}, got {self.data_cut!r}")
+        if self.algo not in Q_ALGOS:
+            self.eta = None  # no Q term (a stored config of the runs before it may say 1)
+        elif self.eta is None:
+            self.eta = task_settings(self.dataset, self.env_id).eta
+        elif not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta (the Q term's weight) must be a finite number >= 0, got {self.eta}")
         self.contraction_config()  # gamma, margin, t_max, window, form: checked as the term checks them
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
@@ -144,13 +165,15 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
     if cfg.algo == "bc":
         return BC(obs_dim, act_dim, BCConfig(), device)
     if cfg.algo == "dql":
-        return EDP(obs_dim, act_dim, EDPConfig.dql(), device)
+        return EDP(obs_dim, act_dim, EDPConfig.dql(eta=cfg.eta), device)
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
     contraction = cfg.contraction_config() if cfg.algo == "cdp" else None
     if cfg.preset == "official":
-        return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction), device)
-    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction), device)
+        temperature = task_settings(cfg.dataset, cfg.env_id).weight_temperature
+        return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction,
+                                                        eta=cfg.eta, temperature=temperature), device)
+    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction, eta=cfg.eta), device)
 
 
 @dataclass
@@ -165,12 +188,16 @@ class DataTransform:
     @classmethod
     def for_run(cls, cfg: TrainConfig, full: Transitions) -> DataTransform:
         """From the whole dataset (before the data cut), as the official runs compute them: the
-        observations' mean / std, and 1000 / (max - min episode return) for the rewards."""
+        observations' mean / std, and 1000 / (max - min episode return) for the rewards where the
+        task's dataset class rescales them (the MuJoCo tasks; kitchen's leaves them)."""
         if cfg.preset != "official":
             return cls()
-        rets = full.episode_returns()
-        spread = float(rets.max() - rets.min())
-        return cls(full.observations.mean(0), full.observations.std(0) + 1e-6, 1000.0 / spread if spread > 0 else 1.0)
+        factor = 1.0
+        if task_settings(cfg.dataset, cfg.env_id).normalize_reward:
+            rets = full.episode_returns()
+            spread = float(rets.max() - rets.min())
+            factor = 1000.0 / spread if spread > 0 else 1.0
+        return cls(full.observations.mean(0), full.observations.std(0) + 1e-6, factor)
 
     def obs(self, x: np.ndarray) -> np.ndarray:
         return x if self.obs_mean is None else ((x - self.obs_mean) / self.obs_std).astype(np.float32)
@@ -238,7 +265,9 @@ def run_cut(cfg: TrainConfig, full: Transitions, transform: DataTransform) -> Tr
 def claim_run(cfg: TrainConfig, out: Path, data: Transitions, reenter: bool = True):
     """:func:`cdp.runlog.open_run` for this config and the fingerprint of its data."""
     seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
-    return open_run(out, asdict(cfg), saved_defaults(TrainConfig), seen, reenter)
+    # a stored config without eta trained at 1 where there is a Q term, and has none otherwise
+    defaults = {**saved_defaults(TrainConfig), "eta": 1.0 if cfg.algo in Q_ALGOS else None}
+    return open_run(out, asdict(cfg), defaults, seen, reenter)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
