@@ -75,3 +75,12 @@ def test_rl_cli_bad_task_is_one_clear_line(capsys):
     assert main(["rl", "make-data", "kitchen", "expert"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kitchen quality must be one of ('complete', 'partial', 'mixed')" in err[0]
+
+
+def test_a_q_weight_for_an_algorithm_without_a_q_term_or_out_of_range_is_one_line(capsys):
+    for args, says in ((["bc", "--eta", "0.1"], "--eta weighs the actor's Q term of dql, edp, cdp; bc has none"),
+                       (["edp", "--eta", "-1"], "eta (the Q term's weight) must be a finite number >= 0, got -1.0"),
+                       (["cdp", "--eta", "nan"], "must be a finite number >= 0, got nan")):
+        assert main(["rl", "train", *args, "--dataset", "cdp/kitchen/complete-v0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cdp: error: ") and says in err[0]
