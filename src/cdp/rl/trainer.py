@@ -32,7 +32,7 @@ from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
-from .tasks import task_settings
+from .tasks import TaskSettings, task_settings
 
 ALGOS = ("bc", "dql", "edp", "idql", "cdp")
 #: the algorithms whose actor loss has a Q term weighted by ``eta``
@@ -78,6 +78,10 @@ class TrainConfig:
     #: what a stored config without a key meant: runs before the per-task Q weight all trained at 1
     SAVED_BEFORE: ClassVar[dict] = {"eta": 1.0}
 
+    def task(self) -> TaskSettings:
+        """The published per-task settings for this run's dataset (:func:`cdp.rl.tasks.task_settings`)."""
+        return task_settings(self.dataset, self.env_id)
+
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
         method (critic style, a Q weight other than the task's published one, gamma, window), so
@@ -85,7 +89,7 @@ class TrainConfig:
         name = f"{self.algo}-f{self.fraction:g}"
         if self.critic != "td3":
             name += f"-{self.critic}"
-        if self.algo in Q_ALGOS and self.eta != task_settings(self.dataset, self.env_id).eta:
+        if self.algo in Q_ALGOS and self.eta != self.task().eta:
             name += f"-eta{self.eta:g}"
         if self.algo == "cdp" and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
@@ -128,7 +132,7 @@ class TrainConfig:
         if self.algo not in Q_ALGOS:
             self.eta = None  # no Q term (a stored config of the runs before it may say 1)
         elif self.eta is None:
-            self.eta = task_settings(self.dataset, self.env_id).eta
+            self.eta = self.task().eta
         elif not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta (the Q term's weight) must be a finite number >= 0, got {self.eta}")
         self.contraction_config()  # gamma, margin, t_max, window, form: checked as the term checks them
@@ -170,9 +174,8 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
     contraction = cfg.contraction_config() if cfg.algo == "cdp" else None
     if cfg.preset == "official":
-        temperature = task_settings(cfg.dataset, cfg.env_id).weight_temperature
         return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction,
-                                                        eta=cfg.eta, temperature=temperature), device)
+                                                        eta=cfg.eta, temperature=cfg.task().weight_temperature), device)
     return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction, eta=cfg.eta), device)
 
 
@@ -193,7 +196,7 @@ class DataTransform:
         if cfg.preset != "official":
             return cls()
         factor = 1.0
-        if task_settings(cfg.dataset, cfg.env_id).normalize_reward:
+        if cfg.task().normalize_reward:
             rets = full.episode_returns()
             spread = float(rets.max() - rets.min())
             factor = 1000.0 / spread if spread > 0 else 1.0
