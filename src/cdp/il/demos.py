@@ -16,6 +16,31 @@ from ..io import atomic_write
 Demonstrator = Callable[..., "Demo | None"]  # (env, rng, operator, seed=...) -> a demo, or None on failure
 
 
+def record_demo(env: gym.Env, obs: dict, act: Callable[[dict], np.ndarray], keys: list[str],
+                finished: Callable[[], bool] = lambda: False) -> Demo | None:
+    """Roll a scripted controller ``act(obs) -> action`` from observation ``obs`` (the env just
+    reset) for up to ``env.horizon`` steps, recording each step's observation ``keys``, simulator
+    state, action, reward and termination; stop at termination, truncation or ``finished()``.
+    The demonstration if its last step succeeded (terminated), else None."""
+    rec: dict[str, list] = {k: [] for k in keys}
+    actions, states, rewards, dones = [], [], [], []
+    for _ in range(env.horizon):
+        a = act(obs)
+        for k in keys:
+            rec[k].append(obs[k])
+        states.append(env.get_state())
+        actions.append(a)
+        obs, r, term, trunc, _ = env.step(a)
+        rewards.append(r)
+        dones.append(term)
+        if term or trunc or finished():
+            break
+    if not dones or not dones[-1]:
+        return None
+    return Demo({k: np.stack(v) for k, v in rec.items()}, np.stack(actions).astype(np.float32),
+                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+
+
 class Progress:
     """Demonstrations collected so far, kept in a folder so a long collection survives its
     process: one ``demo_<i>.npz`` per success and ``state.json`` (what the call was, the next reset

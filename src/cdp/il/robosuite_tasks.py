@@ -26,7 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
-from .demos import collect_demos
+from .demos import collect_demos, record_demo
 
 OBS_SHAPES = {"Lift": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,), "object": (10,)},
               "PickPlaceCan": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,),
@@ -55,6 +55,11 @@ def rendering_available() -> bool:
     """Whether robosuite can render cameras here (a GL backend chosen before robosuite loaded)."""
     return os.environ.get("MUJOCO_GL") in ("osmesa", "egl")
 
+#: robosuite draws a model's randomised sizes (Lift's cube side, 0.020-0.022 m) once, when the
+#: environment is built, from the generator its ``seed`` makes; unseeded, every process would
+#: build a slightly different task, and neither demonstrations nor evaluations would repeat
+MODEL_SEED = 0
+
 # operators: (position gain, action noise std, speed cap)
 OPERATORS = {"better": (10.0, 0.05, 1.0), "okay": (6.0, 0.15, 0.7), "worse": (4.0, 0.3, 0.5)}
 
@@ -65,7 +70,7 @@ class RobosuiteEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, env_name: str = "Lift", horizon: int = HORIZON, cameras: tuple[str, ...] = (),
-                 image_size: int = IMAGE_SIZE) -> None:
+                 image_size: int = IMAGE_SIZE, model_seed: int = MODEL_SEED) -> None:
         if cameras:
             if not rendering_available():
                 raise ValueError("camera observations need offscreen rendering: install OSMesa (apt-get install "
@@ -78,13 +83,13 @@ class RobosuiteEnv(gym.Env):
         logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
         if env_name not in OBS_SHAPES:
             raise ValueError(f"unknown robosuite task {env_name!r}; choose from {sorted(OBS_SHAPES)}")
-        self.env_name, self.horizon, self.cameras = env_name, horizon, tuple(cameras)
+        self.env_name, self.horizon, self.cameras, self.model_seed = env_name, horizon, tuple(cameras), model_seed
         cam = dict(has_offscreen_renderer=True, use_camera_obs=True, camera_names=list(cameras),
                    camera_heights=image_size, camera_widths=image_size) if cameras else \
             dict(has_offscreen_renderer=False, use_camera_obs=False)
         self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                               has_renderer=False, use_object_obs=True, control_freq=20, horizon=horizon,
-                              ignore_done=True, hard_reset=False, reward_shaping=False, **cam)
+                              ignore_done=True, hard_reset=False, reward_shaping=False, seed=model_seed, **cam)
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         boxes = {k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES[env_name].items()}
         boxes |= {k: spaces.Box(0, 255, s, np.uint8) for k, s in image_shapes(self.cameras, image_size).items()}
@@ -122,13 +127,18 @@ class RobosuiteEnv(gym.Env):
         return out
 
     def env_args(self) -> dict:
-        kw = {"robots": ["Panda"], "control_freq": 20, "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon}
+        kw = {"robots": ["Panda"], "control_freq": 20, "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon,
+              "seed": self.model_seed}
         if self.cameras:
             kw |= {"camera_names": list(self.cameras), "use_camera_obs": True}
         return {"env_name": self.env_name, "type": 1, "env_kwargs": kw}
 
 
 def _reseed(env, rng: np.random.Generator) -> None:
+    """Point every generator a robosuite reset draws from at ``rng``: the environment's (the
+    robot's initial joints), its placement samplers' and their objects' (Transport's hammer draws
+    which way its head faces at each placement from its own). Otherwise an object's draws would
+    depend on how many resets the process had done before."""
     env.rng = rng
     stack = [getattr(env, "placement_initializer", None)]
     while stack:
@@ -136,6 +146,9 @@ def _reseed(env, rng: np.random.Generator) -> None:
         if s is None:
             continue
         s.rng = rng
+        for obj in getattr(s, "mujoco_objects", []):
+            if hasattr(obj, "rng"):
+                obj.rng = rng
         stack.extend(getattr(s, "samplers", {}).values())
 
 
@@ -188,12 +201,10 @@ def demonstrate_can(env: RobosuiteEnv, rng: np.random.Generator, operator: str =
 
 def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list[Phase], operator: str) -> Demo | None:
     gain, noise, cap = OPERATORS[operator]
-    keys = list(env.observation_space.spaces)
-    rec: dict[str, list] = {k: [] for k in keys}
-    actions, states, rewards, dones = [], [], [], []
-    obs = env._obs(env.env._get_observations())
     phase, held, hold_at = 0, 0, None
-    for _ in range(env.horizon):
+
+    def act(obs: dict) -> np.ndarray:
+        nonlocal phase, held, hold_at
         eef = obs["robot0_eef_pos"].astype(np.float64)
         ph = plan[min(phase, len(plan) - 1)]
         if ph.steps is not None:
@@ -210,19 +221,9 @@ def _run_plan(env: RobosuiteEnv, rng: np.random.Generator, plan: list[Phase], op
         lim = cap * ph.speed
         a[:3] = np.clip(gain * (target - eef) / 0.05 + noise * rng.normal(size=3), -lim, lim)
         a[6] = ph.grip
-        for k in keys:
-            rec[k].append(obs[k])
-        states.append(env.get_state())
-        actions.append(a)
-        obs, r, term, trunc, _ = env.step(a)
-        rewards.append(r)
-        dones.append(term)
-        if term or trunc:
-            break
-    if not dones[-1]:
-        return None
-    return Demo({k: np.stack(v) for k, v in rec.items()}, np.stack(actions).astype(np.float32),
-                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+        return a
+
+    return record_demo(env, env._obs(env.env._get_observations()), act, list(env.observation_space.spaces))
 
 
 def make_lift_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True, keep=None) -> DemoDataset:

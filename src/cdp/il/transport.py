@@ -23,8 +23,8 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
-from .demos import collect_demos
-from .robosuite_tasks import OPERATORS, _reseed
+from .demos import collect_demos, record_demo
+from .robosuite_tasks import MODEL_SEED, OPERATORS, _reseed
 
 OBS_SHAPES = {f"robot{i}_{k}": s for i in (0, 1) for k, s in (("eef_pos", (3,)), ("eef_quat", (4,)),
                                                                ("gripper_qpos", (2,)))} | {"object": (41,)}
@@ -45,17 +45,17 @@ class TransportEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, horizon: int = HORIZON) -> None:
+    def __init__(self, horizon: int = HORIZON, model_seed: int = MODEL_SEED) -> None:
         import robosuite as suite
         from robosuite.controllers import load_composite_controller_config
 
         logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
-        self.horizon = horizon
+        self.horizon, self.model_seed = horizon, model_seed
         self.env = suite.make("TwoArmTransport", robots=["Panda", "Panda"], env_configuration="opposed",
                               controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                               has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False,
                               use_object_obs=True, control_freq=20, horizon=horizon, ignore_done=True,
-                              hard_reset=False, reward_shaping=False)
+                              hard_reset=False, reward_shaping=False, seed=model_seed)
         self.action_space = spaces.Box(-1.0, 1.0, (14,), np.float32)
         self.observation_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES.items()})
         self.t = 0
@@ -101,7 +101,8 @@ class TransportEnv(gym.Env):
     def env_args(self) -> dict:
         return {"env_name": "TwoArmTransport", "type": 1,
                 "env_kwargs": {"robots": ["Panda", "Panda"], "env_configuration": "opposed", "control_freq": 20,
-                               "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon}}
+                               "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon,
+                               "seed": self.model_seed}}
 
 
 Target = Callable[[dict], np.ndarray]  # robosuite's raw observation -> a world position
@@ -167,14 +168,35 @@ def _at(key: str, dz: float = 0.0, dy: float = 0.0) -> Target:
     return lambda raw: np.asarray(raw[key], dtype=np.float64) + [0.0, dy, dz]
 
 
+def hammer_axis(quat: np.ndarray) -> np.ndarray:
+    """The hammer's handle direction, pointing to its head, in the world: its local z axis (the
+    head sits 0.117 m along it from the body's origin, the handle spans +-0.1 m), the third column
+    of the rotation of ``quat = (x, y, z, w)`` (robosuite's order). robosuite places the head one
+    way or the other at random."""
+    x, y, z, w = (float(v) for v in quat)
+    return np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])
+
+
+def _on_handle(d: float, dz: float = 0.0) -> Target:
+    """The point ``d`` metres along the handle from the hammer's origin (towards the head when
+    ``d > 0``), raised by ``dz``: follows the hammer however it turned in a grasp."""
+    return lambda raw: raw["payload_pos"] + d * hammer_axis(raw["payload_quat"]) + [0.0, 0.0, dz]
+
+
 def demonstrate_transport(env: TransportEnv, rng: np.random.Generator, operator: str = "better",
                           seed: int | None = None) -> Demo | None:
     """One scripted Transport demonstration from ``env.reset(seed=seed)``; None if it fails."""
     obs, _ = env.reset(seed=seed)
     gain, noise, cap = OPERATORS[operator]
-    # arm 0 holds the handle on the head's side, arm 1 takes its free end; the handover point
-    # sits between the arms, at the height of their bases' reach
-    g0, g1 = -0.06 + rng.uniform(-0.01, 0.01), 0.04 + rng.uniform(-0.01, 0.01)
+    # where each arm takes the handle, in metres along it from the hammer's origin (+ towards the
+    # head; arm 0 works from the -y side, arm 1 from the +y side, so neither reaches across the
+    # other). Head towards arm 0: arm 0 next to the head, arm 1 the free end; head towards arm 1:
+    # arm 0 the free end, arm 1 next to the head. Grasps follow the handle however it turned.
+    towards_arm0 = hammer_axis(env.raw["payload_quat"])[1] < 0
+    d0, d1 = (0.06, -0.04) if towards_arm0 else (-0.05, 0.06)
+    d0, d1 = d0 + rng.uniform(-0.01, 0.01), d1 + rng.uniform(-0.01, 0.01)
+    g0 = d0 * hammer_axis(env.raw["payload_quat"])[1]  # arm 0's grasp from the origin, world y
+    # the handover point sits between the arms, at the height of their bases' reach
     handover = np.array([rng.uniform(-0.03, 0.03), 0.0, 1.05])
     lid_spot = np.array([0.2, -0.2, 1.05]) + [rng.uniform(-0.03, 0.03), 0, 0]
     taken = {"arm1": False}
@@ -189,10 +211,10 @@ def demonstrate_transport(env: TransportEnv, rng: np.random.Generator, operator:
             Step("move", 1, _at("lid_handle_pos", 0.2), 0.02, 0.6),
             *_reach(lambda raw: lid_spot, 1, 0.02, 0.8),
             Step("hold", -1, steps=8),
-            *_reach(_at("payload_pos", 0.1, g0), -1),
-            Step("move", -1, _at("payload_pos", 0.0, g0), 0.008, 0.6),
+            *_reach(_on_handle(d0, 0.1), -1),
+            Step("move", -1, _on_handle(d0), 0.008, 0.6),
             Step("hold", 1, steps=10),
-            Step("move", 1, _at("payload_pos", 0.2, g0), 0.02, 0.6),
+            Step("move", 1, _on_handle(d0, 0.2), 0.02, 0.6),
             Step("move", 1, lambda raw: handover + [0, g0, 0], 0.01, 0.6),
             Step("wait", 1, until=lambda raw: taken["arm1"]),
             Step("hold", -1, steps=10),
@@ -205,33 +227,18 @@ def demonstrate_transport(env: TransportEnv, rng: np.random.Generator, operator:
             Step("hold", -1, steps=8),
             Step("move", -1, lambda raw: np.array([0.0, 0.35, 1.15]), 0.03),
             Step("wait", -1, until=lambda raw: np.linalg.norm(raw["payload_pos"] - handover) < 0.05),
-            Step("move", -1, _at("payload_pos", 0.1, g1), 0.01, 0.8),
-            Step("move", -1, _at("payload_pos", 0.0, g1), 0.008, 0.5),
+            Step("move", -1, _on_handle(d1, 0.1), 0.01, 0.8),
+            Step("move", -1, _on_handle(d1), 0.008, 0.5),
             Step("hold", 1, steps=10),
             Step("wait", 1, until=mark),
             Step("hold", 1, steps=12),
-            Step("move", 1, _at("payload_pos", 0.1, g1), 0.02, 0.3),  # slowly: the head hangs off the grasp
+            Step("move", 1, _on_handle(d1, 0.1), 0.02, 0.3),  # slowly: the head hangs off the grasp
             Step("move", 1, _over(_at("target_bin_pos")), 0.03, 0.3),
             Step("move", 1, _at("target_bin_pos", 0.25), 0.02, 0.3),
             Step("hold", -1, steps=15)]
     plans = [_ArmPlan(0, arm0, gain, noise, cap, rng), _ArmPlan(1, arm1, gain, noise, cap, rng)]
-    rec: dict[str, list] = {k: [] for k in OBS_SHAPES}
-    actions, states, rewards, dones = [], [], [], []
-    for _ in range(env.horizon):
-        a = np.concatenate([p.action(env.raw) for p in plans])
-        for k in OBS_SHAPES:
-            rec[k].append(obs[k])
-        states.append(env.get_state())
-        actions.append(a)
-        obs, r, term, trunc, _ = env.step(a)
-        rewards.append(r)
-        dones.append(term)
-        if term or trunc or all(p.done() for p in plans):
-            break
-    if not dones[-1]:
-        return None
-    return Demo({k: np.stack(v) for k, v in rec.items()}, np.stack(actions).astype(np.float32),
-                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+    return record_demo(env, obs, lambda obs: np.concatenate([p.action(env.raw) for p in plans]), list(OBS_SHAPES),
+                       finished=lambda: all(p.done() for p in plans))
 
 
 def make_transport_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
