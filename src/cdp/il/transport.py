@@ -164,8 +164,8 @@ def _reach(target: Target, grip: float, tol: float = 0.01, speed: float = 1.0) -
     return [Step("move", grip, _over(target), 0.03), Step("move", grip, target, tol, speed)]
 
 
-def _at(key: str, dz: float = 0.0, dy: float = 0.0) -> Target:
-    return lambda raw: np.asarray(raw[key], dtype=np.float64) + [0.0, dy, dz]
+def _at(key: str, dz: float = 0.0) -> Target:
+    return lambda raw: np.asarray(raw[key], dtype=np.float64) + [0.0, 0.0, dz]
 
 
 def hammer_axis(quat: np.ndarray) -> np.ndarray:
@@ -192,10 +192,10 @@ def demonstrate_transport(env: TransportEnv, rng: np.random.Generator, operator:
     # head; arm 0 works from the -y side, arm 1 from the +y side, so neither reaches across the
     # other). Head towards arm 0: arm 0 next to the head, arm 1 the free end; head towards arm 1:
     # arm 0 the free end, arm 1 next to the head. Grasps follow the handle however it turned.
-    towards_arm0 = hammer_axis(env.raw["payload_quat"])[1] < 0
-    d0, d1 = (0.06, -0.04) if towards_arm0 else (-0.05, 0.06)
+    axis_y = hammer_axis(env.raw["payload_quat"])[1]  # < 0: the head faces arm 0
+    d0, d1 = (0.06, -0.04) if axis_y < 0 else (-0.05, 0.06)
     d0, d1 = d0 + rng.uniform(-0.01, 0.01), d1 + rng.uniform(-0.01, 0.01)
-    g0 = d0 * hammer_axis(env.raw["payload_quat"])[1]  # arm 0's grasp from the origin, world y
+    g0 = d0 * axis_y  # arm 0's grasp from the origin, world y
     # the handover point sits between the arms, at the height of their bases' reach
     handover = np.array([rng.uniform(-0.03, 0.03), 0.0, 1.05])
     lid_spot = np.array([0.2, -0.2, 1.05]) + [rng.uniform(-0.03, 0.03), 0, 0]
