@@ -261,3 +261,8 @@ def test_a_run_saved_before_the_q_weight_resumes_only_at_the_weight_it_trained_w
             with claim_run(TrainConfig(algo=algo, dataset=dataset, eta=1.0 if algo == "edp" else None), out, data):
                 pass  # the weight it trained with: resumes
             assert json.loads((out / "config.json").read_text())["eta"] == (1.0 if algo == "edp" else None)
+    # a stored config the class cannot read (a key it no longer has) is compared as written: the key is named
+    (out / "config.json").write_text(json.dumps({**asdict(TrainConfig(algo="bc", dataset=dataset)), "lr_decay": True}))
+    with pytest.raises(ValueError, match=r"another config \(differs in \['lr_decay'\]\)"):
+        with claim_run(TrainConfig(algo="bc", dataset=dataset), out, data):
+            pass

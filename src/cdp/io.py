@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,19 +24,26 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
-def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defaults: dict | None = None,
+def save_or_check_config(folder: str | Path, config: dict, budget_key: str,
+                         read_stored: Callable[[dict], dict] | None = None,
                          free: tuple[str, ...] = ("device", "graphs")) -> None:
     """Write ``folder/config.json``; if one is there (a run being resumed), it must match
     ``config`` in everything but ``budget_key`` (a run may be resumed with a larger budget) and
-    the ``free`` keys (where it runs, not what it computes). A key the stored config lacks (a
-    field added since the run started) matches when ``config`` holds its default from ``defaults``."""
+    the ``free`` keys (where it runs, not what it computes). The stored config is first read as
+    the config class reads it today (``read_stored``, e.g. :func:`stored_reader`): a key it lacks
+    (a field added since the run started) takes the value it meant then, and the class's own
+    normalisation applies, so a stored config matches the one its class would write now."""
     path = Path(folder) / "config.json"
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     if path.is_file():
         stored = json.loads(path.read_text())
-        filled = {**json.loads(json.dumps({k: v for k, v in (defaults or {}).items() if k not in stored})), **stored}
+        if read_stored is not None and isinstance(stored, dict):
+            try:
+                stored = json.loads(json.dumps(read_stored(stored)))
+            except (TypeError, ValueError):
+                pass  # a config the class cannot read any more: compared as written, so the keys that differ are named
         skip = {budget_key, *free}
-        old = {k: v for k, v in filled.items() if k not in skip}
+        old = {k: v for k, v in stored.items() if k not in skip}
         new = {k: v for k, v in config.items() if k not in skip}
         for k in ("dataset",):  # a file named by a relative and by an absolute path is the same data
             if k in old and k in new and old[k] != new[k] and _same_file(old[k], new[k]):
@@ -46,6 +54,20 @@ def save_or_check_config(folder: str | Path, config: dict, budget_key: str, defa
     atomic_write(path, json.dumps(config, indent=2).encode())
 
 
+def stored_reader(cls: type) -> Callable[[dict], dict]:
+    """How a stored config of dataclass ``cls`` reads today, as the dict ``cls`` would save now:
+    through ``cls`` itself, with ``cls.SAVED_BEFORE``'s values for keys it lacks whose default
+    has changed since they were added (the other missing keys take their defaults), so ``cls``'s
+    own normalisation applies to it as to a new config (an offline-RL BC run's ``eta`` is None
+    whatever an old file says)."""
+    from dataclasses import asdict
+
+    def read(raw: dict) -> dict:
+        return asdict(cls(**fill_saved(cls, raw)))
+
+    return read
+
+
 def _same_file(a: object, b: object) -> bool:
     """``a`` and ``b`` are paths to one existing file (either may be relative to the working
     folder)."""
@@ -53,13 +75,6 @@ def _same_file(a: object, b: object) -> bool:
         return isinstance(a, str) and isinstance(b, str) and Path(a).is_file() and Path(a).samefile(b)
     except OSError:
         return False
-
-
-def saved_defaults(cls: type) -> dict:
-    """What a stored config of dataclass ``cls`` means by a key it lacks (a field added since it
-    was written): the field's default, or, where that default has changed since the field was
-    added, the value runs had before (``cls.SAVED_BEFORE``)."""
-    return {**dataclass_defaults(cls), **getattr(cls, "SAVED_BEFORE", {})}
 
 
 def fill_saved(cls: type, raw: dict) -> dict:

@@ -92,7 +92,8 @@ class RunFinished(RunBusy):
 
 
 @contextmanager
-def open_run(out: Path, config: dict, defaults: dict, data_fingerprint: str, reenter: bool = True) -> Iterator[None]:
+def open_run(out: Path, config: dict, read_stored: Callable[[dict], dict], data_fingerprint: str,
+             reenter: bool = True) -> Iterator[None]:
     """Claim run folder ``out`` (:func:`claim_run`) and check it before training: its stored
     config must match ``config`` (the budget may grow), and the data it trained on must be
     ``data_fingerprint`` (``data.json``): resuming on data that changed since would mix two
@@ -106,7 +107,7 @@ def open_run(out: Path, config: dict, defaults: dict, data_fingerprint: str, ree
         try:
             if not reenter and finished_in_folder(out, config["steps"]) is not None:
                 raise RunFinished(f"{out} was finished by another process meanwhile")
-            save_or_check_config(out, config, budget_key="steps", defaults=defaults)
+            save_or_check_config(out, config, budget_key="steps", read_stored=read_stored)
             seen = out / "data.json"
             if seen.is_file():
                 before = read_json(seen, "data record")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write, save_or_check_config
+from ..io import atomic_write, save_or_check_config, stored_reader
 
 ALGOS = ("SAC",)
 
@@ -111,7 +111,7 @@ def train_behaviour(cfg: BehaviourConfig, out_dir: str | Path, progress: bool = 
     out = Path(out_dir)
     resume = out / ".resume"
     env = _check_env(cfg.env_id)
-    save_or_check_config(out, asdict(cfg), budget_key="total_steps")
+    save_or_check_config(out, asdict(cfg), budget_key="total_steps", read_stored=stored_reader(BehaviourConfig))
     snaps = load_snapshots(out) if (out / "snapshots.json").is_file() else []
 
     if (resume / "model.zip").is_file():

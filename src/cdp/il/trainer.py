@@ -32,7 +32,7 @@ from ..contraction import ContractionConfig
 from ..contraction.regularizer import EXACT_MAX_DIM
 from ..distributed import Group, join, leave
 from ..data.robomimic import DemoDataset, read_robomimic
-from ..io import atomic_write, config_from_json, fingerprint, saved_defaults
+from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
@@ -244,7 +244,7 @@ def train(cfg: ILTrainConfig, out_dir: str | Path, progress: bool = True, reente
             return _train(cfg, out, task, demos, group, progress)
         told = False
         try:
-            with open_run(out, asdict(cfg), saved_defaults(ILTrainConfig), seen, reenter):  # claimed, checked
+            with open_run(out, asdict(cfg), stored_reader(ILTrainConfig), seen, reenter):  # claimed, checked
                 told = group.broadcast_flag(True)
                 return _train(cfg, out, task, demos, group, progress)
         finally:

@@ -25,7 +25,7 @@ from ..contraction import ContractionConfig
 from ..contraction.regularizer import EXACT_MAX_DIM
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
-from ..io import atomic_write, config_from_json, fingerprint, saved_defaults
+from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
 from ..runtime import check_device_name, resolve_device
@@ -268,9 +268,7 @@ def run_cut(cfg: TrainConfig, full: Transitions, transform: DataTransform) -> Tr
 def claim_run(cfg: TrainConfig, out: Path, data: Transitions, reenter: bool = True):
     """:func:`cdp.runlog.open_run` for this config and the fingerprint of its data."""
     seen = fingerprint([data.observations, data.actions, data.rewards, data.next_observations, data.terminals])
-    # a stored config without eta trained at 1 where there is a Q term, and has none otherwise
-    defaults = {**saved_defaults(TrainConfig), "eta": 1.0 if cfg.algo in Q_ALGOS else None}
-    return open_run(out, asdict(cfg), defaults, seen, reenter)
+    return open_run(out, asdict(cfg), stored_reader(TrainConfig), seen, reenter)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, reenter: bool = True) -> dict:
