@@ -210,8 +210,8 @@ def test_margin_sensitivity_plots_each_margin_at_one_gamma_against_the_base(monk
     assert any(list(ln.get_ydata()) == [20.5, 20.5] for ln in ax.lines)  # base mean as a dashed line
 
 
-def test_records_carry_the_terms_share_between_evaluations_and_the_report_plots_it(tmp_path):
-    from cdp.runlog import term_trace, write_record as record_run
+def test_records_carry_the_losses_and_the_terms_share_between_evaluations_and_the_report_plots_it(tmp_path):
+    from cdp.runlog import loss_trace, term_trace, write_record as record_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -228,8 +228,16 @@ def test_records_carry_the_terms_share_between_evaluations_and_the_report_plots_
     assert trace[1]["active"] == pytest.approx(0.2) and trace[1]["rate"] == pytest.approx(-0.3)
     out = tmp_path / "results"
     record_run(run, out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json")
-    assert json.loads((out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json").read_text())["term"] == trace
+    rec = json.loads((out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json").read_text())
+    assert rec["term"] == trace
+    # the losses likewise, the term's stats and the clock left out: (0.01 * 3) / 3 in each stretch
+    assert rec["losses"] == [{"step": 150, "contraction": pytest.approx(0.01)}, {"step": 300, "contraction": pytest.approx(0.01)}]
     md = write_report(out).read_text()
     assert "Where the hinge acts" in md and (out / "cdp_hopper_medium-replay-v0_term.png").stat().st_size > 1000
     (run / "metrics.csv").write_text("step,contraction\n100,0.0\n")  # a run that does not log the stats: no trace
     assert term_trace(run, [150, 300]) == []
+    # a critic that diverged shows in the record's losses: the rows of each stretch, by hand
+    (run / "metrics.csv").write_text("step,critic_loss,actor_loss,seconds\n100,20,-1,9\n150,40,-1,12\n200,1000,-0.5,15\n"
+                                     "300,3000,-0.5,20\n400,5,0,30\n")
+    assert loss_trace(run, [150, 300]) == [{"step": 150, "critic_loss": 30.0, "actor_loss": -1.0},
+                                           {"step": 300, "critic_loss": 2000.0, "actor_loss": -0.5}]

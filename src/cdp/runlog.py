@@ -484,36 +484,51 @@ def read_rows(path: Path) -> list[dict]:
 
 
 TERM_STATS = ("active", "rate")  # the contraction term's logged share of rows above the floor, mean rate
+#: metrics.csv columns that are not losses: the step, the clock, and the term's own stats
+NOT_LOSSES = ("step", "seconds", "contraction_rows", *(f"contraction_{k}" for k in TERM_STATS))
+
+
+def stretch_means(rows: list[dict], columns: dict[str, str], eval_steps: list[int]) -> list[dict]:
+    """Logged ``rows`` averaged over each stretch between evaluations, ``(previous eval, eval]``:
+    ``[{"step": eval step, name: mean of column}]`` for ``columns`` = ``{name: column}``; a row
+    missing any of the columns (or empty there) is left out, a stretch without rows too."""
+    out, prev = [], 0
+    for step in eval_steps:
+        part = [r for r in rows if prev < int(r["step"]) <= step and all(r.get(c) not in (None, "") for c in columns.values())]
+        if part:
+            out.append({"step": step, **{k: sum(float(r[c]) for r in part) / len(part) for k, c in columns.items()}})
+        prev = step
+    return out
 
 
 def term_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
     """The contraction term's logged stats (``contraction_active``, ``contraction_rate`` in
     ``metrics.csv``) averaged over each stretch between evaluations: ``[{"step", "active",
     "rate"}]`` at the evaluation steps; empty for a run that does not log them."""
-    path = run_dir / "metrics.csv"
-    rows = read_rows(path) if path.is_file() else []
-    cols = [k for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]]
-    if not cols:
-        return []
-    out, prev = [], 0
-    for step in eval_steps:
-        part = [r for r in rows if prev < int(r["step"]) <= step and all(r.get(f"contraction_{k}") not in (None, "")
-                                                                       for k in cols)]
-        if part:
-            out.append({"step": step, **{k: sum(float(r[f"contraction_{k}"]) for r in part) / len(part) for k in cols}})
-        prev = step
-    return out
+    rows = read_rows(run_dir / "metrics.csv")
+    cols = {k: f"contraction_{k}" for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]}
+    return stretch_means(rows, cols, eval_steps) if cols else []
+
+
+def loss_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
+    """Every logged loss in ``metrics.csv`` (``critic_loss``, ``denoise_loss``, ...: all columns
+    but :data:`NOT_LOSSES`) averaged over each stretch between evaluations, so a committed record
+    shows how training went where its scores alone cannot say why (a critic that diverged)."""
+    rows = read_rows(run_dir / "metrics.csv")
+    cols = {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
+    return stretch_means(rows, cols, eval_steps) if cols else []
 
 
 def write_record(run_dir: Path, path: Path) -> Path:
-    """A small per-run record (config, summary, evaluation curve and, for a run that logs the
-    contraction term's stats, their averages between evaluations) at ``path``, to commit under
+    """A small per-run record (config, summary, evaluation curve, the logged losses averaged
+    between evaluations and, for a run that logs the contraction term's stats, theirs) at ``path``, to commit under
     ``results/``; checkpoints stay in the run folder."""
     evals = read_rows(run_dir / "eval.csv")
     rec = {"config": json.loads((run_dir / "config.json").read_text()),
            "summary": json.loads((run_dir / "summary.json").read_text()), "eval": evals}
-    trace = term_trace(run_dir, [int(r["step"]) for r in evals])
-    if trace:
-        rec["term"] = trace
+    steps = [int(r["step"]) for r in evals]
+    for key, trace in (("term", term_trace(run_dir, steps)), ("losses", loss_trace(run_dir, steps))):
+        if trace:
+            rec[key] = trace
     atomic_write(path, json.dumps(rec, indent=1).encode())
     return path
