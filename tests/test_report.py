@@ -241,3 +241,8 @@ def test_records_carry_the_losses_and_the_terms_share_between_evaluations_and_th
                                      "300,3000,-0.5,20\n400,5,0,30\n")
     assert loss_trace(run, [150, 300]) == [{"step": 150, "critic_loss": 30.0, "actor_loss": -1.0},
                                            {"step": 300, "critic_loss": 2000.0, "actor_loss": -0.5}]
+    assert not (out / "cdp_hopper_medium-replay-v0_critic.png").exists()  # no critic in the first record
+    record_run(run, out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json")
+    md = write_report(out).read_text()
+    assert "The critic's loss" in md and (out / "cdp_hopper_medium-replay-v0_critic.png").stat().st_size > 1000
+    assert "Where the hinge acts" not in md  # this record has no term stats

@@ -41,6 +41,7 @@ class Run:
     gamma: float = 0.0  # contraction weight (0 for a base method)
     margin: float | None = None
     term: list[dict] = field(default_factory=list)  # the term's stats between evaluations (record "term")
+    losses: list[dict] = field(default_factory=list)  # the logged losses between evaluations (record "losses")
 
 
 def _method(name: str) -> str:
@@ -81,7 +82,8 @@ def load_runs(root: str | Path) -> list[Run]:
             summary = {**summary, "mean_last3": float(np.mean([v for _, v in curve[-3:]]))}
         cdp = c.policy.startswith("cdp") if kind == "il" else c.algo == "cdp"
         runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve,
-                        float(c.gamma) if cdp else 0.0, c.margin if cdp else None, rec.get("term") or []))
+                        float(c.gamma) if cdp else 0.0, c.margin if cdp else None, rec.get("term") or [],
+                        rec.get("losses") or []))
     if not runs:
         raise FileNotFoundError(f"no run records under {root}")
     return runs
@@ -474,10 +476,13 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
     return _png(fig)
 
 
-def _plot_term(runs: list[Run], title: str) -> bytes | None:
-    """The share of the term's rows above the hinge floor (the rows that carry its gradient) over
-    training, one line per run that logged it; None when none did."""
-    traced = [r for r in runs if r.term]
+def _plot_trace(runs: list[Run], trace: str, key: str, scale: float, ylabel: str, title: str,
+                log: bool = False) -> bytes | None:
+    """``key`` of each run's between-evaluation ``trace`` (``"term"`` or ``"losses"``) over
+    training, times ``scale``, one line per run that has it (colour: method and data share; line
+    style: seed); None when none has."""
+    points = {id(r): [(p["step"], scale * p[key]) for p in getattr(r, trace) if key in p] for r in runs}
+    traced = [r for r in runs if points[id(r)]]
     if not traced:
         return None
     plt = _pyplot()
@@ -485,17 +490,30 @@ def _plot_term(runs: list[Run], title: str) -> bytes | None:
     keys = sorted({(r.method, r.fraction) for r in traced})
     colour = {k: f"C{i % 10}" for i, k in enumerate(keys)}
     for r in sorted(traced, key=lambda r: (r.method, -r.fraction, r.seed)):
-        steps = [p["step"] for p in r.term if "active" in p]
-        ax.plot(steps, [100 * p["active"] for p in r.term if "active" in p], marker="o", ms=3,
-                color=colour[(r.method, r.fraction)], ls=("-", "--", ":", "-.")[r.seed % 4],
+        steps, values = zip(*points[id(r)])
+        ax.plot(steps, values, marker="o", ms=3, color=colour[(r.method, r.fraction)], ls=("-", "--", ":", "-.")[r.seed % 4],
                 label=f"{r.method}, {r.fraction:.0%} data, seed {r.seed}")
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("rows above the floor (%)")
-    ax.set_title(f"{title}: where the hinge acts", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+#: the between-evaluation plots a group gets where its runs recorded them: (trace, key, scale,
+#: y label, log scale, file suffix, title suffix, the paragraph that introduces it)
+TRACE_PLOTS = (
+    ("term", "active", 100.0, "rows above the floor (%)", False, "term", "where the hinge acts",
+     "**Where the hinge acts** — the share of the term's rows above the floor (the rows that carry its gradient), "
+     "averaged between evaluations, for the runs that log it"),
+    ("losses", "critic_loss", 1.0, "critic loss", True, "critic", "the critic's loss",
+     "**The critic's loss** — averaged between evaluations (log scale), for the runs that record it: a line that "
+     "climbs by orders of magnitude is a critic that diverged, which the scores alone do not show"),
+)
 
 
 def runs_table(runs: list[Run]) -> str:
@@ -569,13 +587,12 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    "ratio CDP / base here (the runs' own wall clock, so it carries whatever else shared the CPU; "
                    "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
         md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
-        term = _plot_term(rs, g)
-        if term is not None:
-            name = png.replace(".png", "_term.png")
-            atomic_write(out / name, term)
-            md += ["**Where the hinge acts** — the share of the term's rows above the floor (the rows that carry "
-                   "its gradient), averaged between evaluations, for the runs that log it", "",
-                   f"![{g}, the share of rows above the hinge floor over training]({name})", ""]
+        for trace, key, scale, ylabel, log, suffix, what, intro in TRACE_PLOTS:
+            fig = _plot_trace(rs, trace, key, scale, ylabel, f"{g}: {what}", log)
+            if fig is not None:
+                name = png.replace(".png", f"_{suffix}.png")
+                atomic_write(out / name, fig)
+                md += [intro, "", f"![{g}, {what} over training]({name})", ""]
         for b in sorted({base_of(r.method) for r in rs} - {None}):
             family = [r for r in rs if b in (r.method, base_of(r.method))]
             for what, plot in (("gamma", _sensitivity), ("margin", _margin_sensitivity)):
