@@ -47,6 +47,7 @@ MLP_VARIANTS: dict[str, ContractionConfig | None] = {
     "every t, fd forward": ContractionConfig(products="fd", fd_scheme="forward"),
     "t < 0.1 window, autograd": ContractionConfig(products="autograd", t_max=0.1),
     "t < 0.1 window, fd": ContractionConfig(products="fd", t_max=0.1),
+    "t < 0.1 window, fd forward": ContractionConfig(products="fd", t_max=0.1, fd_scheme="forward"),
     "sub-batch 32, autograd": ContractionConfig(products="autograd", subbatch=32),
     "sub-batch 32, fd": ContractionConfig(products="fd", subbatch=32),
 }
