@@ -74,6 +74,9 @@ def test_imitation_records_report_success_in_percent(tmp_path):
                                           "modes_final": 3 + 2 * seed, "action_spread_final": 0.1 + 0.2 * seed,
                                           "stages_final": 1.0 + 2 * seed},
                "eval": [{"step": "1500", "success_rate": str(best)}, {"step": "3000", "success_rate": str(final)}]}
+        if seed == 0:  # a record written since records carry the losses
+            rec["losses"] = [{"step": 1500, "loss": 0.31, "denoise": 0.3, "contraction": 0.01},
+                             {"step": 3000, "loss": 0.21, "denoise": 0.2, "contraction": 0.01}]
         (tmp_path / f"r{seed}.json").write_text(json.dumps(rec))
     runs = load_runs(tmp_path)
     assert {r.group for r in runs} == {"reach-hard/reach-hard_ph"} and {r.method for r in runs} == {"cdp-dit"}
@@ -86,7 +89,9 @@ def test_imitation_records_report_success_in_percent(tmp_path):
     assert ov[0] == "| data | method | n | final | mean of last 3 | best | goal orders | stages reached | spread |"
     assert ov[2] == ("| 10% | cdp-dit | 2 | 37.5 ± 12.5 | 37.5 ± 12.5 | 62.5 ± 12.5 | 4.0 ± 1.0 | 2.00 ± 1.00 "
                      "| 0.20 ± 0.10 |")
-    assert "success rate (%)" in write_report(tmp_path).read_text()
+    md = write_report(tmp_path).read_text()
+    assert "success rate (%)" in md and "The denoising loss" in md and "The critic's loss" not in md
+    assert (tmp_path / "reach-hard_reach-hard_ph_denoise.png").stat().st_size > 1000
 
 
 def test_cdp_vs_base_differences_and_paper_gain(tmp_path):

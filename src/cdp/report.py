@@ -513,6 +513,10 @@ TRACE_PLOTS = (
     ("losses", "critic_loss", 1.0, "critic loss", True, "critic", "the critic's loss",
      "**The critic's loss** — averaged between evaluations (log scale), for the runs that record it: a line that "
      "climbs by orders of magnitude is a critic that diverged, which the scores alone do not show"),
+    ("losses", "denoise", 1.0, "denoising loss", True, "denoise", "the denoising loss",
+     "**The denoising loss** — the diffusion policies' score-matching loss (without the term), averaged between "
+     "evaluations (log scale), for the runs that record it: still falling at the end means the budget did not "
+     "train the policy out"),
 )
 
 
