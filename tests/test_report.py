@@ -242,10 +242,11 @@ def test_records_carry_the_losses_and_the_terms_share_between_evaluations_and_th
     (run / "metrics.csv").write_text("step,contraction\n100,0.0\n")  # a run that does not log the stats: no trace
     assert term_trace(run, [150, 300]) == []
     # a critic that diverged shows in the record's losses: the rows of each stretch, by hand
-    (run / "metrics.csv").write_text("step,critic_loss,actor_loss,seconds\n100,20,-1,9\n150,40,-1,12\n200,1000,-0.5,15\n"
-                                     "300,3000,-0.5,20\n400,5,0,30\n")
+    # (a column added when the run resumed under a newer version, empty before, averages its own rows)
+    (run / "metrics.csv").write_text("step,critic_loss,actor_loss,q_loss,seconds\n100,20,-1,,9\n150,40,-1,,12\n"
+                                     "200,1000,-0.5,,15\n300,3000,-0.5,-0.9,20\n400,5,0,-1,30\n")
     assert loss_trace(run, [150, 300]) == [{"step": 150, "critic_loss": 30.0, "actor_loss": -1.0},
-                                           {"step": 300, "critic_loss": 2000.0, "actor_loss": -0.5}]
+                                           {"step": 300, "critic_loss": 2000.0, "actor_loss": -0.5, "q_loss": -0.9}]
     assert not (out / "cdp_hopper_medium-replay-v0_critic.png").exists()  # no critic in the first record
     record_run(run, out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json")
     md = write_report(out).read_text()

@@ -490,13 +490,19 @@ NOT_LOSSES = ("step", "seconds", "contraction_rows", *(f"contraction_{k}" for k 
 
 def stretch_means(rows: list[dict], columns: dict[str, str], eval_steps: list[int]) -> list[dict]:
     """Logged ``rows`` averaged over each stretch between evaluations, ``(previous eval, eval]``:
-    ``[{"step": eval step, name: mean of column}]`` for ``columns`` = ``{name: column}``; a row
-    missing any of the columns (or empty there) is left out, a stretch without rows too."""
+    ``[{"step": eval step, name: mean of column}]`` for ``columns`` = ``{name: column}``, each
+    column over the rows that hold a value for it (a column added when a run resumed under a
+    newer version is empty before); a stretch where no column has a value is left out."""
     out, prev = [], 0
     for step in eval_steps:
-        part = [r for r in rows if prev < int(r["step"]) <= step and all(r.get(c) not in (None, "") for c in columns.values())]
-        if part:
-            out.append({"step": step, **{k: sum(float(r[c]) for r in part) / len(part) for k, c in columns.items()}})
+        part = [r for r in rows if prev < int(r["step"]) <= step]
+        means = {}
+        for name, col in columns.items():
+            vals = [float(r[col]) for r in part if r.get(col) not in (None, "")]
+            if vals:
+                means[name] = sum(vals) / len(vals)
+        if means:
+            out.append({"step": step, **means})
         prev = step
     return out
 
