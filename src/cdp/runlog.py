@@ -512,8 +512,7 @@ def term_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
     ``metrics.csv``) averaged over each stretch between evaluations: ``[{"step", "active",
     "rate"}]`` at the evaluation steps; empty for a run that does not log them."""
     rows = read_rows(run_dir / "metrics.csv")
-    cols = {k: f"contraction_{k}" for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]}
-    return stretch_means(rows, cols, eval_steps) if cols else []
+    return stretch_means(rows, _term_columns(rows), eval_steps)
 
 
 def loss_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
@@ -521,8 +520,15 @@ def loss_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
     but :data:`NOT_LOSSES`) averaged over each stretch between evaluations, so a committed record
     shows how training went where its scores alone cannot say why (a critic that diverged)."""
     rows = read_rows(run_dir / "metrics.csv")
-    cols = {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
-    return stretch_means(rows, cols, eval_steps) if cols else []
+    return stretch_means(rows, _loss_columns(rows), eval_steps)
+
+
+def _term_columns(rows: list[dict]) -> dict[str, str]:
+    return {k: f"contraction_{k}" for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]}
+
+
+def _loss_columns(rows: list[dict]) -> dict[str, str]:
+    return {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
 
 
 def write_record(run_dir: Path, path: Path) -> Path:
@@ -532,8 +538,9 @@ def write_record(run_dir: Path, path: Path) -> Path:
     evals = read_rows(run_dir / "eval.csv")
     rec = {"config": json.loads((run_dir / "config.json").read_text()),
            "summary": json.loads((run_dir / "summary.json").read_text()), "eval": evals}
-    steps = [int(r["step"]) for r in evals]
-    for key, trace in (("term", term_trace(run_dir, steps)), ("losses", loss_trace(run_dir, steps))):
+    steps, rows = [int(r["step"]) for r in evals], read_rows(run_dir / "metrics.csv")  # read once for both traces
+    for key, trace in (("term", stretch_means(rows, _term_columns(rows), steps)),
+                       ("losses", stretch_means(rows, _loss_columns(rows), steps))):
         if trace:
             rec[key] = trace
     atomic_write(path, json.dumps(rec, indent=1).encode())
