@@ -44,6 +44,18 @@ def test_reach_demonstrator_succeeds_and_is_multimodal():
     a, _ = MultiReach().reset(seed=3)
     b, _ = MultiReach().reset(seed=3)
     assert np.array_equal(a["agent_pos"], b["agent_pos"])  # fixed initial states per seed
+    # each step's recorded state is the one its action was taken in: replaying the actions from the
+    # first state passes through every later one (up to the float32 the actions are stored in) and
+    # ends touching all goals
+    demo = demonstrate(env, rng, "worse", seed=7)
+    env.reset_to(demo.states[0])
+    for i, a in enumerate(demo.actions):
+        np.testing.assert_allclose(env.get_state(), demo.states[i], rtol=0, atol=1e-6)
+        _, _, term, _, _ = env.step(a)
+    assert term and len(demo.states) == len(demo.actions)
+    start, _ = MultiReach().reset(seed=7)  # the first state is the reset's, each observation its step's state
+    np.testing.assert_array_equal(demo.obs["agent_pos"][0], start["agent_pos"])
+    np.testing.assert_array_equal(demo.obs["agent_pos"], demo.states[:, :2].astype(np.float32))
 
 
 def test_reach_env_physics():

@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
-from .demos import collect_demos
+from .demos import collect_demos, record_demo
 
 def goal_positions(n: int) -> np.ndarray:
     """``n`` goals evenly spaced on the circle of radius 0.6, the first at 90°: ``[n, 2]``."""
@@ -64,6 +64,10 @@ class MultiReach(gym.Env):
         self.order, self.t = [], 0
         return self._obs(), {}
 
+    def get_state(self) -> np.ndarray:
+        """The simulator state ``[x, y, vx, vy, touched per goal]`` (a copy), as ``reset_to`` takes it."""
+        return self.state.copy()
+
     def reset_to(self, state: np.ndarray):
         self.state = np.asarray(state, dtype=np.float64).copy()
         self.order = [int(k) for k in np.flatnonzero(self.state[4:] > 0.5)]
@@ -98,39 +102,25 @@ def demonstrate(env: MultiReach, rng: np.random.Generator, operator: str = "bett
     obs, _ = env.reset(seed=seed)
     n = len(env.goals)
     order = rng.permutation(n)
-    keys = {k: [] for k in env.observation_space.spaces}
-    actions, states, rewards, dones = [], [], [], []
     leg, via = 0, _via(env.state[:2], env.goals[order[0]], rng)  # via point of the current leg; None once passed
-    for _ in range(env.horizon):
+
+    def act(_: dict) -> np.ndarray:
+        # a PD controller towards the current goal, through a via point that bends each leg
+        nonlocal leg, via
         p, v, touched = env.state[:2], env.state[2:4], env.state[4:]
-        advanced = False
-        while leg < n and touched[order[leg]] > 0.5:
-            leg, advanced = leg + 1, True
-        if leg == n:
-            break
-        goal = env.goals[order[leg]]
-        if advanced:
-            via = _via(p, goal, rng)
+        if touched[order[leg]] > 0.5:  # the last goal ends the episode, so some goal is left here
+            while touched[order[leg]] > 0.5:
+                leg += 1
+            via = _via(p, env.goals[order[leg]], rng)
         if via is not None and np.linalg.norm(via - p) < 0.1:
             via = None
-        target = goal if via is None else via
+        target = env.goals[order[leg]] if via is None else via
         a = kp * (target - p) - kd * v + noise * rng.normal(size=2)
         if pause and rng.random() < pause:
             a = -kd * v  # hesitate: brake in place
-        a = np.clip(a, -1, 1)
-        for k in keys:
-            keys[k].append(obs[k])
-        states.append(env.state.copy())
-        actions.append(a)
-        obs, r, term, trunc, _ = env.step(a)
-        rewards.append(r)
-        dones.append(term)
-        if term:
-            break
-    if not dones or not dones[-1]:
-        return None
-    return Demo({k: np.stack(v).astype(np.float32) for k, v in keys.items()}, np.stack(actions).astype(np.float32),
-                np.array(rewards, np.float32), np.array(dones, bool), np.stack(states))
+        return np.clip(a, -1, 1)
+
+    return record_demo(env, obs, act, list(env.observation_space.spaces))
 
 
 def _via(p: np.ndarray, goal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
