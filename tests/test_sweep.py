@@ -342,7 +342,7 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
 
 
     from cdp.runlog import claim_run
-    from cdp.sweep import Job, current_pace, finished_pace, hours_left, recent_pace
+    from cdp.sweep import Job, current_pace, finished_pace, hours_left, pace_of_the_day, recent_pace
 
     def job(name, algo, rows, steps=10_000, summary=None):
         out = tmp_path / name
@@ -371,6 +371,11 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
         with claim_run(Path(finished.out)):
             assert current_pace([finished]) == {}
         now = current_pace(jobs)
+        # a host 2.5 times slower today than when the runs finished: a kind not running now is planned
+        # at its finished pace times 2.5, the running kind at its own
+        other = job("e", "dql", None, summary=30.0)
+        assert pace_of_the_day([*jobs, other]) == {"idql": pytest.approx(50.0), "dql": pytest.approx(75.0)}
+    assert pace_of_the_day([*jobs, other]) == {"idql": 20.0, "dql": 30.0}  # nothing runs: the finished pace
     # 4000 steps left for the running job
     assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
     assert hours_left(jobs, pace=now) == pytest.approx(4 * 50 / 3600)

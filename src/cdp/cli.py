@@ -385,8 +385,8 @@ def _run(args: argparse.Namespace) -> int:
         reproduce(quick=args.quick, only=args.only, workers=args.workers, out=args.out, report_only=args.report_only,
                   time_limit_s=args.time_limit, fill=args.fill, device=args.device)
     elif args.command == "sweep":
-        from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, plan_within, queue,
-                            run_sweep)
+        from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, pace_of_the_day, plan_within,
+                            queue, run_sweep)
 
         sweeps = []
         for config in args.config:
@@ -414,15 +414,18 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
                       + on_workers(left))
             now = current_pace(jobs)
+            today = pace_of_the_day(jobs, finished, now)
             if now:  # also before any run has finished: the running ones' pace is all there is
-                left_now = hours_left(jobs, pace=finished | now)
+                left_now = hours_left(jobs, pace=today)
                 paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
                 if left_now:
-                    print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces})" + on_workers(left_now))
+                    print(f"about {left_now:.1f} h at the pace the running jobs go now ({paces}; the other kinds' "
+                          "finished pace scaled as much)" + on_workers(left_now))
             if args.time_limit:
                 todo = [j for j, st, _ in states if st in ("todo", "stopped")]
-                plan = plan_within(todo, finished, workers, args.time_limit, args.fill)
-                print(f"within {args.time_limit / 3600:.2f} h on {workers} worker(s), at the finished runs' pace, "
+                plan = plan_within(todo, today, workers, args.time_limit, args.fill)
+                print(f"within {args.time_limit / 3600:.2f} h on {workers} worker(s), at the finished runs' pace"
+                      + (" scaled to the running runs' pace" if now else "") + ", "
                       f"it would start {len(plan)} of {len(todo)} runs:")
                 for job, start, end in plan:
                     print(f"  {job.out}: from {start / 60:.0f} min, "

@@ -411,6 +411,21 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     return _median_per_kind(rates)
 
 
+def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
+                    now: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds per 1k steps per algorithm / policy to plan by: the running jobs' pace
+    (:func:`current_pace`) where a kind trains now, and for the other kinds the finished runs' pace
+    (``finished``, by default :func:`finished_pace`; ``now``, by default :func:`current_pace`) scaled by how much faster or slower than their
+    own finished runs the running kinds go today (the median ratio); the finished pace as it is
+    where nothing runs, or no running kind has finished runs. A host can be several times faster one
+    day than the day the records were made, and the time limit then turns away runs that fit."""
+    finished = finished_pace(jobs) if finished is None else finished
+    now = current_pace(jobs) if now is None else now
+    ratios = sorted(now[k] / finished[k] for k in now if finished.get(k))
+    speed = ratios[len(ratios) // 2] if ratios else 1.0
+    return {k: v * speed for k, v in finished.items()} | now
+
+
 def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | None:
     """Seconds a job (or a group of seeds, trained in turn) still needs at ``pace`` (seconds per
     1k steps per algorithm / policy), from its last logged step; None where its kind has no pace."""
@@ -594,7 +609,8 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     GPU (:func:`seed_units`).
 
     ``time_limit_s`` (local backend): a run starts only if it should finish before the limit at the
-    pace of the queue's finished runs (:func:`first_that_fits`; a later, shorter run may go first),
+    pace of the queue's finished runs, scaled to the running runs' pace of the day
+    (:func:`pace_of_the_day`, :func:`first_that_fits`; a later, shorter run may go first),
     and at the limit every running run checkpoints its step and stops (it resumes next time); what
     was left is printed. For a machine or a scheduler slot that ends at a known time. ``fill``: a
     worker with no run that fits left starts the first queued one anyway, to be stopped at its
@@ -643,7 +659,7 @@ def run_sweep(sweep: SweepConfig | Sequence[SweepConfig], progress: bool = True,
     pick, stopped = None, []
     if deadline is not None:
         def pick(queued: list[Job | SeedGroup]) -> Job | SeedGroup | None:
-            return first_that_fits(queued, finished_pace(jobs), deadline - time.time(), fill)
+            return first_that_fits(queued, pace_of_the_day(jobs), deadline - time.time(), fill)
 
     try:
         if units and backend == "ray":
