@@ -266,3 +266,33 @@ def test_a_run_saved_before_the_q_weight_resumes_only_at_the_weight_it_trained_w
     with pytest.raises(ValueError, match=r"another config \(differs in \['lr_decay'\]\)"):
         with claim_run(TrainConfig(algo="bc", dataset=dataset), out, data):
             pass
+
+
+def test_gradient_clipping_bounds_each_update_and_is_named_in_the_run():
+    """grad_clip (EDP's own code: 4 on hopper / walker2d medium-replay): each network's gradient is
+    cut to the bound before its step, where without it the same update's is larger; the run name
+    says so; a bound for an algorithm with no Q-term networks, or one not above 0, is refused."""
+    from cdp.rl.trainer import TrainConfig, make_agent
+
+    walker = "cdp/walker2d/medium-replay-sac-s1-v0"
+
+    def grad_norms(clip):
+        torch.manual_seed(0)
+        agent = make_agent(TrainConfig(algo="cdp", dataset=walker, grad_clip=clip), OBS, ACT)
+        seen = {}
+        for name, opt in (("critic", agent.critic_opt), ("actor", agent.actor_opt)):
+            def record(o, args, kwargs, name=name):  # the norm the optimiser steps with
+                grads = [p.grad for g in o.param_groups for p in g["params"] if p.grad is not None]
+                seen[name] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+            opt.register_step_pre_hook(record)
+        agent.update(tiny_batch())
+        return seen
+
+    free, cut = grad_norms(None), grad_norms(1e-3)
+    for name in ("critic", "actor"):
+        assert free[name] > 1e-2 and cut[name] == pytest.approx(1e-3, rel=1e-4)
+    assert TrainConfig(algo="edp", dataset=walker, grad_clip=4.0).run_name() == "edp-f1-clip4-s0"
+    assert TrainConfig(algo="edp", dataset=walker).run_name() == "edp-f1-s0"  # none: the published runs'
+    for algo, clip in (("bc", 4.0), ("idql", 4.0), ("edp", 0.0), ("cdp", float("inf"))):
+        with pytest.raises(ValueError, match="grad_clip"):
+            TrainConfig(algo=algo, dataset=walker, grad_clip=clip)

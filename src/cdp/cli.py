@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eta", type=float, default=None,
                     help="dql/edp/cdp: the weight of the actor's Q term (default: the task's published value, "
                          "0.005 on kitchen, 1 on the MuJoCo tasks: cdp.rl.tasks)")
+    tr.add_argument("--grad-clip", type=float, default=None,
+                    help="dql/edp/cdp: clip each network's gradient to this norm (default: none, as the official "
+                         "CDP runs; EDP's own code clips at 4 on hopper / walker2d medium-replay)")
     tr.add_argument("--data-cut", default="transitions", choices=DATA_CUTS,
                     help="what --fraction keeps: random transitions from the whole dataset (the official runs) "
                          "or whole trajectories")
@@ -297,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig(algo=args.algo, dataset=args.dataset, env_id=args.env, fraction=args.fraction,
                           data_cut=args.data_cut, window=args.window, form=args.form, preset=args.preset,
-                          exact_max_dim=args.exact_max_dim, eta=args.eta,
+                          exact_max_dim=args.exact_max_dim, eta=args.eta, grad_clip=args.grad_clip,
                           gamma=args.gamma, margin=args.margin, critic=args.critic, steps=args.steps, eval_every=args.eval_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, graphs=not args.eager)
         from .rl.trainer import record

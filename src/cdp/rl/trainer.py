@@ -62,6 +62,9 @@ class TrainConfig:
     # (cdp.rl.tasks: 0.005 on kitchen, 1 on the MuJoCo tasks), filled in here so every saved
     # config names the value it trained with; unused (None) by bc / idql
     eta: float | None = None
+    # dql / edp / cdp: clip each network's gradient to this norm (None: no clipping, as the official
+    # CDP runs; EDP's own code clips at 4 on hopper / walker2d medium-replay)
+    grad_clip: float | None = None
     gamma: float = 0.1  # cdp only
     t_max: float | None = 0.1  # cdp only: the official offline-RL window (t <= 0.1: 5 of 50 levels)
     window: str = "official"  # cdp only: "official" (mean over the window's rows) or "batch" (cdp 0.1's form)
@@ -84,13 +87,16 @@ class TrainConfig:
 
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
-        method (critic style, a Q weight other than the task's published one, gamma, window), so
+        method (critic style, a Q weight other than the task's published one, gradient clipping, gamma,
+        window), so
         runs of one grid never share a folder."""
         name = f"{self.algo}-f{self.fraction:g}"
         if self.critic != "td3":
             name += f"-{self.critic}"
         if self.algo in Q_ALGOS and self.eta != self.task().eta:
             name += f"-eta{self.eta:g}"
+        if self.grad_clip is not None:
+            name += f"-clip{self.grad_clip:g}"
         if self.algo == "cdp" and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
         if self.algo == "cdp" and self.t_max != 0.1:
@@ -135,6 +141,9 @@ class TrainConfig:
             self.eta = self.task().eta
         elif not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta (the Q term's weight) must be a finite number >= 0, got {self.eta}")
+        if self.grad_clip is not None and (self.algo not in Q_ALGOS or not (math.isfinite(self.grad_clip) and self.grad_clip > 0)):
+            raise ValueError(f"grad_clip (a gradient-norm bound for {', '.join(Q_ALGOS)}) must be a finite number > 0, "
+                             f"got {self.grad_clip} for {self.algo}")
         self.contraction_config()  # gamma, margin, t_max, window, form: checked as the term checks them
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
@@ -169,14 +178,16 @@ def make_agent(cfg: TrainConfig, obs_dim: int, act_dim: int, device: str | torch
     if cfg.algo == "bc":
         return BC(obs_dim, act_dim, BCConfig(), device)
     if cfg.algo == "dql":
-        return EDP(obs_dim, act_dim, EDPConfig.dql(eta=cfg.eta), device)
+        return EDP(obs_dim, act_dim, EDPConfig.dql(eta=cfg.eta, grad_clip=cfg.grad_clip), device)
     if cfg.algo == "idql":
         return IDQL(obs_dim, act_dim, IDQLConfig(), device)
     contraction = cfg.contraction_config() if cfg.algo == "cdp" else None
     if cfg.preset == "official":
         return EDP(obs_dim, act_dim, EDPConfig.official(cfg.steps, critic=cfg.critic, contraction=contraction,
-                                                        eta=cfg.eta, temperature=cfg.task().weight_temperature), device)
-    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction, eta=cfg.eta), device)
+                                                        eta=cfg.eta, temperature=cfg.task().weight_temperature,
+                                                        grad_clip=cfg.grad_clip), device)
+    return EDP(obs_dim, act_dim, EDPConfig(critic=cfg.critic, contraction=contraction, eta=cfg.eta,
+                                           grad_clip=cfg.grad_clip), device)
 
 
 @dataclass
