@@ -38,6 +38,8 @@ STUDIES: dict[str, str] = {
     "offline_rl_walker": ("Offline RL on walker2d medium-replay from an expert-scale behaviour agent: BC, EDP and CDP "
                           "at the published weight, 100% and 10% of transitions"),
     "offline_rl_walker_baselines": "Offline RL on the same walker2d data: DQL and IDQL, 100% and 10% of transitions",
+    "offline_rl_walker_clip": ("Offline RL on the same walker2d data, 10% of transitions: EDP and CDP with EDP's own "
+                               "gradient-norm clip (4)"),
     "offline_rl_official": "Offline RL, 10% of transitions, at the official runs' settings and 200k steps",
     "offline_rl": "Offline RL, cdp 0.1's form: EDP vs CDP at an effective weight of ~0.007, whole trajectories",
     "offline_rl_baselines": "Offline RL baselines: BC, DQL, IDQL",
