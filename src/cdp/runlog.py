@@ -507,28 +507,24 @@ def stretch_means(rows: list[dict], columns: dict[str, str], eval_steps: list[in
     return out
 
 
-def term_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
+def term_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = None) -> list[dict]:
     """The contraction term's logged stats (``contraction_active``, ``contraction_rate`` in
     ``metrics.csv``) averaged over each stretch between evaluations: ``[{"step", "active",
-    "rate"}]`` at the evaluation steps; empty for a run that does not log them."""
-    rows = read_rows(run_dir / "metrics.csv")
-    return stretch_means(rows, _term_columns(rows), eval_steps)
+    "rate"}]`` at the evaluation steps; empty for a run that does not log them. ``rows``: the
+    run's ``metrics.csv`` rows where the caller has read them already."""
+    rows = read_rows(run_dir / "metrics.csv") if rows is None else rows
+    cols = {k: f"contraction_{k}" for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]}
+    return stretch_means(rows, cols, eval_steps)
 
 
-def loss_trace(run_dir: Path, eval_steps: list[int]) -> list[dict]:
+def loss_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = None) -> list[dict]:
     """Every logged loss in ``metrics.csv`` (``critic_loss``, ``denoise_loss``, ...: all columns
     but :data:`NOT_LOSSES`) averaged over each stretch between evaluations, so a committed record
-    shows how training went where its scores alone cannot say why (a critic that diverged)."""
-    rows = read_rows(run_dir / "metrics.csv")
-    return stretch_means(rows, _loss_columns(rows), eval_steps)
-
-
-def _term_columns(rows: list[dict]) -> dict[str, str]:
-    return {k: f"contraction_{k}" for k in TERM_STATS if rows and f"contraction_{k}" in rows[0]}
-
-
-def _loss_columns(rows: list[dict]) -> dict[str, str]:
-    return {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
+    shows how training went where its scores alone cannot say why (a critic that diverged).
+    ``rows`` as :func:`term_trace`."""
+    rows = read_rows(run_dir / "metrics.csv") if rows is None else rows
+    cols = {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
+    return stretch_means(rows, cols, eval_steps)
 
 
 def write_record(run_dir: Path, path: Path) -> Path:
@@ -539,8 +535,7 @@ def write_record(run_dir: Path, path: Path) -> Path:
     rec = {"config": json.loads((run_dir / "config.json").read_text()),
            "summary": json.loads((run_dir / "summary.json").read_text()), "eval": evals}
     steps, rows = [int(r["step"]) for r in evals], read_rows(run_dir / "metrics.csv")  # read once for both traces
-    for key, trace in (("term", stretch_means(rows, _term_columns(rows), steps)),
-                       ("losses", stretch_means(rows, _loss_columns(rows), steps))):
+    for key, trace in (("term", term_trace(run_dir, steps, rows)), ("losses", loss_trace(run_dir, steps, rows))):
         if trace:
             rec[key] = trace
     atomic_write(path, json.dumps(rec, indent=1).encode())

@@ -413,12 +413,13 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
 
 def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
                     now: dict[str, float] | None = None) -> dict[str, float]:
-    """Seconds per 1k steps per algorithm / policy to plan by: the running jobs' pace
-    (:func:`current_pace`) where a kind trains now, and for the other kinds the finished runs' pace
-    (``finished``, by default :func:`finished_pace`; ``now``, by default :func:`current_pace`) scaled by how much faster or slower than their
-    own finished runs the running kinds go today (the median ratio); the finished pace as it is
-    where nothing runs, or no running kind has finished runs. A host can be several times faster one
-    day than the day the records were made, and the time limit then turns away runs that fit."""
+    """Seconds per 1k steps per algorithm / policy to plan by: the running jobs' pace (``now``,
+    by default :func:`current_pace`) where a kind trains now, and for the other kinds the finished
+    runs' pace (``finished``, by default :func:`finished_pace`) scaled by how much faster or slower
+    than their own finished runs the running kinds go today (the median ratio); the finished pace
+    as it is where nothing runs, or no running kind has finished runs. A host can be several times
+    faster one day than the day the records were made, and the time limit then turns away runs
+    that fit."""
     finished = finished_pace(jobs) if finished is None else finished
     now = current_pace(jobs) if now is None else now
     ratios = sorted(now[k] / finished[k] for k in now if finished.get(k))

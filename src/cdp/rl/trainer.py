@@ -87,9 +87,8 @@ class TrainConfig:
 
     def run_name(self) -> str:
         """``<algo>-f<fraction>-s<seed>``, plus any departure from the defaults that changes the
-        method (critic style, a Q weight other than the task's published one, gradient clipping, gamma,
-        window), so
-        runs of one grid never share a folder."""
+        method (critic style, a Q weight other than the task's published one, gradient clipping,
+        gamma, window), so runs of one grid never share a folder."""
         name = f"{self.algo}-f{self.fraction:g}"
         if self.critic != "td3":
             name += f"-{self.critic}"
@@ -141,7 +140,8 @@ class TrainConfig:
             self.eta = self.task().eta
         elif not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta (the Q term's weight) must be a finite number >= 0, got {self.eta}")
-        if self.grad_clip is not None and (self.algo not in Q_ALGOS or not (math.isfinite(self.grad_clip) and self.grad_clip > 0)):
+        clip = self.grad_clip
+        if clip is not None and (self.algo not in Q_ALGOS or not (math.isfinite(clip) and clip > 0)):
             raise ValueError(f"grad_clip (a gradient-norm bound for {', '.join(Q_ALGOS)}) must be a finite number > 0, "
                              f"got {self.grad_clip} for {self.algo}")
         self.contraction_config()  # gamma, margin, t_max, window, form: checked as the term checks them
