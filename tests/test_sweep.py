@@ -381,6 +381,53 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
     assert hours_left(jobs, pace=now) == pytest.approx(4 * 50 / 3600)
 
 
+def test_the_plan_goes_by_this_machines_own_legs_before_other_hosts_records(tmp_path, monkeypatch):
+    from cdp import sweep
+    from cdp.runlog import claim_run
+    from cdp.sweep import Job, finished_pace, pace_of_the_day, this_machine
+
+    here, slow = "cpu (Fast CPU, AVX512) on vm", "cpu (Slow CPU, AVX2) on vm"
+
+    def job(name, algo, legs=None, rows=None, steps=10_000, pace=None):
+        out = tmp_path / name
+        out.mkdir()
+        if legs is not None:  # (where, steps, seconds) per leg
+            at, rec = 0, []
+            for where, n, sec in legs:
+                rec.append({"from": at, "to": at + n, "where": where, "seconds": sec})
+                at += n
+            pace = 1000 * sum(sec or 0 for _, _, sec in legs) / steps if pace is None else pace
+            (out / "summary.json").write_text(json.dumps({"step": steps, "seconds_per_1k_steps": pace, "legs": rec}))
+        if rows is not None:
+            (out / "metrics.csv").write_text("step,loss,seconds\n" + "".join(f"{s},0.5,{t}\n" for s, t in rows))
+        return Job("rl", {"algo": algo, "steps": steps}, str(out))
+
+    monkeypatch.setattr(sweep, "this_machine", lambda j: here)
+    jobs = [
+        job("edp-slow", "edp", [(slow, 10_000, 1600.0)]),          # 160 s per 1k on the slow host
+        job("edp-mixed", "edp", [("unknown", 4000, None), (slow, 2000, 320.0), (here, 4000, 200.0)]),
+        job("edp-here", "edp", [(here, 10_000, 560.0)]),           # 56 s per 1k here
+        job("bc-slow", "bc", [(slow, 10_000, 300.0)]),              # only ever trained elsewhere
+        job("edp-old", "edp", [], pace=300.0),                       # a record from before legs
+    ]
+    # any host: the records' own figures, edp's median of 52, 56, 160 and 300
+    assert finished_pace(jobs) == {"edp": pytest.approx(160.0), "bc": pytest.approx(30.0)}
+    # here: only the legs trained here, each run's pace from them: 50 (200 s / 4k) and 56
+    assert finished_pace(jobs, where=sweep.this_machine) == {"edp": pytest.approx(56.0)}
+    # nothing runs: edp at this machine's own pace, bc at the only pace it has
+    assert pace_of_the_day(jobs) == {"edp": pytest.approx(56.0), "bc": pytest.approx(30.0)}
+    # edp runs now at 112 s per 1k, 2x its pace here and 0.7x its pace anywhere: bc, known only
+    # from another host, is scaled like edp's any-host pace (30 x 0.7)
+    running = job("edp-now", "edp", rows=[(s, s * 0.112) for s in range(1000, 4001, 1000)])
+    with claim_run(Path(running.out)):
+        assert pace_of_the_day([*jobs, running]) == {"edp": pytest.approx(112.0), "bc": pytest.approx(21.0)}
+        # a kind with a pace here and not running is scaled like edp's pace here (x 2)
+        idql = job("idql-here", "idql", [(here, 10_000, 400.0)])
+        assert pace_of_the_day([*jobs, running, idql])["idql"] == pytest.approx(80.0)
+    monkeypatch.undo()
+    assert this_machine(Job("rl", {"algo": "bc", "device": "cpu"}, "x")).startswith("cpu ")
+
+
 def test_a_sweep_makes_the_missing_datasets_make_data_makes_once_before_any_job(tmp_path, monkeypatch):
     import minari
 

@@ -33,6 +33,7 @@ that ``cdp rl make-data`` / ``cdp il make-data`` make (the ids and paths they gi
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -350,15 +351,46 @@ def _median_per_kind(rates: dict[str, list[float]]) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in rates.items() if v}
 
 
-def finished_pace(jobs: list[Job]) -> dict[str, float]:
+def finished_pace(jobs: list[Job], where: Callable[[Job], str | None] | None = None) -> dict[str, float]:
     """The finished jobs' own pace: median seconds per 1k steps (evaluations included) per
-    algorithm / policy, from their summaries or records."""
+    algorithm / policy, from their summaries or records. With ``where`` (a job -> its
+    :func:`~cdp.runlog.where_label` on this machine, None where unknown), only the legs a run
+    trained at that label count (a run's pace from them), so the pace is this machine's own; runs
+    with no such leg are left out."""
     rates: dict[str, list[float]] = {}
     for j in jobs:
         summary = finished_summary(j)
-        if summary is not None and "seconds_per_1k_steps" in summary:
+        if summary is None or "seconds_per_1k_steps" not in summary:
+            continue
+        if where is None:
             rates.setdefault(_kind(j), []).append(summary["seconds_per_1k_steps"])
+            continue
+        label = where(j)
+        legs = [leg for leg in summary.get("legs") or [] if label is not None and leg.get("where") == label
+                and leg.get("seconds") is not None and leg["to"] > leg["from"]]
+        if legs:
+            rates.setdefault(_kind(j), []).append(
+                1000 * sum(leg["seconds"] for leg in legs) / sum(leg["to"] - leg["from"] for leg in legs))
     return _median_per_kind(rates)
+
+
+def this_machine(job: Job) -> str | None:
+    """The :func:`~cdp.runlog.where_label` the job would train under here (its device and this
+    machine's CPU or GPU model), or None where the device is not here."""
+    from .runtime import resolve_device
+
+    try:
+        return _where_label(str(resolve_device(job.config.get("device", "auto"))))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _where_label(device: str) -> str:
+    """:func:`~cdp.runlog.where_label`, once per device and process (it reads /proc/cpuinfo)."""
+    from .runlog import where_label
+
+    return where_label(device)
 
 
 def hours_left(jobs: list[Job], pace: dict[str, float] | None = None) -> float | None:
@@ -412,19 +444,26 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
 
 
 def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
-                    now: dict[str, float] | None = None) -> dict[str, float]:
-    """Seconds per 1k steps per algorithm / policy to plan by: the running jobs' pace (``now``,
-    by default :func:`current_pace`) where a kind trains now, and for the other kinds the finished
-    runs' pace (``finished``, by default :func:`finished_pace`) scaled by how much faster or slower
-    than their own finished runs the running kinds go today (the median ratio); the finished pace
-    as it is where nothing runs, or no running kind has finished runs. A host can be several times
-    faster one day than the day the records were made, and the time limit then turns away runs
-    that fit."""
+                    now: dict[str, float] | None = None,
+                    here: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds per 1k steps per algorithm / policy to plan by. Where a kind trains now, the running
+    jobs' pace (``now``, by default :func:`current_pace`). For the other kinds, the finished runs'
+    pace on this machine (``here``, by default :func:`finished_pace` with :func:`this_machine`)
+    where the kind has one, else the finished runs' pace on any machine (``finished``, by default
+    :func:`finished_pace`); each scaled by how much faster or slower than that same measure the
+    running kinds go today (the median ratio; 1 where nothing runs or no running kind has a
+    finished pace). Hosts differ several times in speed, and a shared one from day to day: a plan
+    by another host's records turns away runs that fit."""
     finished = finished_pace(jobs) if finished is None else finished
+    here = finished_pace(jobs, where=this_machine) if here is None else here
     now = current_pace(jobs) if now is None else now
-    ratios = sorted(now[k] / finished[k] for k in now if finished.get(k))
-    speed = ratios[len(ratios) // 2] if ratios else 1.0
-    return {k: v * speed for k, v in finished.items()} | now
+
+    def speed(base: dict[str, float]) -> float:
+        ratios = sorted(now[k] / base[k] for k in now if base.get(k))
+        return ratios[len(ratios) // 2] if ratios else 1.0
+
+    anywhere, on_this = speed(finished), speed(here)
+    return ({k: v * anywhere for k, v in finished.items()} | {k: v * on_this for k, v in here.items()} | now)
 
 
 def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | None:
