@@ -252,3 +252,11 @@ def test_records_carry_the_losses_and_the_terms_share_between_evaluations_and_th
     md = write_report(out).read_text()
     assert "The critic's loss" in md and (out / "cdp_hopper_medium-replay-v0_critic.png").stat().st_size > 1000
     assert "Where the hinge acts" not in md  # this record has no term stats
+    assert "The critic's Q" not in md and not (out / "cdp_hopper_medium-replay-v0_q.png").exists()
+    # the critic's mean Q at the actor's actions goes with the losses, and gets its own figure
+    (run / "metrics.csv").write_text("step,critic_loss,q_pi,seconds\n100,20,3.5,9\n150,40,4.5,12\n300,50,80,20\n")
+    assert loss_trace(run, [150, 300]) == [{"step": 150, "critic_loss": 30.0, "q_pi": 4.0},
+                                           {"step": 300, "critic_loss": 50.0, "q_pi": 80.0}]
+    record_run(run, out / "cdp_hopper_medium-replay-v0" / "cdp-f1-s0.json")
+    md = write_report(out).read_text()
+    assert "The critic's Q" in md and (out / "cdp_hopper_medium-replay-v0_q.png").stat().st_size > 1000

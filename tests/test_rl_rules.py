@@ -79,6 +79,7 @@ def test_actor_q_term_is_minus_q1_over_its_mean_magnitude():
     assert (x[:, OBS:].abs() <= 1).all()  # a0_hat is clipped to the action box
     assert not torch.allclose(x[:, OBS:], tiny_batch()["act"])  # the policy's actions, not the data's
     assert metrics["q_loss"] == pytest.approx(float(-q.mean() / q.abs().mean()), rel=1e-5)
+    assert metrics["q_pi"] == pytest.approx(float(q.mean()), rel=1e-5)  # logged: the critic's value there
 
 
 def test_ema_copies_before_its_start_then_averages_every_few_steps():

@@ -484,7 +484,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 TERM_STATS = ("active", "rate")  # the contraction term's logged share of rows above the floor, mean rate
-#: metrics.csv columns that are not losses: the step, the clock, and the term's own stats
+#: metrics.csv columns a record's ``losses`` leave out: the step, the clock, and the term's own
+#: stats (its ``term``). The critic's mean Q at the actor's actions (``q_pi``) goes with the losses.
 NOT_LOSSES = ("step", "seconds", "contraction_rows", *(f"contraction_{k}" for k in TERM_STATS))
 
 
@@ -518,8 +519,9 @@ def term_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = N
 
 
 def loss_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = None) -> list[dict]:
-    """Every logged loss in ``metrics.csv`` (``critic_loss``, ``denoise_loss``, ...: all columns
-    but :data:`NOT_LOSSES`) averaged over each stretch between evaluations, so a committed record
+    """Every logged loss in ``metrics.csv`` (``critic_loss``, ``denoise_loss``, ..., and the
+    critic's ``q_pi``: all columns but :data:`NOT_LOSSES`) averaged over each stretch between
+    evaluations, so a committed record
     shows how training went where its scores alone cannot say why (a critic that diverged).
     ``rows`` as :func:`term_trace`."""
     rows = read_rows(run_dir / "metrics.csv") if rows is None else rows

@@ -191,12 +191,14 @@ class EDP(Agent):
 
     def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, noise: Tensor | None = None,
                    swap: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The actor's loss and its parts (0-d, detached). ``t [B]``, ``noise [B, act_dim]``: the
-        denoising loss's draws (default: drawn); ``swap``: this step's twin coin (default: the one
-        :meth:`prepare` set)."""
+        """The actor's loss and its parts (0-d, detached; with a Q term also ``q_pi``, the lead
+        critic's mean Q at the actor's actions: a discounted sum of the rewards it trains on). ``t [B]``, ``noise [B,
+        act_dim]``: the denoising loss's draws (default: drawn); ``swap``: this step's twin coin
+        (default: the one :meth:`prepare` set)."""
         cfg = self.cfg
         s, a = batch["obs"], batch["act"]
         term_stats: dict[str, Tensor] = {}
+        q_stats: dict[str, Tensor] = {}
         if self.reg is not None:
             out = self.reg.loss(self.actor, a, s, t=t, noise=noise, num_steps=cfg.diffusion_steps, generator=self.generator)
             denoise, contraction, term_stats = out.denoising, out.contraction, out.stats
@@ -224,8 +226,9 @@ class EDP(Agent):
                 q_pi, q_norm = torch.where(swap, q_other, q_pi), torch.where(swap, q_pi, q_other)
             q_loss = -q_pi.mean() / q_norm.abs().mean().detach()
             actor_loss = denoise.loss.mean() + cfg.eta * q_loss + contraction
+            q_stats["q_pi"] = q_pi.mean().detach()  # a diverging critic shows here
         return actor_loss, {"denoise_loss": denoise.loss.mean().detach(), "q_loss": q_loss.detach(),
-                            "contraction": contraction.detach(),
+                            "contraction": contraction.detach(), **q_stats,
                             **{f"contraction_{k}": v for k, v in term_stats.items()}}  # rows / active share / rate
 
     def advance(self) -> None:
