@@ -46,7 +46,10 @@ STUDIES: dict[str, str] = {
     "imitation_reach_hard": "Imitation on MultiReach-hard (the paper's second table, procedural task)",
     "imitation_lift": "Imitation on robosuite Lift (the paper's second table)",
     "imitation_lift_image": "Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
-    "imitation_lift_image_exact": "Imitation from cameras: image Lift's CDP-UNet arm with the term's exact eigenvalue",
+    "imitation_lift_image_seeded": ("Imitation from cameras: the image Lift study again on data and evaluations from "
+                                    "robosuite's fixed model seed"),
+    "imitation_lift_image_exact": ("Imitation from cameras: image Lift's CDP-UNet arm with the term's exact eigenvalue, "
+                                   "beside the seeded study's arms"),
     "imitation_transport": "Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
     "imitation_gamma": "Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
     "imitation_margin": "The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
