@@ -138,6 +138,12 @@ def test_a_fresh_clone_skips_runs_whose_records_are_committed(tiny_dataset, tmp_
     capsys.readouterr()
     assert main(["sweep", str(cfg), "--status"]) == 0
     assert "2 done" in capsys.readouterr().out
+    second = sweep.jobs()[1].record_path()
+    saved = second.read_text()
+    second.unlink()  # one run left: planned at the pace its kind's record was trained at here
+    assert main(["sweep", str(cfg), "--status"]) == 0
+    assert "h at this machine's own pace (the legs trained on a machine like this one: bc " in capsys.readouterr().out
+    second.write_text(saved)
     longer = load_sweep(write(tmp_path, config(tmp_path, tiny_dataset, steps=8).read_text(), "longer.toml"))
     cfg = write(tmp_path, config(tmp_path, tiny_dataset).read_text())  # same folders, the budget as recorded
     assert not any(is_finished(j) for j in longer.jobs())

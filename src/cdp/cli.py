@@ -389,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
                   time_limit_s=args.time_limit, fill=args.fill, device=args.device)
     elif args.command == "sweep":
         from .sweep import (current_pace, finished_pace, hours_left, job_state, load_sweep, pace_of_the_day, plan_within,
-                            queue, run_sweep)
+                            queue, run_sweep, this_machine)
 
         sweeps = []
         for config in args.config:
@@ -416,8 +416,14 @@ def _run(args: argparse.Namespace) -> int:
             if left:
                 print(f"about {left:.1f} h of single-process training left, at the finished runs' own pace"
                       + on_workers(left))
+            here = finished_pace(jobs, where=this_machine)
+            left_here = hours_left(jobs, pace=finished | here) if here else None
+            if left_here:
+                print(f"about {left_here:.1f} h at this machine's own pace (the legs trained on a machine like "
+                      f"this one: {', '.join(f'{k} {v:.0f} s/1k' for k, v in sorted(here.items()))})"
+                      + on_workers(left_here))
             now = current_pace(jobs)
-            today = pace_of_the_day(jobs, finished, now)
+            today = pace_of_the_day(jobs, finished, now, here)
             if now:  # also before any run has finished: the running ones' pace is all there is
                 left_now = hours_left(jobs, pace=today)
                 paces = ", ".join(f"{k} {v:.0f} s/1k" for k, v in sorted(now.items()))
