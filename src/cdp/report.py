@@ -515,8 +515,8 @@ TRACE_PLOTS = (
      "climbs by orders of magnitude is a critic that diverged, which the scores alone do not show"),
     ("losses", "q_pi", 1.0, "mean Q at the actor's actions", False, "q", "the critic's Q at the policy's actions",
      "**The critic's Q** — its mean value at the actor's actions (what the Q term climbs; a discounted sum "
-     "of the rewards it trains on), averaged between evaluations, for the runs that record it: a value far beyond the returns the "
-     "data can reach is a critic that overestimates"),
+     "of the rewards it trains on), averaged between evaluations, for the runs that record it: a value far "
+     "beyond the returns the data can reach is a critic that overestimates"),
     ("losses", "denoise", 1.0, "denoising loss", True, "denoise", "the denoising loss",
      "**The denoising loss** — the diffusion policies' score-matching loss (without the term), averaged between "
      "evaluations (log scale), for the runs that record it: still falling at the end means the budget did not "

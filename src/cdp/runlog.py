@@ -521,9 +521,8 @@ def term_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = N
 def loss_trace(run_dir: Path, eval_steps: list[int], rows: list[dict] | None = None) -> list[dict]:
     """Every logged loss in ``metrics.csv`` (``critic_loss``, ``denoise_loss``, ..., and the
     critic's ``q_pi``: all columns but :data:`NOT_LOSSES`) averaged over each stretch between
-    evaluations, so a committed record
-    shows how training went where its scores alone cannot say why (a critic that diverged).
-    ``rows`` as :func:`term_trace`."""
+    evaluations, so a committed record shows how training went where its scores alone cannot say
+    why (a critic that diverged). ``rows`` as :func:`term_trace`."""
     rows = read_rows(run_dir / "metrics.csv") if rows is None else rows
     cols = {k: k for k in (rows[0] if rows else {}) if k not in NOT_LOSSES}
     return stretch_means(rows, cols, eval_steps)

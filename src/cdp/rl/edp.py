@@ -192,9 +192,9 @@ class EDP(Agent):
     def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, noise: Tensor | None = None,
                    swap: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The actor's loss and its parts (0-d, detached; with a Q term also ``q_pi``, the lead
-        critic's mean Q at the actor's actions: a discounted sum of the rewards it trains on). ``t [B]``, ``noise [B,
-        act_dim]``: the denoising loss's draws (default: drawn); ``swap``: this step's twin coin
-        (default: the one :meth:`prepare` set)."""
+        critic's mean Q at the actor's actions, a discounted sum of the rewards it trains on).
+        ``t [B]``, ``noise [B, act_dim]``: the denoising loss's draws (default: drawn); ``swap``:
+        this step's twin coin (default: the one :meth:`prepare` set)."""
         cfg = self.cfg
         s, a = batch["obs"], batch["act"]
         term_stats: dict[str, Tensor] = {}
