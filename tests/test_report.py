@@ -94,6 +94,29 @@ def test_imitation_records_report_success_in_percent(tmp_path):
     assert (tmp_path / "reach-hard_reach-hard_ph_denoise.png").stat().st_size > 1000
 
 
+def test_the_time_ratio_compares_runs_on_one_machine(tmp_path):
+    """CDP / EDP training seconds from the runs both trained on one machine (the records' legs),
+    not a mean over hosts several times apart in speed."""
+    from cdp.report import machine, time_ratio
+
+    slow, fast = "cpu (Slow, AVX2) on vm", "cpu (Fast, AVX512) on vm"
+    runs = []
+    for algo, seed, legs, secs in [("edp", 0, [slow], 160.0), ("edp", 1, [fast, fast], 48.0), ("edp", 2, [fast], 52.0),
+                                   ("cdp", 0, [fast], 55.0), ("cdp", 1, [fast], 53.0), ("cdp", 2, [slow, fast], 90.0)]:
+        write_record(tmp_path, algo, 1.0, seed, 1.0, 1.0, [1.0])
+        path = tmp_path / "cdp_hopper_medium-replay-v0" / f"{algo}-1.0-{seed}.json"
+        rec = json.loads(path.read_text())
+        rec["summary"]["train_seconds_per_1k_steps"] = secs
+        rec["summary"]["legs"] = [{"from": 0, "to": 100, "where": w, "seconds": 1.0} for w in legs]
+        path.write_text(json.dumps(rec))
+    runs = load_runs(tmp_path)
+    assert sorted(machine(r) for r in runs) == sorted(["", slow, fast, fast, fast, fast])  # cdp s2 moved hosts
+    # on the fast machine: CDP (55 + 53) / 2 = 54 against EDP (48 + 52) / 2 = 50; the slow EDP seed
+    # would have made it 54 / 86.7 = 0.62
+    assert time_ratio(runs, "cdp", "edp") == pytest.approx(54.0 / 50.0)
+    assert time_ratio([r for r in runs if machine(r) != fast or r.method == "edp"], "cdp", "edp") is None
+
+
 def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     """CDP - EDP per fraction from the same fixture as a hand computation; the paper's +8.4 sits
     beside the hopper medium-replay row; gamma variants compare with the same base."""

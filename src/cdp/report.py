@@ -202,7 +202,7 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     """Markdown: for every contraction method with its base in ``runs``, the difference of means
     (CDP - base) per data fraction with its standard error and seed-paired wins
     (:func:`difference_cell`), the paper's full-data gain where it has one, and the training-time
-    ratio (evaluations excluded) beside the paper's GPU ratio."""
+    ratio (evaluations excluded; :func:`time_ratio`) beside the paper's GPU ratio."""
     from . import paper
 
     methods = sorted({r.method for r in runs})
@@ -210,8 +210,6 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     if not pairs:
         return ""
     fracs = sorted({r.fraction for r in runs}, reverse=True)
-    secs = lambda m: [r.summary["train_seconds_per_1k_steps"] for r in runs  # noqa: E731
-                      if r.method == m and "train_seconds_per_1k_steps" in r.summary]
     key, kind = paper.task_key(runs[0].group), runs[0].kind
     gains = {m: f"{paper.GAIN_OVER_EDP[key]:+.1f}" for m, b in pairs if key and b.startswith("edp") and m == "cdp"}
     paper_col = " paper (100%) |" if gains else ""  # only where the paper reports this task's gain
@@ -225,11 +223,34 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
                 row.append("")
                 continue
             row.append(difference_cell(x, y, seeds_ahead(runs, m, b, f, metric)))
-        tm, tb = secs(m), secs(b)
-        ratio = f"{np.mean(tm) / np.mean(tb):.2f}x" if tm and tb else ""
+        r_mb = time_ratio(runs, m, b)
+        ratio = f"{r_mb:.2f}x" if r_mb is not None else ""
         gain = f" {gains.get(m, '')} |" if gains else ""
         lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" |{gain} {ratio} | {paper.cost_ratio(kind):.2f}x |")
     return "\n".join(lines)
+
+
+def machine(run: Run) -> str | None:
+    """Where the run trained: the ``where`` its record's legs share (device, CPU or GPU model,
+    host); None for a record without legs, ``""`` for one whose legs differ."""
+    places = {leg.get("where") for leg in run.summary.get("legs") or []}
+    return None if not places else places.pop() if len(places) == 1 else ""
+
+
+def time_ratio(runs: list[Run], method: str, base: str) -> float | None:
+    """Mean training seconds per 1k steps of ``method`` over ``base``'s, from the runs of both
+    that trained on one machine (:func:`machine`; the one with the most such runs), since hosts
+    differ several times in speed; None where no machine ran both. Records without legs count as
+    one machine, as before legs were recorded."""
+    secs: dict[tuple[str, str | None], list[float]] = defaultdict(list)
+    for r in runs:
+        if r.method in (method, base) and "train_seconds_per_1k_steps" in r.summary and machine(r) != "":
+            secs[(r.method, machine(r))].append(r.summary["train_seconds_per_1k_steps"])
+    shared = [w for (m, w) in secs if m == method and (base, w) in secs]
+    if not shared:
+        return None
+    w = max(shared, key=lambda w: len(secs[(method, w)]) + len(secs[(base, w)]))
+    return float(np.mean(secs[(method, w)]) / np.mean(secs[(base, w)]))
 
 
 def by_seed(runs: list[Run], method: str, fraction: float, metric: str) -> dict[int, float]:
@@ -592,8 +613,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
                    "methods as independent samples), the difference in standard errors, on how many seeds both ran "
                    "CDP's run was ahead, seed counts; "
                    "the paper's full-data gain where it reports one (on D4RL's data, not these); training-time "
-                   "ratio CDP / base here (the runs' own wall clock, so it carries whatever else shared the CPU; "
-                   "benchmarks/ has controlled ratios) and on the paper's GPU", "", versus, ""]
+                   "ratio CDP / base here (the runs' own wall clock on the machine that ran most of both, empty where "
+                   "none ran both; it carries whatever else shared the CPU; benchmarks/ has controlled ratios) and on "
+                   "the paper's GPU", "", versus, ""]
         md += [f"![{g}]({png})", "", f"![{g}, 100% vs 10% data]({bars})", ""]
         for trace, key, scale, ylabel, log, suffix, what, intro in TRACE_PLOTS:
             fig = _plot_trace(rs, trace, key, scale, ylabel, f"{g}: {what}", log)
