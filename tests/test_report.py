@@ -94,6 +94,19 @@ def test_imitation_records_report_success_in_percent(tmp_path):
     assert (tmp_path / "reach-hard_reach-hard_ph_denoise.png").stat().st_size > 1000
 
 
+def test_two_records_of_one_run_are_refused_not_mixed(tmp_path):
+    """Two studies' folders under one root may name their runs alike (a pilot's cdp-f1-s0 beside a
+    study's): the report must not average them as seeds of one method."""
+    write_record(tmp_path / "study", "cdp", 1.0, 0, 10.0, 10.0, [10.0])
+    write_record(tmp_path / "study", "edp", 1.0, 0, 9.0, 9.0, [9.0])
+    assert len(load_runs(tmp_path)) == 2
+    write_record(tmp_path / "pilot", "cdp", 1.0, 0, 50.0, 50.0, [50.0])
+    with pytest.raises(ValueError, match=r"pilot/.*cdp-1.0-0.json|study/.*cdp-1.0-0.json") as err:
+        load_runs(tmp_path)
+    assert "pilot" in str(err.value) and "study" in str(err.value) and "same run" in str(err.value)
+    assert len(load_runs(tmp_path / "study")) == 2  # each folder alone reports
+
+
 def test_the_time_ratio_compares_runs_on_one_machine(tmp_path):
     """CDP / EDP training seconds from the runs both trained on one machine (the records' legs),
     not a mean over hosts several times apart in speed."""

@@ -50,14 +50,16 @@ def _method(name: str) -> str:
 
 
 def load_runs(root: str | Path) -> list[Run]:
-    """Every record (``*.json`` with ``config`` and ``summary``) under ``root``."""
+    """Every record (``*.json`` with ``config`` and ``summary``) under ``root``. Two records of
+    one run (group, method, data share and seed: a folder holding several studies' results that
+    name their runs alike) are a ``ValueError`` naming both, not a silent mix."""
     from .il.trainer import ILTrainConfig
     from .rl.trainer import TrainConfig
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no results folder at {root}")
-    runs = []
+    runs, seen = [], {}
     for p in sorted(root.rglob("*.json")):
         rec = read_json(p, "run record")
         if not isinstance(rec, dict) or "config" not in rec or "summary" not in rec:
@@ -81,6 +83,11 @@ def load_runs(root: str | Path) -> list[Run]:
         if curve and "mean_last3" not in summary:  # one evaluation is noisy: also the mean of the last three
             summary = {**summary, "mean_last3": float(np.mean([v for _, v in curve[-3:]]))}
         cdp = c.policy.startswith("cdp") if kind == "il" else c.algo == "cdp"
+        which = (group, _method(c.run_name()), float(c.fraction), int(c.seed))
+        if which in seen:
+            raise ValueError(f"{seen[which]} and {p} record the same run ({' / '.join(map(str, which))}): report "
+                             "their folders apart")
+        seen[which] = p
         runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve,
                         float(c.gamma) if cdp else 0.0, c.margin if cdp else None, rec.get("term") or [],
                         rec.get("losses") or []))
