@@ -505,7 +505,7 @@ def _plot_curves(runs: list[Run], title: str, ylabel: str) -> bytes:
 
 
 def _plot_trace(runs: list[Run], trace: str, key: str, scale: float, ylabel: str, title: str,
-                log: bool = False) -> bytes | None:
+                log: bool | str = False) -> bytes | None:
     """``key`` of each run's between-evaluation ``trace`` (``"term"`` or ``"losses"``) over
     training, times ``scale``, one line per run that has it (colour: method and data share; line
     style: seed); None when none has."""
@@ -521,8 +521,8 @@ def _plot_trace(runs: list[Run], trace: str, key: str, scale: float, ylabel: str
         steps, values = zip(*points[id(r)])
         ax.plot(steps, values, marker="o", ms=3, color=colour[(r.method, r.fraction)], ls=("-", "--", ":", "-.")[r.seed % 4],
                 label=f"{r.method}, {r.fraction:.0%} data, seed {r.seed}")
-    if log:
-        ax.set_yscale("log")
+    if log:  # "symlog": values of either sign over many orders of magnitude (a Q value)
+        ax.set_yscale(log if isinstance(log, str) else "log")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -533,7 +533,7 @@ def _plot_trace(runs: list[Run], trace: str, key: str, scale: float, ylabel: str
 
 
 #: the between-evaluation plots a group gets where its runs recorded them: (trace, key, scale,
-#: y label, log scale, file suffix, title suffix, the paragraph that introduces it)
+#: y label, log scale (True, or "symlog"), file suffix, title suffix, the paragraph that introduces it)
 TRACE_PLOTS = (
     ("term", "active", 100.0, "rows above the floor (%)", False, "term", "where the hinge acts",
      "**Where the hinge acts** — the share of the term's rows above the floor (the rows that carry its gradient), "
@@ -541,10 +541,10 @@ TRACE_PLOTS = (
     ("losses", "critic_loss", 1.0, "critic loss", True, "critic", "the critic's loss",
      "**The critic's loss** — averaged between evaluations (log scale), for the runs that record it: a line that "
      "climbs by orders of magnitude is a critic that diverged, which the scores alone do not show"),
-    ("losses", "q_pi", 1.0, "mean Q at the actor's actions", False, "q", "the critic's Q at the policy's actions",
+    ("losses", "q_pi", 1.0, "mean Q at the actor's actions", "symlog", "q", "the critic's Q at the policy's actions",
      "**The critic's Q** — its mean value at the actor's actions (what the Q term climbs; a discounted sum "
-     "of the rewards it trains on), averaged between evaluations, for the runs that record it: a value far "
-     "beyond the returns the data can reach is a critic that overestimates"),
+     "of the rewards it trains on), averaged between evaluations (symmetric log scale), for the runs that "
+     "record it: a value far beyond the returns the data can reach is a critic that overestimates"),
     ("losses", "denoise", 1.0, "denoising loss", True, "denoise", "the denoising loss",
      "**The denoising loss** — the diffusion policies' score-matching loss (without the term), averaged between "
      "evaluations (log scale), for the runs that record it: still falling at the end means the budget did not "
