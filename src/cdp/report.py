@@ -88,7 +88,7 @@ def load_runs(root: str | Path) -> list[Run]:
             raise ValueError(f"{seen[which]} and {p} record the same run ({' / '.join(map(str, which))}): report "
                              "their folders apart")
         seen[which] = p
-        runs.append(Run(group, _method(c.run_name()), float(c.fraction), int(c.seed), kind, summary, curve,
+        runs.append(Run(*which, kind, summary, curve,
                         float(c.gamma) if cdp else 0.0, c.margin if cdp else None, rec.get("term") or [],
                         rec.get("losses") or []))
     if not runs:
@@ -251,8 +251,9 @@ def time_ratio(runs: list[Run], method: str, base: str) -> float | None:
     one machine, as before legs were recorded."""
     secs: dict[tuple[str, str | None], list[float]] = defaultdict(list)
     for r in runs:
-        if r.method in (method, base) and "train_seconds_per_1k_steps" in r.summary and machine(r) != "":
-            secs[(r.method, machine(r))].append(r.summary["train_seconds_per_1k_steps"])
+        where = machine(r)
+        if r.method in (method, base) and "train_seconds_per_1k_steps" in r.summary and where != "":
+            secs[(r.method, where)].append(r.summary["train_seconds_per_1k_steps"])
     shared = [w for (m, w) in secs if m == method and (base, w) in secs]
     if not shared:
         return None
