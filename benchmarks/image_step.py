@@ -2,8 +2,11 @@
 76 x 76 crops, To = 2, the low-dim state; chunk 16 x 7; the UNet 32-64-128 of the image study)
 per camera encoder, with and without the contraction term (16-sample sub-batch, as the study
 runs it), as ratios measured in one run, and the latency of one action chunk for one state.
+Then (where robosuite renders) an environment step of Lift without cameras and with its two
+cameras rendered each way ``RobosuiteEnv(camera_render=...)`` offers, interleaved rounds: what
+an image study's data collection and evaluation pay per step.
 
-    python benchmarks/image_step.py [--quick] [--batch 64] [--device cuda]
+    python benchmarks/image_step.py [--quick] [--batch 64] [--device cuda] [--only train|render]
 """
 
 from __future__ import annotations
@@ -29,11 +32,42 @@ def policy(encoder: str, term: ContractionConfig | None, device: torch.device) -
     return DiffusionPolicy(cfg).to(device)
 
 
+def render_rows(header: str, rounds: int, steps: int) -> None:
+    import numpy as np
+
+    from cdp.il import robosuite_tasks as rs
+
+    if not rs.rendering_available():
+        print("(no offscreen rendering here: the rendering rows are skipped)")
+        return
+    envs = {"no cameras": rs.RobosuiteEnv("Lift")}
+    envs |= {f"2 cameras, {how}": rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS, camera_render=how)
+             for how in reversed(rs.CAMERA_RENDERS)}
+    times: dict[str, list[float]] = {k: [] for k in envs}
+    for env in envs.values():
+        env.reset(seed=0)
+    for _ in range(rounds):
+        for k, env in envs.items():
+            times[k].append(ms_per_call(lambda env=env: env.step(np.zeros(7)), steps, torch.device("cpu")))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["2 cameras, robosuite"]
+    print(f"\n{header}; Lift environment step (OSC, 20 Hz), MUJOCO_GL={rs.os.environ.get('MUJOCO_GL')}; median ms over "
+          f"{rounds} interleaved rounds of {steps} steps\n")
+    print("| environment | ms/step | ratio to robosuite's rendering |\n|---|---:|---:|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.1f} | {v / base:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--only", choices=["train", "render"], default=None)
     args, header = parse(ap)
     rounds, inner = (2, 1) if args.quick else (3, 2)
+    if args.only != "train":
+        render_rows(header, 3 if args.quick else 7, 10 if args.quick else 30)
+    if args.only == "render":
+        return
     dev, B = args.device, args.batch
     print(f"{header}; batch {B}, 2 cameras 84 x 84 (crop 76), To 2, chunk 16 x 7, UNet 32-64-128; "
           f"median ms per training step; chunk latency for one state (DDIM 10 steps)\n")

@@ -479,6 +479,8 @@ def test_an_interrupted_collection_continues_with_the_same_demonstrations(tmp_pa
         assert all(np.array_equal(d.obs[k], e.obs[k]) for k in d.obs) and set(d.obs) == set(e.obs)
     with pytest.raises(ValueError, match="another call"):
         collect_demos(MultiReach(), demonstrate, ops, 7, "mh", 3, {}, keep=keep)
+    with pytest.raises(ValueError, match="another call"):  # the same call in another environment
+        collect_demos(MultiReach(), demonstrate, ops, 6, "mh", 3, {"env_kwargs": {"camera_render": "fast"}}, keep=keep)
     path = write_demos("reach", "ph", tmp_path / "reach_ph.hdf5", n=3)
     assert path.is_file() and not (tmp_path / "reach_ph.hdf5.partial").exists()
 

@@ -45,6 +45,8 @@ STUDIES: dict[str, str] = {
     "offline_rl_baselines": "Offline RL baselines: BC, DQL, IDQL",
     "imitation_reach_hard": "Imitation on MultiReach-hard (the paper's second table, procedural task)",
     "imitation_lift": "Imitation on robosuite Lift (the paper's second table)",
+    "imitation_lift_seeded": ("Imitation on robosuite Lift in the published form: data and evaluations from the fixed "
+                              "model seed, the CDP arms with the term's exact eigenvalue"),
     "imitation_lift_image": "Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
     "imitation_lift_image_seeded": ("Imitation from cameras: the image Lift study again on data and evaluations from "
                                     "robosuite's fixed model seed"),

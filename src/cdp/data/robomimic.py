@@ -99,6 +99,23 @@ def _demo_index(name: str) -> int:
     return int(m.group(1)) if m else 1 << 62
 
 
+def _env_args(data, path: Path) -> dict:
+    try:
+        return json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON ({e})") from None
+
+
+def read_env_args(path: str | Path) -> dict:
+    """A robomimic file's ``data.attrs["env_args"]`` (the environment it was recorded in), without
+    reading its demonstrations; ``{}`` where it has none."""
+    path = Path(path)
+    with open_hdf5(path, f"no robomimic dataset at {path}") as fh:
+        if "data" not in fh:
+            raise DatasetError(f"{path} has no 'data' group: not a robomimic dataset")
+        return _env_args(fh["data"], path)
+
+
 def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_key: str | None = None) -> DemoDataset:
     """Read ``path`` (robomimic layout). ``obs_keys``: streams to load (default all);
     ``filter_key``: only the demos listed in ``mask/<filter_key>``."""
@@ -107,10 +124,7 @@ def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_k
         if "data" not in fh:
             raise DatasetError(f"{path} has no 'data' group: not a robomimic dataset")
         data = fh["data"]
-        try:
-            env_args = json.loads(data.attrs["env_args"]) if "env_args" in data.attrs else {}
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DatasetError(f"{path}: data.attrs['env_args'] is not valid JSON ({e})") from None
+        env_args = _env_args(data, path)
         masks = {k: [n.decode() if isinstance(n, bytes) else str(n) for n in fh["mask"][k][()]]
                  for k in (fh["mask"] if "mask" in fh else [])}
         names = sorted(data.keys(), key=_demo_index)

@@ -105,7 +105,8 @@ def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str],
     demos: dict[str, Demo] = {}
     masks: dict[str, list[str]] = {}
     reset_seed = 10_000 + 1000 * seed
-    kept = Progress(keep, {"n": n, "quality": quality, "seed": seed, "desc": desc, "operators": list(operators)}) \
+    kept = Progress(keep, {"n": n, "quality": quality, "seed": seed, "desc": desc, "operators": list(operators),
+                           "env_args": env_args}) \
         if keep is not None else None
     done = kept.load() if kept is not None else None
     if done is not None:

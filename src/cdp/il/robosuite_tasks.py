@@ -55,6 +55,14 @@ def rendering_available() -> bool:
     """Whether robosuite can render cameras here (a GL backend chosen before robosuite loaded)."""
     return os.environ.get("MUJOCO_GL") in ("osmesa", "egl")
 
+#: How cameras render (``RobosuiteEnv(camera_render=...)``). "fast": each camera's view drawn once,
+#: without multisample anti-aliasing or the floor's reflection; "robosuite": robosuite's own (4x
+#: multisampled into a 640 x 480 buffer, the scene drawn twice for the reflection). In software
+#: GL (OSMesa) "fast" renders Lift's two 84 x 84 cameras several times faster
+#: (benchmarks/image_step.py); its images differ from robosuite's by about 1-2 of 255 per pixel
+#: on average, at edges and on the floor. A dataset's ``env_args`` names the one it was made with.
+CAMERA_RENDERS = ("fast", "robosuite")
+
 #: robosuite draws a model's randomised sizes (Lift's cube side, 0.020-0.022 m) once, when the
 #: environment is built, from the generator its ``seed`` makes; unseeded, every process would
 #: build a slightly different task, and neither demonstrations nor evaluations would repeat
@@ -70,7 +78,9 @@ class RobosuiteEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, env_name: str = "Lift", horizon: int = HORIZON, cameras: tuple[str, ...] = (),
-                 image_size: int = IMAGE_SIZE, model_seed: int = MODEL_SEED) -> None:
+                 image_size: int = IMAGE_SIZE, model_seed: int = MODEL_SEED, camera_render: str = "fast") -> None:
+        if camera_render not in CAMERA_RENDERS:
+            raise ValueError(f"camera_render must be one of {CAMERA_RENDERS}, got {camera_render!r}")
         if cameras:
             if not rendering_available():
                 raise ValueError("camera observations need offscreen rendering: install OSMesa (apt-get install "
@@ -84,12 +94,18 @@ class RobosuiteEnv(gym.Env):
         if env_name not in OBS_SHAPES:
             raise ValueError(f"unknown robosuite task {env_name!r}; choose from {sorted(OBS_SHAPES)}")
         self.env_name, self.horizon, self.cameras, self.model_seed = env_name, horizon, tuple(cameras), model_seed
+        self.camera_render = camera_render
         cam = dict(has_offscreen_renderer=True, use_camera_obs=True, camera_names=list(cameras),
                    camera_heights=image_size, camera_widths=image_size) if cameras else \
             dict(has_offscreen_renderer=False, use_camera_obs=False)
         self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                               has_renderer=False, use_object_obs=True, control_freq=20, horizon=horizon,
                               ignore_done=True, hard_reset=False, reward_shaping=False, seed=model_seed, **cam)
+        if cameras and camera_render == "fast":
+            _render_fast(self.env, image_size)
+        # robosuite makes a context current only when it creates one, so with several camera
+        # environments in a process each would draw in the last one made: each step makes its own current
+        self._gl = self.env.sim._render_context_offscreen.gl_ctx if cameras else None
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         boxes = {k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES[env_name].items()}
         boxes |= {k: spaces.Box(0, 255, s, np.uint8) for k, s in image_shapes(self.cameras, image_size).items()}
@@ -100,11 +116,15 @@ class RobosuiteEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None:  # robosuite draws the initial state from env.rng and its placement samplers'
             _reseed(self.env, np.random.default_rng(seed))
+        if self._gl is not None:
+            self._gl.make_current()
         self.t = 0
         return self._obs(self.env.reset()), {}
 
     def step(self, action):  # type: ignore[override]
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(7), -1.0, 1.0)
+        if self._gl is not None:
+            self._gl.make_current()
         raw, _, _, _ = self.env.step(a)
         self.t += 1
         success = bool(self.env._check_success())
@@ -130,8 +150,20 @@ class RobosuiteEnv(gym.Env):
         kw = {"robots": ["Panda"], "control_freq": 20, "controller": "BASIC (OSC_POSE arm)", "horizon": self.horizon,
               "seed": self.model_seed}
         if self.cameras:
-            kw |= {"camera_names": list(self.cameras), "use_camera_obs": True}
+            kw |= {"camera_names": list(self.cameras), "use_camera_obs": True, "camera_render": self.camera_render}
         return {"env_name": self.env_name, "type": 1, "env_kwargs": kw}
+
+
+def _render_fast(env, size: int) -> None:
+    """Camera views drawn once each, without multisampling or the reflection (``CAMERA_RENDERS``):
+    the offscreen buffer made again at the cameras' size with no samples (robosuite's public
+    resize remakes MuJoCo's render context, which reads the sample count from the model)."""
+    import mujoco
+
+    ctx = env.sim._render_context_offscreen
+    env.sim.model._model.vis.quality.offsamples = 0
+    ctx.update_offscreen_size(size, size)
+    ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
 
 def _reseed(env, rng: np.random.Generator) -> None:

@@ -16,7 +16,7 @@ from ..data.robomimic import DemoDataset
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    make_env: Callable[[], gym.Env]
+    make_env: Callable[..., gym.Env]  # (**env_kwargs): see env_kwargs
     obs_shapes: dict[str, tuple[int, ...]]
     action_dim: int
     horizon: int
@@ -30,6 +30,15 @@ class TaskSpec:
     @property
     def obs_dim(self) -> int:
         return sum(math.prod(s) for s in self.obs_shapes.values())
+
+    def env_kwargs(self, env_args: dict) -> dict:
+        """What an evaluation environment takes from a dataset's ``env_args``, so that its rollouts
+        see what the demonstrations saw: for tasks with cameras, how they render
+        (``camera_render``, :data:`cdp.il.robosuite_tasks.CAMERA_RENDERS`; a dataset that does not
+        say, robomimic's own or one made here before the option, was rendered robosuite's way)."""
+        if not any(len(s) == 3 for s in self.obs_shapes.values()):
+            return {}
+        return {"camera_render": (env_args.get("env_kwargs") or {}).get("camera_render", "robosuite")}
 
 
 def _reach() -> TaskSpec:
@@ -64,7 +73,7 @@ def _lift_image() -> TaskSpec:
 
     # low-dim streams first, then the cameras (an image policy's image_keys are the last obs_keys)
     shapes = rs.OBS_SHAPES["Lift"] | rs.image_shapes()
-    return TaskSpec("lift-image", lambda: rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS), shapes, 7, rs.HORIZON,
+    return TaskSpec("lift-image", lambda **kw: rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS, **kw), shapes, 7, rs.HORIZON,
                     rs.make_lift_image_demos, eval_batch=10)
 
 

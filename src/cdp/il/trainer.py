@@ -31,7 +31,7 @@ from ..capture import GraphedUpdate, graphs_available, host_floats, portable_sta
 from ..contraction import ContractionConfig
 from ..contraction.regularizer import EXACT_MAX_DIM
 from ..distributed import Group, join, leave
-from ..data.robomimic import DemoDataset, read_robomimic
+from ..data.robomimic import DemoDataset, read_env_args, read_robomimic
 from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
@@ -159,15 +159,17 @@ def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
 
 
 @torch.no_grad()
-def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, envs: list | None = None) -> dict:
+def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, envs: list | None = None,
+             env_kwargs: dict | None = None) -> dict:
     """Success rate over ``episodes`` rollouts from ``reset(seed=seed + i)``. Rollouts run in
     groups of ``len(envs)`` (default ``task.eval_batch``) environments stepped in lockstep with one
     batched ``select_action`` per step: a robosuite environment holds ~240 MB, so they are reused
     group after group. Also the goal orders of successful rollouts where the task records them
     (mode coverage), and where its environment reports ``info["stages"]`` (Transport), the mean
-    number of stages each rollout reached at some step (``stages``, with ``stages_se``)."""
+    number of stages each rollout reached at some step (``stages``, with ``stages_se``).
+    ``env_kwargs``: for the environments made here (:meth:`TaskSpec.env_kwargs` of the data)."""
     if envs is None:
-        envs = [task.make_env() for _ in range(min(episodes, task.eval_batch))]
+        envs = [task.make_env(**(env_kwargs or {})) for _ in range(min(episodes, task.eval_batch))]
     policy.eval()
     success = np.zeros(episodes, bool)
     reached: np.ndarray | None = None  # [episodes, stages]: ever held in the rollout
@@ -350,7 +352,8 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
                         stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)
                         continue
                     with clock.evaluating():
-                        eval_envs = eval_envs or [task.make_env() for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                        eval_envs = eval_envs or [task.make_env(**task.env_kwargs(demos.env_args))
+                                                  for _ in range(min(cfg.eval_episodes, task.eval_batch))]
                         res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
                         res["action_spread"] = action_spread(ema, spread_obs)
                     prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
@@ -407,4 +410,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 50, seed: int = 0, which: 
         raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
     cfg = config_from_json(ILTrainConfig, run / "config.json", "an imitation")
     policy = load_policy(run / which).to(resolve_device(device or cfg.device))
-    return evaluate(policy, get_task(cfg.task), episodes, seed)
+    task = get_task(cfg.task)
+    # rollouts as the demonstrations were recorded, where the data is still there
+    env_kwargs = task.env_kwargs(read_env_args(cfg.dataset)) if Path(cfg.dataset).is_file() else {}
+    return evaluate(policy, task, episodes, seed, env_kwargs=env_kwargs)
