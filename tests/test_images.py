@@ -207,3 +207,21 @@ def test_fast_camera_rendering_draws_once_without_multisampling_and_stays_close_
         diff = np.abs(fast - full)
         # the same scene: anti-aliased edges and the floor's faint reflection differ, nothing else
         assert 0 < diff.mean() < 4 and np.mean(diff > 30) < 0.02
+
+
+def test_make_data_records_the_rendering_and_the_evaluation_takes_it(tmp_path):
+    from cdp.data.robomimic import read_env_args
+    from cdp.il.tasks import get_task, write_demos
+
+    with pytest.raises(ValueError, match="reach has none"):  # checked before anything is made
+        write_demos("reach", "ph", tmp_path / "r.hdf5", n=1, camera_render="fast")
+    assert not (tmp_path / "r.hdf5").exists()
+    pytest.importorskip("robosuite")
+    from cdp.il import robosuite_tasks as rs
+
+    if not rs.rendering_available():
+        pytest.skip("no offscreen rendering here (apt-get install libosmesa6)")
+    path = write_demos("lift-image", "ph", tmp_path / "li.hdf5", n=1, camera_render="robosuite")
+    args = read_env_args(path)
+    assert args["env_kwargs"]["camera_render"] == "robosuite" and args["env_kwargs"]["seed"] == rs.MODEL_SEED
+    assert get_task("lift-image").env_kwargs(args) == {"camera_render": "robosuite"}

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .contraction import FORMS, WINDOWS
     from .contraction.regularizer import EXACT_MAX_DIM
     from .data import DATA_CUTS
+    from .il.robosuite_tasks import CAMERA_RENDERS
     from .il.tasks import task_names
     from .il.trainer import POLICIES
     from .rl.trainer import ALGOS, PRESETS
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     imd.add_argument("--demos", type=_positive_int, default=200, help="demonstrations to record")
     imd.add_argument("--seed", type=_seed, default=0, help="seed of the scripted demonstrator")
     imd.add_argument("--out", default=None, help="file (default data/il/<task>_<quality>.hdf5)")
+    imd.add_argument("--camera-render", choices=CAMERA_RENDERS, default=None,
+                     help="tasks with cameras: each view drawn once without multisampling or the floor's "
+                          "reflection (fast, the default), or robosuite's own rendering")
     itr = ils.add_parser("train", help="train a policy on demonstrations (resumable)")
     itr.add_argument("policy", choices=POLICIES, help="the policy (cdp-* = dp-* + the contraction term)")
     itr.add_argument("--task", required=True, choices=task_names(), help="the task the demonstrations are of")
@@ -344,7 +348,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "il" and args.il_command == "make-data":
         from .il.tasks import write_demos
 
-        path = write_demos(args.task, args.quality, args.out, args.demos, args.seed, progress=True)
+        path = write_demos(args.task, args.quality, args.out, args.demos, args.seed, progress=True,
+                           camera_render=args.camera_render)
         print(f"{args.demos} demonstrations of {args.task} ({args.quality}) written to {path}")
     elif args.command == "il" and args.il_command == "train":
         from .il.trainer import ILTrainConfig, record, train as il_train

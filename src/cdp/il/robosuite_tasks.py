@@ -269,16 +269,17 @@ def make_can_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: b
 
 
 def make_lift_image_demos(n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
-                          keep=None) -> DemoDataset:
-    """Scripted Lift demonstrations with the shoulder and wrist cameras (84 x 84)."""
-    return make_demos("Lift", n, quality, seed, progress, cameras=CAMERAS, keep=keep)
+                          keep=None, camera_render: str = "fast") -> DemoDataset:
+    """Scripted Lift demonstrations with the shoulder and wrist cameras (84 x 84), rendered the
+    ``camera_render`` way (:data:`CAMERA_RENDERS`)."""
+    return make_demos("Lift", n, quality, seed, progress, cameras=CAMERAS, keep=keep, camera_render=camera_render)
 
 
 def make_demos(env_name: str, n: int = 200, quality: str = "ph", seed: int = 0, progress: bool = True,
-               cameras: tuple[str, ...] = (), keep=None) -> DemoDataset:
+               cameras: tuple[str, ...] = (), keep=None, camera_render: str = "fast") -> DemoDataset:
     """``n`` successful scripted demonstrations of ``env_name``, see
     :func:`cdp.il.demos.collect_demos`."""
-    env = RobosuiteEnv(env_name, cameras=cameras)
+    env = RobosuiteEnv(env_name, cameras=cameras, camera_render=camera_render)
     demonstrate = {"Lift": demonstrate_lift, "PickPlaceCan": demonstrate_can}[env_name]
     return collect_demos(env, demonstrate, list(OPERATORS), n, quality, seed, env.env_args(), progress,
                          f"{env_name} {quality} demos", keep=keep)

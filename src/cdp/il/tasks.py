@@ -119,16 +119,24 @@ def default_quality(task: str, path: str | Path) -> str | None:
 
 
 def write_demos(task: str, quality: str, path: str | Path | None = None, n: int = 200, seed: int = 0,
-                progress: bool = False) -> Path:
+                progress: bool = False, camera_render: str | None = None) -> Path:
     """Make ``n`` scripted demonstrations of ``task`` and write them in robomimic's layout
     (atomically) at ``path`` (default :func:`default_data_path`); returns the path. Each
     demonstration is kept in ``<path>.partial/`` as it is made, so an interrupted call continues
-    where it stopped (:class:`cdp.il.demos.Progress`); the folder goes once the file is written."""
+    where it stopped (:class:`cdp.il.demos.Progress`); the folder goes once the file is written.
+    ``camera_render``: for tasks with cameras, how they render
+    (:data:`cdp.il.robosuite_tasks.CAMERA_RENDERS`; default ``"fast"``)."""
     from ..data.robomimic import write_robomimic
     from .demos import Progress
 
+    spec = get_task(task)
+    extra = {}
+    if camera_render is not None:
+        if not spec.env_kwargs({}):
+            raise ValueError(f"camera_render applies to tasks with cameras, and {task} has none")
+        extra["camera_render"] = camera_render
     path = Path(path or default_data_path(task, quality))
     keep = path.with_name(path.name + ".partial")
-    out = write_robomimic(path, get_task(task).make_demos(n, quality, seed, progress=progress, keep=keep))
+    out = write_robomimic(path, spec.make_demos(n, quality, seed, progress=progress, keep=keep, **extra))
     Progress(keep, {}).clear()
     return out
