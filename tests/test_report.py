@@ -143,6 +143,8 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     assert {r.gamma for r in runs} == {0.0, 0.1, 1.0}
     assert base_of("cdp-g1") == "edp" and base_of("cdp-unet-g1-mNone") == "dp-unet" and base_of("dp-dit") is None
     assert base_of("cdp-g1-official_frobenius") == "edp" and base_of("cdp-iql-literal") == "edp-iql"
+    # the term's products and estimator are the CDP arm's own: its base is the plain policy
+    assert base_of("cdp-unet-cnn-auto-x256") == "dp-unet-cnn" and base_of("cdp-dit-fd-x1024") == "dp-dit"
     lines = cdp_vs_base(runs).splitlines()
     # CDP mean 17, EDP mean 15; s.e. of (13, 21) = 4, of (10, 20) = 5, of the difference
     # sqrt(16 + 25) = 6.40, so 2 / 6.40 = 0.31 of it; CDP ahead on both seeds (13 > 10, 21 > 20)

@@ -177,11 +177,12 @@ def overview(runs: list[Run]) -> str:
 def base_of(method: str) -> str | None:
     """The method a contraction variant adds its term to: ``cdp`` -> ``edp``, ``cdp-unet`` ->
     ``dp-unet``, ``cdp-iql-g1-mNone`` -> ``edp-iql``, ``cdp-g1-official_frobenius`` -> ``edp`` (the
-    contraction's own gamma / window / margin / form parts dropped); None for a base method."""
+    contraction's own gamma / window / margin / form / estimator parts dropped: ``cdp-unet-cnn-auto-x256``
+    -> ``dp-unet-cnn``); None for a base method."""
     if not method.startswith("cdp"):
         return None
-    method = re.sub(r"-(?:(?:g|tmax|m)(?:None|[0-9.e+-]+?)|official_frobenius|literal_frobenius|frobenius|literal)(?=-|$)",
-                    "", method)
+    method = re.sub(r"-(?:(?:g|tmax|m)(?:None|[0-9.e+-]+?)|official_frobenius|literal_frobenius|frobenius|literal"
+                    r"|native|auto|autograd|fd|x[0-9]+)(?=-|$)", "", method)
     if method == "cdp" or method.startswith("cdp-") and method.split("-")[1] not in ("unet", "dit", "mlp"):
         return "edp" + method[3:]
     if method.startswith("cdp-"):
