@@ -35,6 +35,8 @@ STUDIES: dict[str, str] = {
     "offline_rl_gamma": "Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
     "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published"
                            " weight, 100% and 10% of transitions"),
+    "offline_rl_kitchen_forms": ("Offline RL on kitchen-complete: CDP with the official runs' Frobenius form beside the "
+                                 "paper's hinge, which almost never acts there"),
     "offline_rl_walker": ("Offline RL on walker2d medium-replay from an expert-scale behaviour agent: BC, EDP and CDP "
                           "at the published weight, 100% and 10% of transitions"),
     "offline_rl_walker_baselines": "Offline RL on the same walker2d data: DQL and IDQL, 100% and 10% of transitions",
