@@ -164,6 +164,17 @@ def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
         bare = cdp_vs_base(runs).splitlines()
     assert bare[0] == "| CDP - base | 100% data | time ratio | paper ratio |"
     assert bare[2] == "| cdp vs edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) | 1.00x | 1.14x |"
+    # where the runs logged the term's stats: the share of rows above the hinge's floor, per run
+    # over its stretches, then over seeds: seed 0 (1% + 3%) / 2 = 2%, seed 1 4%: 3.00%
+    from cdp.report import hinge_active
+
+    for r, active in zip((r for r in runs if r.method == "cdp"), ([0.01, 0.03], [0.04])):
+        r.term = [{"step": 100 * (i + 1), "active": a, "rate": -0.5} for i, a in enumerate(active)]
+    assert hinge_active(runs, "cdp", 1.0) == pytest.approx(0.03) and hinge_active(runs, "cdp-g1", 1.0) is None
+    with_term = cdp_vs_base(runs).splitlines()
+    assert with_term[0] == "| CDP - base | 100% data | paper (100%) | hinge active (100%) | time ratio | paper ratio |"
+    assert with_term[2].startswith("| cdp vs edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) | +8.4 | 3.00% | 1.00x |")
+    assert with_term[3].startswith("| cdp-g1 vs edp | +25.0 (n 1/2) |  |  |")
     text = write_report(tmp_path).read_text()
     # the summary across groups: the same differences; CDP beat EDP on both paired seeds (13 > 10, 21 > 20)
     assert "| cdp/hopper/medium-replay-v0 | cdp − edp | +2.0 ± 6.4 (0.3 se; ahead 2/2; n 2/2) |" in text

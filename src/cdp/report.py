@@ -209,7 +209,8 @@ def difference_cell(x: list[float], y: list[float], ahead: tuple[int, int]) -> s
 def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     """Markdown: for every contraction method with its base in ``runs``, the difference of means
     (CDP - base) per data fraction with its standard error and seed-paired wins
-    (:func:`difference_cell`), the paper's full-data gain where it has one, and the training-time
+    (:func:`difference_cell`), the paper's full-data gain where it has one, where the hinge acted
+    (:func:`hinge_active`, per data fraction, where the runs logged it), and the training-time
     ratio (evaluations excluded; :func:`time_ratio`) beside the paper's GPU ratio."""
     from . import paper
 
@@ -221,8 +222,11 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
     key, kind = paper.task_key(runs[0].group), runs[0].kind
     gains = {m: f"{paper.GAIN_OVER_EDP[key]:+.1f}" for m, b in pairs if key and b.startswith("edp") and m == "cdp"}
     paper_col = " paper (100%) |" if gains else ""  # only where the paper reports this task's gain
-    lines = ["| CDP - base | " + " | ".join(f"{f:.0%} data" for f in fracs) + f" |{paper_col} time ratio | paper ratio |",
-             "|---|" + "---:|" * (len(fracs) + 2 + bool(gains))]
+    active = {m: [hinge_active(runs, m, f) for f in fracs] for m, _ in pairs}
+    logged = any(a is not None for v in active.values() for a in v)
+    active_col = f" hinge active ({' / '.join(f'{f:.0%}' for f in fracs)}) |" if logged else ""
+    lines = ["| CDP - base | " + " | ".join(f"{f:.0%} data" for f in fracs) + f" |{paper_col}{active_col} time ratio | paper ratio |",
+             "|---|" + "---:|" * (len(fracs) + 2 + bool(gains) + logged)]
     for m, b in pairs:
         row = []
         for f in fracs:
@@ -234,8 +238,20 @@ def cdp_vs_base(runs: list[Run], metric: str = "mean_last3") -> str:
         r_mb = time_ratio(runs, m, b)
         ratio = f"{r_mb:.2f}x" if r_mb is not None else ""
         gain = f" {gains.get(m, '')} |" if gains else ""
-        lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" |{gain} {ratio} | {paper.cost_ratio(kind):.2f}x |")
+        acts = " / ".join("–" if a is None else f"{100 * a:.2f}%" for a in active[m])  # –: not logged
+        act = f" {acts if any(a is not None for a in active[m]) else ''} |" if logged else ""
+        lines.append(f"| {m} vs {b} | " + " | ".join(row) + f" |{gain}{act} {ratio} | {paper.cost_ratio(kind):.2f}x |")
     return "\n".join(lines)
+
+
+def hinge_active(runs: list[Run], method: str, fraction: float) -> float | None:
+    """The share of the term's rows above the hinge's floor (the rows its gradient reaches), for
+    ``method`` at ``fraction``: each run's mean over its logged stretches (record ``term``), then
+    the mean over its seeds; None where no run logged it. Near 0, the hinge is flat on almost
+    every row and the CDP run trains as its base does."""
+    per_run = [float(np.mean([t["active"] for t in r.term if "active" in t])) for r in runs
+               if r.method == method and r.fraction == fraction and any("active" in t for t in r.term)]
+    return float(np.mean(per_run)) if per_run else None
 
 
 def machine(run: Run) -> str | None:
