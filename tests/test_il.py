@@ -165,6 +165,15 @@ def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):
         assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     if policy.startswith("cdp"):
         assert all(np.isfinite(float(r["contraction"])) for r in rows)
+        # the term's own stats on its 4-row sub-batch: the share above the floor is k / 4
+        assert all(float(r["contraction_rows"]) == 4 and float(r["contraction_active"]) in (0, 0.25, 0.5, 0.75, 1)
+                   for r in rows)
+        from cdp.runlog import write_record
+
+        term = json.loads(write_record(out, tmp_path / "rec.json").read_text())["term"]
+        assert [t["step"] for t in term] == [30, 60] and all(0 <= t["active"] <= 1 for t in term)
+    else:
+        assert "contraction_active" not in rows[0]
     if policy == "dbc-dit":  # stage 1 trains the diffusion model only, stage 2 the policy only
         assert float(rows[0]["bc"]) == 0 and float(rows[0]["dm"]) > 0
         assert float(rows[-1]["dm"]) == 0 and float(rows[-1]["bc"]) > 0

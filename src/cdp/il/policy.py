@@ -289,16 +289,20 @@ class DiffusionPolicy(ChunkPolicy):
                      noise: Tensor | None = None) -> dict[str, Tensor]:
         """obs ``[B, To, obs_dim]``, actions ``[B, Tp, d]`` (environment units); the diffusion
         times ``t [B]`` and noises ``noise [B, Tp, d]`` are drawn here unless given (as
-        :func:`draw_noise` draws them)."""
+        :func:`draw_noise` draws them). With the term, also its stats on the rows it regularised
+        (``contraction_rows`` / ``_active`` / ``_rate``, :meth:`ContractionRegularizer.stats`;
+        none where no row was)."""
         c, x0, cond = self.config, self.act_norm(actions), self.cond(obs)
+        stats: dict[str, Tensor] = {}
         if self.reg is not None:
             out = self.reg.loss(self.net, x0, cond, t=t, noise=noise, num_steps=c.train_steps)
             denoise, contraction = out.denoising.loss.mean(), out.contraction
+            stats = {f"contraction_{k}": v for k, v in out.stats.items()}
         else:
             denoise = denoising_loss(self.net, x0, self.schedule, c.prediction, cond=cond, t=t, noise=noise,  # type: ignore[arg-type]
                                      num_steps=c.train_steps).loss.mean()
             contraction = torch.zeros((), device=x0.device)
-        return {"loss": denoise + contraction, "denoise": denoise, "contraction": contraction}
+        return {"loss": denoise + contraction, "denoise": denoise, "contraction": contraction, **stats}
 
     def draw_noise(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """``(t [batch], noise [batch, Tp, d])`` for ``batch`` training rows, in the order

@@ -284,6 +284,8 @@ class PolicyStep(Update):
         losses["loss"].backward()
         g.average_gradients(list(self.policy.parameters()))
         self.opt.step()
+        if g.world > 1:  # a process may regularise no row where another does: the term's stats stay out
+            losses = {k: v for k, v in losses.items() if not k.startswith("contraction_")}
         return g.average({k: v.detach() for k, v in losses.items()})
 
     def advance(self) -> None:
