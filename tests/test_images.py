@@ -175,6 +175,7 @@ def test_evaluation_environments_render_as_the_dataset_says():
     from cdp.il.tasks import get_task
 
     image, state = get_task("lift-image"), get_task("lift")
+    assert image.image_keys == ["agentview_image", "robot0_eye_in_hand_image"] and state.image_keys == []
     made_here = {"env_name": "Lift", "env_kwargs": {"seed": 0, "camera_render": "fast"}}
     assert image.env_kwargs(made_here) == {"camera_render": "fast"}
     # robomimic's own files, and this project's made before the option: robosuite's rendering

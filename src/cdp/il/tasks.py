@@ -31,12 +31,17 @@ class TaskSpec:
     def obs_dim(self) -> int:
         return sum(math.prod(s) for s in self.obs_shapes.values())
 
+    @property
+    def image_keys(self) -> list[str]:
+        """The camera streams (``[H, W, 3]``) among ``obs_keys``, in order; empty for a state-only task."""
+        return [k for k, s in self.obs_shapes.items() if len(s) == 3]
+
     def env_kwargs(self, env_args: dict) -> dict:
         """What an evaluation environment takes from a dataset's ``env_args``, so that its rollouts
         see what the demonstrations saw: for tasks with cameras, how they render
         (``camera_render``, :data:`cdp.il.robosuite_tasks.CAMERA_RENDERS`; a dataset that does not
         say, robomimic's own or one made here before the option, was rendered robosuite's way)."""
-        if not any(len(s) == 3 for s in self.obs_shapes.values()):
+        if not self.image_keys:
             return {}
         return {"camera_render": (env_args.get("env_kwargs") or {}).get("camera_render", "robosuite")}
 
@@ -132,7 +137,7 @@ def write_demos(task: str, quality: str, path: str | Path | None = None, n: int 
     spec = get_task(task)
     extra = {}
     if camera_render is not None:
-        if not spec.env_kwargs({}):
+        if not spec.image_keys:
             raise ValueError(f"camera_render applies to tasks with cameras, and {task} has none")
         extra["camera_render"] = camera_render
     path = Path(path or default_data_path(task, quality))

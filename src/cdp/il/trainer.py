@@ -91,7 +91,7 @@ class ILTrainConfig:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose from {POLICIES}")
         task = get_task(self.task)  # unknown task: one clear error now
-        if any(len(s) == 3 for s in task.obs_shapes.values()) and not self.policy.startswith(("dp-", "cdp-")):
+        if task.image_keys and not self.policy.startswith(("dp-", "cdp-")):
             raise ValueError(f"{self.task} has camera observations: only the diffusion policies (dp-*, cdp-*) "
                              f"encode images, not {self.policy}")
         if self.encoder not in ("resnet18", "cnn"):
@@ -117,7 +117,7 @@ class ILTrainConfig:
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
-        if self.encoder != "resnet18" and any(len(s) == 3 for s in get_task(self.task).obs_shapes.values()):
+        if self.encoder != "resnet18" and get_task(self.task).image_keys:
             name += f"-{self.encoder}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
@@ -143,7 +143,7 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
                              dit_depth=cfg.dit_depth))
     backbone = cfg.policy.split("-")[1]
     contraction = cfg.contraction_config() if cfg.policy.startswith("cdp") else None
-    images = [k for k, s in task.obs_shapes.items() if len(s) == 3]
+    images = task.image_keys
     vision = dict(image_keys=images, image_size=task.obs_shapes[images[0]][0], crop=cfg.crop,
                   encoder=cfg.encoder) if images else {}
     return DiffusionPolicy(DiffusionPolicyConfig(**base, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
@@ -327,6 +327,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
     logs = RunLogs(out, step) if main else None
     clock = RunClock(state, step, where_label(device))
     eval_envs: list = []
+    env_kwargs = task.env_kwargs(demos.env_args)  # evaluation renders as the demonstrations were recorded
 
     def save() -> None:
         if not main:
@@ -354,7 +355,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
                         stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)
                         continue
                     with clock.evaluating():
-                        eval_envs = eval_envs or [task.make_env(**task.env_kwargs(demos.env_args))
+                        eval_envs = eval_envs or [task.make_env(**env_kwargs)
                                                   for _ in range(min(cfg.eval_episodes, task.eval_batch))]
                         res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
                         res["action_spread"] = action_spread(ema, spread_obs)
