@@ -344,6 +344,29 @@ def test_hours_left_goes_by_the_finished_runs_pace_per_kind(tmp_path):
     assert hours_left(jobs[:3]) == 0
 
 
+def test_imitation_paces_are_kept_apart_by_task_and_estimator(tmp_path):
+    """A CDP step with the exact eigenvalue costs several Lanczos-4 steps, and a Transport run
+    many Lift runs: a queue mixing them plans each at its own pace."""
+    from cdp.sweep import Job, finished_pace, hours_left
+
+    def job(name, task="lift", policy="cdp-unet", summary=None, **est):
+        out = tmp_path / name
+        out.mkdir()
+        if summary is not None:
+            (out / "summary.json").write_text(json.dumps({"step": 1000, "seconds_per_1k_steps": summary}))
+        return Job("il", {"task": task, "policy": policy, "steps": 1000, **est}, str(out))
+
+    exact = dict(products="auto", exact_max_dim=256, contraction_subbatch=16)
+    jobs = [job("a", summary=250.0, **exact), job("b", summary=50.0), job("c", policy="dp-unet", summary=40.0),
+            job("d", task="transport", policy="dp-unet", summary=400.0)]
+    assert finished_pace(jobs) == {"lift/cdp-unet-auto-x256-sub16": 250.0, "lift/cdp-unet": 50.0,
+                                   "lift/dp-unet": 40.0, "transport/dp-unet": 400.0}
+    # one run of each left: the exact CDP at its own pace, not the Lanczos-4 one's
+    todo = [job("e", **exact), job("f"), job("g", task="transport", policy="dp-unet")]
+    assert hours_left(jobs + todo) == pytest.approx((250 + 50 + 400) / 3600)
+    assert hours_left([job("h", task="transport", policy="cdp-unet", **exact)]) is None  # nothing to go by
+
+
 def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
 
 
