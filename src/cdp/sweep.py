@@ -408,7 +408,7 @@ def _where_label(device: str) -> str:
 
 def hours_left(jobs: list[Job], pace: dict[str, float] | None = None) -> float | None:
     """Single-process hours the unfinished ``jobs`` still need at ``pace`` (seconds per 1k steps
-    per algorithm / policy; by default :func:`finished_pace`). None if some unfinished job's kind
+    per kind, :func:`_kind`; by default :func:`finished_pace`). None if some unfinished job's kind
     has no pace to go by."""
     pace = finished_pace(jobs) if pace is None else pace
     needs = [seconds_needed(j, pace) for j in jobs if not is_finished(j)]
