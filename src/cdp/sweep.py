@@ -350,13 +350,13 @@ def _kind(job: Job) -> str:
     c = job.config
     if job.kind != "il":
         return c.get("algo") or c.get("policy")
-    name = c["policy"]
-    if name.startswith("cdp"):
-        # the estimator as the run name spells it, with the defaults of configs saved before it existed
-        products, dim = c.get("products", "native"), c.get("exact_max_dim", 8)
-        name += (f"-{products}" if products != "native" else "") + (f"-x{dim}" if dim != 8 else "")
-        if c.get("contraction_subbatch") is not None:
-            name += f"-sub{c['contraction_subbatch']}"
+    from .il.trainer import ILTrainConfig, estimator_suffix
+
+    # the estimator as the run name spells it, with the defaults of configs saved before it existed
+    est = {**ILTrainConfig.SAVED_BEFORE, **{k: c[k] for k in ILTrainConfig.SAVED_BEFORE if k in c}}
+    name = c["policy"] + estimator_suffix(c["policy"], est["products"], est["exact_max_dim"])
+    if name.startswith("cdp") and c.get("contraction_subbatch") is not None:
+        name += f"-sub{c['contraction_subbatch']}"
     return f"{c['task']}/{name}" if c.get("task") else name
 
 
@@ -366,7 +366,7 @@ def _median_per_kind(rates: dict[str, list[float]]) -> dict[str, float]:
 
 def finished_pace(jobs: list[Job], where: Callable[[Job], str | None] | None = None) -> dict[str, float]:
     """The finished jobs' own pace: median seconds per 1k steps (evaluations included) per
-    algorithm / policy, from their summaries or records. With ``where`` (a job -> its
+    kind (:func:`_kind`), from their summaries or records. With ``where`` (a job -> its
     :func:`~cdp.runlog.where_label` on this machine, None where unknown), only the legs a run
     trained at that label count (a run's pace from them), so the pace is this machine's own; runs
     with no such leg are left out."""
@@ -443,7 +443,7 @@ def recent_pace(job: Job, rows: int = 20) -> float | None:
 
 def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
     """The pace the jobs training now go at (a live process holds the run's claim and logged in
-    the last ``recent_s`` seconds): median seconds per 1k steps per algorithm / policy, from
+    the last ``recent_s`` seconds): median seconds per 1k steps per kind (:func:`_kind`), from
     :func:`recent_pace`. A machine's speed can change from one day to the next (a shared host), so this
     can differ from the finished runs' pace. A run stopped a minute ago does not count."""
     rates: dict[str, list[float]] = {}
@@ -459,7 +459,7 @@ def current_pace(jobs: list[Job], recent_s: float = 600.0) -> dict[str, float]:
 def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
                     now: dict[str, float] | None = None,
                     here: dict[str, float] | None = None) -> dict[str, float]:
-    """Seconds per 1k steps per algorithm / policy to plan by. Where a kind trains now, the running
+    """Seconds per 1k steps per kind (:func:`_kind`) to plan by. Where a kind trains now, the running
     jobs' pace (``now``, by default :func:`current_pace`). For the other kinds, the finished runs'
     pace on this machine (``here``, by default :func:`finished_pace` with :func:`this_machine`)
     where the kind has one, else the finished runs' pace on any machine (``finished``, by default
@@ -481,7 +481,7 @@ def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
 
 def seconds_needed(unit: Job | SeedGroup, pace: dict[str, float]) -> float | None:
     """Seconds a job (or a group of seeds, trained in turn) still needs at ``pace`` (seconds per
-    1k steps per algorithm / policy), from its last logged step; None where its kind has no pace."""
+    1k steps per kind, :func:`_kind`), from its last logged step; None where its kind has no pace."""
     jobs = _members(unit)
     if any(_kind(j) not in pace for j in jobs):
         return None

@@ -123,15 +123,20 @@ class ILTrainConfig:
             name += f"-g{self.gamma:g}"
         if self.policy.startswith("cdp") and self.margin != 0.1:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
-        if self.policy.startswith("cdp") and self.products != "native":
-            name += f"-{self.products}"
-        if self.policy.startswith("cdp") and self.exact_max_dim != 8:
-            name += f"-x{self.exact_max_dim}"
-        return f"{name}-s{self.seed}"
+        return f"{name}{estimator_suffix(self.policy, self.products, self.exact_max_dim)}-s{self.seed}"
 
     def record_path(self, results_dir: str | Path) -> Path:
         """Where this run's record goes: ``<results_dir>/<task>/<run name>.json``."""
         return Path(results_dir) / self.task / f"{self.run_name()}.json"
+
+
+def estimator_suffix(policy: str, products: str, exact_max_dim: int) -> str:
+    """The term's estimator as run names spell it: ``-<products>`` unless ``"native"``,
+    ``-x<exact_max_dim>`` unless 8 (the earlier studies' Lanczos 4 through autograd,
+    :attr:`ILTrainConfig.SAVED_BEFORE`); empty for a policy without the term."""
+    if not policy.startswith("cdp"):
+        return ""
+    return (f"-{products}" if products != "native" else "") + (f"-x{exact_max_dim}" if exact_max_dim != 8 else "")
 
 
 def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
