@@ -3,8 +3,8 @@
 per camera encoder, with and without the contraction term (16-sample sub-batch, as the study
 runs it), as ratios measured in one run, and the latency of one action chunk for one state.
 Then (where robosuite renders) an environment step of Lift without cameras and with its two
-cameras rendered each way ``RobosuiteEnv(camera_render=...)`` offers, interleaved rounds: what
-an image study's data collection and evaluation pay per step.
+cameras rendered each way ``RobosuiteEnv(camera_render=...)`` offers, every step (data
+collection) and 2 of 8 steps (an evaluation at To = 2, Ta = 8), interleaved rounds.
 
     python benchmarks/image_step.py [--quick] [--batch 64] [--device cuda] [--only train|render]
 """
@@ -43,12 +43,24 @@ def render_rows(header: str, rounds: int, steps: int) -> None:
     envs = {"no cameras": rs.RobosuiteEnv("Lift")}
     envs |= {f"2 cameras, {how}": rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS, camera_render=how)
              for how in reversed(rs.CAMERA_RENDERS)}
+    # an evaluation at To = 2, Ta = 8 draws the cameras for the 2 steps before each chunk only
+    # (ChunkPolicy.reads_next_observation); steps of robosuite's rendering and of the fast one
+    envs |= {f"2 cameras, {how}, drawn 2 of 8 steps": rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS, camera_render=how)
+             for how in reversed(rs.CAMERA_RENDERS)}
     times: dict[str, list[float]] = {k: [] for k in envs}
     for env in envs.values():
         env.reset(seed=0)
+    count = {k: 0 for k in envs}
+
+    def step(k: str) -> None:
+        if "of 8" in k:
+            envs[k].render_cameras = count[k] % 8 >= 6
+        count[k] += 1
+        envs[k].step(np.zeros(7))
+
     for _ in range(rounds):
-        for k, env in envs.items():
-            times[k].append(ms_per_call(lambda env=env: env.step(np.zeros(7)), steps, torch.device("cpu")))
+        for k in envs:
+            times[k].append(ms_per_call(lambda k=k: step(k), steps, torch.device("cpu")))
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["2 cameras, robosuite"]
     print(f"\n{header}; Lift environment step (OSC, 20 Hz), MUJOCO_GL={rs.os.environ.get('MUJOCO_GL')}; median ms over "
@@ -65,7 +77,7 @@ def main() -> None:
     args, header = parse(ap)
     rounds, inner = (2, 1) if args.quick else (3, 2)
     if args.only != "train":
-        render_rows(header, 3 if args.quick else 7, 10 if args.quick else 30)
+        render_rows(header, 3 if args.quick else 7, 16 if args.quick else 32)  # whole 8-step cycles
     if args.only == "render":
         return
     dev, B = args.device, args.batch

@@ -55,11 +55,11 @@ def test_encoders_map_images_to_features_and_differ_in_size():
     assert not torch.allclose(small(x)[0], small(x)[1])
 
 
-def _policy(gamma: float = 0.0) -> DiffusionPolicy:
+def _policy(gamma: float = 0.0, ta: int = 2) -> DiffusionPolicy:
     torch.manual_seed(0)
     term = ContractionConfig(gamma=gamma, margin=0.1) if gamma else None
     cfg = DiffusionPolicyConfig(obs_keys=["eef", "cam_image"], obs_dim=3 + S * S * 3, action_dim=2, n_obs_steps=2,
-                                horizon=4, n_action_steps=2, backbone="mlp", mlp_hidden=32, sample_steps=3,
+                                horizon=4, n_action_steps=ta, backbone="mlp", mlp_hidden=32, sample_steps=3,
                                 image_keys=["cam_image"], image_size=S, crop=10, encoder="cnn", image_features=5,
                                 contraction=term)
     policy = DiffusionPolicy(cfg)
@@ -109,6 +109,50 @@ def test_image_policy_conditioning_and_select_action_by_hand(tmp_path):
     policy.save_pretrained(tmp_path / "p")
     back = load_policy(tmp_path / "p")
     assert back.config.image_keys == ["cam_image"] and torch.allclose(back.cond(hist), cond, atol=1e-6)
+
+
+def test_a_policy_reads_only_the_observations_its_chunks_condition_on():
+    policy = _policy(ta=3).eval()  # To = 2, Ta = 3: a chunk at steps 0, 3, 6, ... reads steps 2-3, 5-6, ...
+    rng = np.random.default_rng(3)
+    seq = [_obs(rng, 2) for _ in range(12)]
+    junk = {k: np.full_like(v, 7) for k, v in seq[0].items()}
+
+    def roll(blank) -> tuple[np.ndarray, list[bool]]:
+        policy.reset()
+        torch.manual_seed(5)
+        acts, reads = [], []
+        for i, o in enumerate(seq):
+            reads.append(policy.reads_next_observation())
+            acts.append(policy.select_action(junk if blank(i, reads[-1]) else o))
+        return np.stack(acts), reads
+
+    want, reads = roll(lambda i, read: False)
+    assert reads == [True, False, True] * 4  # by hand: the reset step, then the To steps before each chunk
+    np.testing.assert_array_equal(roll(lambda i, read: not read)[0], want)  # the unread ones change nothing
+    assert not np.allclose(roll(lambda i, read: i == 2)[0], want)  # a read one does
+
+
+def test_evaluation_tells_camera_environments_which_steps_to_draw():
+    from cdp.il.tasks import TaskSpec
+    from cdp.il.trainer import evaluate
+
+    class Cameras:  # an environment that records what it was told before each step
+        def __init__(self):
+            self.render_cameras, self.told, self.rng = True, [], np.random.default_rng(0)
+
+        def reset(self, seed=None):
+            self.render_cameras = True
+            return {k: v[0] for k, v in _obs(self.rng, 1).items()}, {}
+
+        def step(self, action):
+            self.told.append(self.render_cameras)
+            return {k: v[0] for k, v in _obs(self.rng, 1).items()}, 0.0, False, len(self.told) >= 9, {}
+
+    envs = [Cameras(), Cameras()]
+    task = TaskSpec("cams", Cameras, {"eef": (3,), "cam_image": (S, S, 3)}, 2, 9, None)
+    assert evaluate(_policy(ta=3), task, episodes=2, envs=envs)["success_rate"] == 0.0
+    # the observation after step i is read by select_action i + 1: steps 1-2 of 3 draw
+    assert envs[0].told == envs[1].told == [False, True, True] * 3
 
 
 def test_the_term_reaches_the_encoder_and_equals_the_exact_value():
@@ -169,6 +213,32 @@ def test_robosuite_cameras_render_upright_uint8_images():
     view = obs["agentview_image"].astype(float).mean(2)
     assert view[:10].mean() < view[-20:].mean()
     assert env.observation_space["agentview_image"].dtype == np.uint8
+
+
+def test_a_step_without_drawing_repeats_the_last_images_and_a_drawn_one_is_robosuites():
+    pytest.importorskip("robosuite")
+    from cdp.il import robosuite_tasks as rs
+
+    if not rs.rendering_available():
+        pytest.skip("no offscreen rendering here (apt-get install libosmesa6)")
+    always, skipping = rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS), rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS)
+    always.reset(seed=4)
+    last = skipping.reset(seed=4)[0]
+    move = np.array([0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0])  # down, gripper closing: the wrist view changes
+    for draw in (False, False, True, False, True):
+        skipping.render_cameras = draw
+        a, b = always.step(move)[0], skipping.step(move)[0]
+        np.testing.assert_array_equal(a["robot0_eef_pos"], b["robot0_eef_pos"])  # the state is stepped alike
+        for cam in rs.CAMERAS:
+            key = f"{cam}_image"
+            if draw:
+                np.testing.assert_array_equal(b[key], a[key])
+            else:
+                np.testing.assert_array_equal(b[key], last[key])
+        if draw:
+            assert not np.array_equal(a["robot0_eye_in_hand_image"], last["robot0_eye_in_hand_image"])
+        last = b
+    assert skipping.reset(seed=4)[0]["agentview_image"].shape == (84, 84, 3) and skipping.render_cameras
 
 
 def test_evaluation_environments_render_as_the_dataset_says():

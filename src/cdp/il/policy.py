@@ -115,6 +115,13 @@ class ChunkPolicy(nn.Module):
             raise ValueError(f"observation has {x.shape[-1]} dims, the policy takes {self.config.obs_dim}")
         return x
 
+    def reads_next_observation(self) -> bool:
+        """Whether the observation given to the next ``select_action`` will condition a predicted
+        chunk. A chunk is predicted when the queue runs out, from the To observations up to that
+        step, so with ``r`` actions queued the next one is read only if ``r < To`` (2 of every 8
+        steps at To = 2, Ta = 8): the others may be stale, e.g. cameras not drawn."""
+        return len(self._actions) < self.config.n_obs_steps
+
     @torch.no_grad()
     def select_action(self, obs: ObsLike) -> np.ndarray:
         """The next action: ``[d]`` for one observation, ``[B, d]`` for a batch. A new chunk is

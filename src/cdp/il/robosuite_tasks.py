@@ -73,7 +73,9 @@ OPERATORS = {"better": (10.0, 0.05, 1.0), "okay": (6.0, 0.15, 0.7), "worse": (4.
 
 
 class RobosuiteEnv(gym.Env):
-    """A robosuite task behind Gymnasium's API, observations renamed as robomimic names them."""
+    """A robosuite task behind Gymnasium's API, observations renamed as robomimic names them.
+    ``render_cameras``: whether the next ``step`` draws the cameras (``reset`` always does and sets
+    it true); false repeats the last images, for a caller that will not read them."""
 
     metadata = {"render_modes": []}
 
@@ -106,6 +108,9 @@ class RobosuiteEnv(gym.Env):
         # robosuite makes a context current only when it creates one, so with several camera
         # environments in a process each would draw in the last one made: each step makes its own current
         self._gl = self.env.sim._render_context_offscreen.gl_ctx if cameras else None
+        self.render_cameras = True
+        for c in self.cameras:
+            _skippable(self, f"{c}_image")
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         boxes = {k: spaces.Box(-np.inf, np.inf, s, np.float32) for k, s in OBS_SHAPES[env_name].items()}
         boxes |= {k: spaces.Box(0, 255, s, np.uint8) for k, s in image_shapes(self.cameras, image_size).items()}
@@ -119,6 +124,7 @@ class RobosuiteEnv(gym.Env):
         if self._gl is not None:
             self._gl.make_current()
         self.t = 0
+        self.render_cameras = True
         return self._obs(self.env.reset()), {}
 
     def step(self, action):  # type: ignore[override]
@@ -152,6 +158,25 @@ class RobosuiteEnv(gym.Env):
         if self.cameras:
             kw |= {"camera_names": list(self.cameras), "use_camera_obs": True, "camera_render": self.camera_render}
         return {"env_name": self.env_name, "type": 1, "env_kwargs": kw}
+
+
+def _skippable(env: RobosuiteEnv, name: str) -> None:
+    """Wrap the camera observable ``name``'s sensor so that a step with ``env.render_cameras``
+    false returns the last image instead of drawing one. The wrapper is called where robosuite
+    calls the sensor, so a drawn image is the one robosuite would have drawn; a policy that reads
+    observations only around its decisions skips the rest (``ChunkPolicy.reads_next_observation``)."""
+    from robosuite.utils.observables import sensor
+
+    observable = env.env._observables[name]
+    draw, last = observable._sensor, {}
+
+    @sensor(modality=observable.modality)
+    def camera(obs_cache):
+        if env.render_cameras or name not in last:
+            last[name] = draw(obs_cache)
+        return last[name]
+
+    env.env.modify_observable(name, "sensor", camera)
 
 
 def _render_fast(env, size: int) -> None:

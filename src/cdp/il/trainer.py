@@ -187,7 +187,10 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
         for _ in range(task.horizon):
             batch = {k: np.stack([o[k] for o in obs]) for k in task.obs_keys}
             actions = policy.select_action(batch)
+            draw = policy.reads_next_observation()  # cameras are drawn only for the steps a chunk reads
             for i in np.flatnonzero(alive):
+                if hasattr(group[i], "render_cameras"):
+                    group[i].render_cameras = draw
                 obs[i], _, term, trunc, info = group[i].step(actions[i])
                 if info.get("success", False):
                     success[start + i] = True
