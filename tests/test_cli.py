@@ -84,3 +84,18 @@ def test_a_q_weight_for_an_algorithm_without_a_q_term_or_out_of_range_is_one_lin
         assert main(["rl", "train", *args, "--dataset", "cdp/kitchen/complete-v0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("cdp: error: ") and says in err[0]
+
+
+def test_the_help_and_import_cdp_do_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, cdp, cdp.cli\n"
+            "for argv in (['--help'], ['il', 'train', '--help'], ['rl', 'train', '--help'], ['report', '--help']):\n"
+            "    try:\n        cdp.cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch loaded'\n"
+            "from cdp import ContractionConfig\n"  # the core still loads on first use
+            "assert 'torch' in sys.modules and ContractionConfig().gamma == 0.1\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: cdp il train" in out.stdout and "--fraction" in out.stdout

@@ -290,8 +290,7 @@ def _torch_threads() -> int:
 
 
 def test_a_pool_worker_gets_the_threads_it_was_given():
-    """torch is imported (with cdp) before the initializer runs, so OMP_NUM_THREADS alone would
-    leave the worker's torch pool at its default size."""
+    """torch caps a pool sized by OMP_NUM_THREADS at the core count: the initializer sizes it."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 

@@ -76,13 +76,8 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .contraction import FORMS, WINDOWS
-    from .contraction.regularizer import EXACT_MAX_DIM
-    from .data import DATA_CUTS
-    from .il.robosuite_tasks import CAMERA_RENDERS
     from .il.tasks import task_names
-    from .il.trainer import POLICIES
-    from .rl.trainer import ALGOS, PRESETS
+    from .options import ALGOS, CAMERA_RENDERS, DATA_CUTS, EXACT_MAX_DIM, FORMS, POLICIES, PRESETS, WINDOWS
 
     p = _Parser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)

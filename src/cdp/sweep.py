@@ -582,11 +582,10 @@ def init_worker(threads: int) -> None:
     libraries loaded later, and (Linux) the worker ends with the process that started it."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    # torch came in with cdp when this initializer was unpickled, so the variables above are
-    # too late for its pool: size that directly
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
+    # torch sizes its pool from the core count as much as from the variables: size it directly
+    import torch
+
+    torch.set_num_threads(threads)
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
         import ctypes
 

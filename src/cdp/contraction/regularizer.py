@@ -24,7 +24,8 @@ from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
 from ..capture import capturing
 from .eig import EIG_METHODS, unit_tangents, resolve_method, top_eigvec_exact
 from .finite_differences import SCHEMES, FiniteDifferences, finite_differences_apply
-from .loss import FORMS, HINGE_FORMS, WINDOWS, contraction_loss, in_window
+from ..options import EXACT_MAX_DIM, FORMS, WINDOWS
+from .loss import HINGE_FORMS, contraction_loss, in_window
 
 
 @dataclass
@@ -54,11 +55,6 @@ def check_weights(gamma: float, margin: float | None) -> None:
         raise ValueError(f"margin must be a finite number >= 0 or None, got {margin!r}")
 
 
-#: ``ContractionConfig``'s default: the exact eigenvalue for actions of up to this many numbers
-#: (robomimic's 16 x 7 chunks are 112, Transport's 16 x 14 are 224). Lanczos with 4 steps, the
-#: estimator above it, is within 2% of the exact value on 2% of a trained UNet's samples at 112
-#: (benchmarks/results_estimator_accuracy.md); the official code takes the full Jacobian.
-EXACT_MAX_DIM = 256
 
 
 @dataclass

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import DATA_CUTS
 
-#: how ``Transitions.fraction`` cuts the data
-DATA_CUTS: tuple[str, ...] = ("transitions", "trajectories")
+
 
 
 class DatasetError(ValueError):

@@ -26,6 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..data.robomimic import Demo, DemoDataset
+from ..options import CAMERA_RENDERS
 from .demos import collect_demos, record_demo
 
 OBS_SHAPES = {"Lift": {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,), "robot0_gripper_qpos": (2,), "object": (10,)},
@@ -54,14 +55,6 @@ _configure_gl()  # before anything imports robosuite (only this module does, laz
 def rendering_available() -> bool:
     """Whether robosuite can render cameras here (a GL backend chosen before robosuite loaded)."""
     return os.environ.get("MUJOCO_GL") in ("osmesa", "egl")
-
-#: How cameras render (``RobosuiteEnv(camera_render=...)``). "fast": each camera's view drawn once,
-#: without multisample anti-aliasing or the floor's reflection; "robosuite": robosuite's own (4x
-#: multisampled into a 640 x 480 buffer, the scene drawn twice for the reflection). In software
-#: GL (OSMesa) "fast" renders Lift's two 84 x 84 cameras several times faster
-#: (benchmarks/image_step.py); its images differ from robosuite's by about 1-2 of 255 per pixel
-#: on average, at edges and on the floor. A dataset's ``env_args`` names the one it was made with.
-CAMERA_RENDERS = ("fast", "robosuite")
 
 #: robosuite draws a model's randomised sizes (Lift's cube side, 0.020-0.022 m) once, when the
 #: environment is built, from the generator its ``seed`` makes; unseeded, every process would

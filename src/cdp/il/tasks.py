@@ -7,10 +7,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gymnasium as gym
+if TYPE_CHECKING:  # types only: the command line reads task_names without loading them
+    import gymnasium as gym
 
-from ..data.robomimic import DemoDataset
+    from ..data.robomimic import DemoDataset
 
 
 @dataclass(frozen=True)

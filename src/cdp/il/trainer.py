@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 
 from ..capture import GraphedUpdate, graphs_available, host_floats, portable_state
 from ..contraction import ContractionConfig
-from ..contraction.regularizer import EXACT_MAX_DIM
 from ..distributed import Group, join, leave
 from ..data.robomimic import DemoDataset, read_env_args, read_robomimic
 from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
+from ..options import EXACT_MAX_DIM, POLICIES
 from ..runtime import check_device_name, resolve_device
 from ..update import Update, soft_update
 from .bcgmm import BCGMM, BCGMMConfig
@@ -43,7 +43,6 @@ from .policy import ChunkPolicy, DiffusionPolicy, DiffusionPolicyConfig
 from .tasks import TaskSpec, get_task
 from .windows import ChunkWindows
 
-POLICIES = ("bc-gmm", "dbc-dit", "dp-unet", "dp-dit", "dp-mlp", "cdp-unet", "cdp-dit", "cdp-mlp")
 
 
 @dataclass

@@ -22,26 +22,18 @@ from tqdm.auto import tqdm
 
 from ..capture import GraphedCall, GraphedUpdate, graphs_available, host_floats
 from ..contraction import ContractionConfig
-from ..contraction.regularizer import EXACT_MAX_DIM
 from ..data import DATA_CUTS, Transitions, d4rl_reference, normalized_score
 from ..envs import make_env
 from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
+from ..options import ALGOS, EXACT_MAX_DIM, PRESETS, Q_ALGOS
 from ..runtime import check_device_name, resolve_device
 from .bc import BC, BCConfig
 from .edp import EDP, EDPConfig
 from .iql import IDQL, IDQLConfig
 from .tasks import TaskSettings, task_settings
 
-ALGOS = ("bc", "dql", "edp", "idql", "cdp")
-#: the algorithms whose actor loss has a Q term weighted by ``eta``
-Q_ALGOS = ("dql", "edp", "cdp")
-#: "official": the official CDP offline-RL runs' settings (docs/offline_rl.md): observations
-#: normalised by the dataset's mean / std, rewards scaled by 1000 / (spread of episode returns),
-#: and EDP as :meth:`EDPConfig.official` (cosine lr decay over the run, random twin Q term, the
-#: critic target and EMA schedules, action selection from noise x 0.5 and softmax(300 min Q))
-PRESETS = ("cdp", "official")
 
 
 @dataclass
