@@ -48,9 +48,9 @@ import torch
 from torch import Tensor
 
 from ..capture import capturing
-from ..options import FORMS, WINDOWS
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
+from ..options import FORMS, WINDOWS
 from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
 Form = Literal["eig", "frobenius", "literal", "literal_frobenius", "official_frobenius"]

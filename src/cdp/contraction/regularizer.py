@@ -55,8 +55,6 @@ def check_weights(gamma: float, margin: float | None) -> None:
         raise ValueError(f"margin must be a finite number >= 0 or None, got {margin!r}")
 
 
-
-
 @dataclass
 class ContractionConfig:
     """Hyper-parameters of the contraction term (saved with every run).

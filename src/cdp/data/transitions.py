@@ -10,8 +10,6 @@ import numpy as np
 from ..options import DATA_CUTS
 
 
-
-
 class DatasetError(ValueError):
     """A dataset that cannot be used as given (missing keys, wrong shapes, non-finite values)."""
 

@@ -44,7 +44,6 @@ from .tasks import TaskSpec, get_task
 from .windows import ChunkWindows
 
 
-
 @dataclass
 class ILTrainConfig:
     policy: str

@@ -35,7 +35,6 @@ from .iql import IDQL, IDQLConfig
 from .tasks import TaskSettings, task_settings
 
 
-
 @dataclass
 class TrainConfig:
     algo: str
