@@ -1,10 +1,14 @@
 """Names and defaults the command line shows in its help, kept free of heavy imports so that
 ``cdp --help`` answers without loading torch. The modules that act on them import them from here."""
 
+from typing import Literal, get_args
+
 #: the term's forms (:func:`cdp.contraction.loss.contraction_loss`)
-FORMS: tuple[str, ...] = ("eig", "frobenius", "literal", "literal_frobenius", "official_frobenius")
+Form = Literal["eig", "frobenius", "literal", "literal_frobenius", "official_frobenius"]
+FORMS: tuple[str, ...] = get_args(Form)
 #: how the t-window picks the term's rows (:func:`cdp.contraction.loss.in_window`)
-WINDOWS: tuple[str, ...] = ("official", "batch")
+Window = Literal["official", "batch"]
+WINDOWS: tuple[str, ...] = get_args(Window)
 #: ``ContractionConfig``'s default: the exact eigenvalue for actions of up to this many numbers
 #: (robomimic's 16 x 7 chunks are 112, Transport's 16 x 14 are 224). Lanczos with 4 steps, the
 #: estimator above it, is within 2% of the exact value on 2% of a trained UNet's samples at 112

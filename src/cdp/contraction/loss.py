@@ -42,21 +42,17 @@ Time window (``t_max``, :func:`in_window`), ``window``:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
 from ..capture import capturing
 from ..diffusion.parameterization import Cond, NetFn, as_cond_tuple
 from ..diffusion.schedule import Prediction, VPSchedule, check_prediction
-from ..options import FORMS, WINDOWS
+from ..options import FORMS, WINDOWS, Form, Window
 from .eig import EigMethod, check_input, linearize, max_sym_eig, resolve_method
 
-Form = Literal["eig", "frobenius", "literal", "literal_frobenius", "official_frobenius"]
 #: forms that are a hinge on an eigenvalue (``margin`` is their floor); the others use it as beta
 HINGE_FORMS: tuple[str, ...] = ("eig", "literal")
-Window = Literal["official", "batch"]
 
 
 def in_window(t: Tensor, t_max: float | None, window: str = "official") -> Tensor:
