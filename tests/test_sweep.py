@@ -649,3 +649,31 @@ def torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_a_worker_stopped_by_its_signal_leaves_no_semaphore_for_the_tracker_to_warn_of(tmp_path):
+    """A stopped run ends its worker by the signal (run_job), which skips exit handlers: whatever
+    named semaphore the worker made stays registered, and the resource tracker warns of a leak
+    when the sweep ends. A progress bar (tqdm) made one in every worker."""
+    script = tmp_path / "stop.py"
+    script.write_text('''
+import os, signal
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+def stopped_run():
+    from tqdm import tqdm
+    tqdm(range(3), disable=True)  # the trainers' bars, off in a sweep
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # as run_job ends a stopped worker
+
+if __name__ == "__main__":
+    from cdp.sweep import init_worker
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=init_worker, initargs=(1,)) as pool:
+        err = pool.submit(stopped_run).exception()
+    print(type(err).__name__)
+''')
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "BrokenProcessPool"  # the worker did end by its signal
+    assert "leaked semaphore" not in res.stderr, res.stderr

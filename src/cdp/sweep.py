@@ -39,6 +39,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -586,6 +587,10 @@ def init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing one (a named semaphore). A stopped worker ends by its
+    # signal, with no exit handlers, so the semaphore would outlive it and the resource tracker warn
+    # of a leak at the sweep's end. A worker's bars share no lock with another process anyway.
+    tqdm.set_lock(threading.RLock())
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
         import ctypes
 
