@@ -12,6 +12,14 @@ the library's ``ContractionConfig`` takes the exact eigenvalue by finite differe
 
     python benchmarks/estimator_accuracy.py [--quick] [--samples 256] [--train-steps 500]
     python benchmarks/estimator_accuracy.py --data data/il/lift-image_ph.hdf5   # Lift, 16 x 7 chunks
+    python benchmarks/estimator_accuracy.py --data data/il/lift_ph.hdf5 --subspaces
+
+``--subspaces``: which search subspaces hold the top eigenvector, in exact arithmetic: each
+sample's full Jacobian ``J`` (float64), and the top Ritz value of ``sym J`` over a Krylov space of
+``sym J`` (Lanczos: a product with ``J`` and one with ``J^T`` per vector), of ``J`` alone (Arnoldi:
+products with ``J`` only, the ones finite differences give on forward passes), and block versions
+of both (``b`` random starting vectors, ``q`` blocks: ``q`` passes of ``b`` rows per sample).
+No timing: only whether a cheaper search could be as accurate.
 
 ``--data``: a robomimic-layout HDF5 of the Lift task (``cdp il make-data lift ph`` or
 ``lift-image ph``; its low-dim keys are read), so the chunks are 16 x 7 (D = 112) as in the
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 from _common import parse
 
-from cdp.contraction import FiniteDifferences, max_sym_eig
+from cdp.contraction import FiniteDifferences, jacobian, max_sym_eig
 from cdp.data.robomimic import read_robomimic
 from cdp.contraction.loss import NetAt
 from cdp.il.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -102,16 +110,63 @@ def subspace_estimate(pol: DiffusionPolicy, a_t: torch.Tensor, t: torch.Tensor, 
     return torch.linalg.eigvalsh(sgn[:, None, None] * 0.5 * (small + small.transpose(1, 2)))[:, -1]
 
 
+def _orthogonal_rest(Q: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``W [B, j, D]`` made orthonormal and orthogonal to the rows of ``Q [B, k, D]``."""
+    for _ in range(2):  # twice is enough
+        W = W - torch.einsum("bkd,bjk->bjd", Q, torch.einsum("bkd,bjd->bjk", Q, W))
+    return torch.linalg.qr(W.transpose(1, 2))[0].transpose(1, 2)
+
+
+def krylov_ritz(J: torch.Tensor, op: str, block: int, blocks: int, g: torch.Generator) -> torch.Tensor:
+    """Top Ritz value of ``sym J`` (``J [B, D, D]``) over ``span{V, A V, ..., A^(blocks-1) V}``,
+    ``V`` ``block`` random orthonormal vectors; ``A = sym J`` (``op="sym"``) or ``J`` (``"J"``)."""
+    A = 0.5 * (J + J.transpose(1, 2)) if op == "sym" else J
+    V = _orthogonal_rest(J.new_zeros(J.shape[0], 0, J.shape[1]),
+                         torch.randn(J.shape[0], block, J.shape[1], dtype=J.dtype, generator=g))
+    Q = V
+    for _ in range(blocks - 1):
+        V = _orthogonal_rest(Q, torch.einsum("bde,bje->bjd", A, V))
+        Q = torch.cat([Q, V], 1)
+    small = torch.einsum("bkd,bde,ble->bkl", Q, J, Q)
+    return torch.linalg.eigvalsh(0.5 * (small + small.transpose(1, 2)))[:, -1]
+
+
+SUBSPACES = {**{f"{name} {k}": (op, 1, k) for k in (8, 16, 24, 32)
+                for name, op in (("lanczos (sym J)", "sym"), ("arnoldi (J alone)", "J"))},
+             **{f"block {name} {b} x {q}": (op, b, q) for b, q in ((4, 4), (8, 3), (8, 4), (16, 3))
+                for name, op in (("lanczos (sym J)", "sym"), ("arnoldi (J alone)", "J"))}}
+
+
+def subspaces(args: argparse.Namespace) -> None:
+    print("| backbone | search subspace | dimension | within 2% | within 5% | median rel. error |\n"
+          "|---|---|---:|---:|---:|---:|")
+    for name, kw in BACKBONES.items():
+        pol, w = trained_policy(kw, args.train_steps, args.data)
+        a_t, t, cond, sgn = draw(pol, w, args.samples, seed=1)
+        with torch.no_grad():
+            J = sgn[:, None, None].double() * jacobian(lambda a: pol.net(a, t, cond), a_t, create_graph=False).double()
+        exact = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, -1]
+        for label, (op, b, q) in SUBSPACES.items():
+            est = krylov_ritz(J, op, b, q, torch.Generator().manual_seed(2))
+            e = ((est - exact).abs() / exact.abs().clamp_min(1e-12)).numpy()
+            print(f"| {name} | {label} | {b * q} | {np.mean(e <= 0.02):.0%} | {np.mean(e <= 0.05):.0%} "
+                  f"| {np.median(e):.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=500)
     ap.add_argument("--data", default=None, help="a Lift HDF5 (robomimic layout): 16 x 7 chunks instead of MultiReach's 16 x 2")
+    ap.add_argument("--subspaces", action="store_true",
+                    help="which Krylov subspaces hold the top eigenvector (exact arithmetic; no timing)")
     args, header = parse(ap)
     if args.quick:
         args.samples, args.train_steps = 64, 100
     where = f"Lift ({args.data}, chunk 16 x 7)" if args.data else "MultiReach (chunk 16 x 2)"
     print(f"{header}; {args.samples} samples, networks trained {args.train_steps} steps on {where}\n")
+    if args.subspaces:
+        return subspaces(args)
     print("| backbone | method | within 2% | within 5% | median rel. error | time vs lanczos 4 |\n"
           "|---|---|---:|---:|---:|---:|")
     for name, kw in BACKBONES.items():
