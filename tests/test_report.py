@@ -130,6 +130,29 @@ def test_the_time_ratio_compares_runs_on_one_machine(tmp_path):
     assert time_ratio([r for r in runs if machine(r) != fast or r.method == "edp"], "cdp", "edp") is None
 
 
+def test_the_report_names_the_machine_load_the_records_trained_under(tmp_path):
+    """Each run's load is its legs' loads weighted by their steps; the report gives their range."""
+    from cdp.report import load_range, write_report
+
+    for algo, seed, legs in [("edp", 0, [(0, 100, 1.0), (100, 400, 3.0)]),  # (1 * 100 + 3 * 300) / 400 = 2.5
+                             ("cdp", 0, [(0, 200, 1.2)]),
+                             ("cdp", 1, None)]:  # a record from before loads were kept
+        write_record(tmp_path, algo, 1.0, seed, 1.0, 1.0, [1.0])
+        path = tmp_path / "cdp_hopper_medium-replay-v0" / f"{algo}-1.0-{seed}.json"
+        rec = json.loads(path.read_text())
+        rec["summary"]["train_seconds_per_1k_steps"] = 10.0
+        if legs:
+            rec["summary"]["legs"] = [{"from": a, "to": b, "where": "w", "seconds": 1.0, "load": x, "cores": 2}
+                                      for a, b, x in legs]
+        path.write_text(json.dumps(rec))
+    runs = load_runs(tmp_path)
+    assert load_range(runs) == "1.2-2.5 on 2 cores"
+    assert load_range([r for r in runs if r.method == "cdp"]) == "1.2 on 2 cores"
+    assert load_range([r for r in runs if r.seed == 1]) is None
+    write_report(tmp_path, tmp_path / "out")
+    assert "load while they trained (1-minute average, per run): 1.2-2.5 on 2 cores" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_cdp_vs_base_differences_and_paper_gain(tmp_path):
     """CDP - EDP per fraction from the same fixture as a hand computation; the paper's +8.4 sits
     beside the hopper medium-replay row; gamma variants compare with the same base."""

@@ -90,6 +90,7 @@ def test_run_clock_adds_up_every_leg_of_a_resumed_run(monkeypatch):
 
     now = [0.0]
     monkeypatch.setattr(runlog.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(runlog, "load_average", lambda: None)  # an OS without one: legs as before
     clock = RunClock(None, 0)
     now[0] = 3.0
     with clock.evaluating():
@@ -124,3 +125,19 @@ def test_where_label_names_the_device_and_host():
     label = where_label("cpu")
     assert label.startswith("cpu (") and label.endswith(f") on {socket.gethostname()}")
     assert torch.backends.cpu.get_cpu_capability() in label  # the vector ISA torch's kernels use
+
+
+def test_a_leg_keeps_the_mean_machine_load_of_its_readings(monkeypatch):
+    import cdp.runlog as runlog
+    from cdp.runlog import RunClock
+
+    readings = iter([1.0, 3.0, 2.5])
+    monkeypatch.setattr(runlog, "load_average", lambda: next(readings))
+    monkeypatch.setattr(runlog.os, "cpu_count", lambda: 2)
+    clock = RunClock({"clock": {"wall": 10.0, "eval": 0.0, "legs": [{"from": 0, "to": 100, "where": "a", "seconds": 10.0}]}},
+                     100, "b")
+    clock.state(200)  # a checkpoint: reads 1.0
+    assert clock.legs(300)[-1]["load"] == 2.0  # (1 + 3) / 2
+    last = clock.legs(400)
+    assert last[-1] | {"seconds": 0} == {"from": 100, "to": 400, "where": "b", "seconds": 0, "load": 2.17, "cores": 2}
+    assert "load" not in last[0]  # an earlier process's leg is kept as it was written

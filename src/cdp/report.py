@@ -261,6 +261,23 @@ def machine(run: Run) -> str | None:
     return None if not places else places.pop() if len(places) == 1 else ""
 
 
+def load_range(runs: list[Run]) -> str | None:
+    """``"1.9-2.4 on 2 cores"``: the range over the runs of each run's machine load while it
+    trained (the legs' ``load``, weighted by their steps), for the records that keep it; None
+    where none does."""
+    loads, cores = [], set()
+    for r in runs:
+        legs = [leg for leg in r.summary.get("legs") or [] if leg.get("load") is not None and leg["to"] > leg["from"]]
+        if legs:
+            loads.append(sum(leg["load"] * (leg["to"] - leg["from"]) for leg in legs)
+                         / sum(leg["to"] - leg["from"] for leg in legs))
+            cores |= {leg.get("cores") for leg in legs}
+    if not loads:
+        return None
+    span = f"{min(loads):.1f}" if f"{min(loads):.1f}" == f"{max(loads):.1f}" else f"{min(loads):.1f}-{max(loads):.1f}"
+    return f"{span} on {cores.pop()} cores" if len(cores) == 1 and None not in cores else span
+
+
 def time_ratio(runs: list[Run], method: str, base: str) -> float | None:
     """Mean training seconds per 1k steps of ``method`` over ``base``'s, from the runs of both
     that trained on one machine (:func:`machine`; the one with the most such runs), since hosts
@@ -630,8 +647,10 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
             per = defaultdict(list)
             for m, s in secs:
                 per[m].append(s)
+            load = load_range(rs)
             md += ["Training time (s per 1k steps, evaluations excluded): "
-                   + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in sorted(per.items())), ""]
+                   + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in sorted(per.items()))
+                   + (f"; the machine's load while they trained (1-minute average, per run): {load}" if load else ""), ""]
         versus = cdp_vs_base(rs)
         if versus:
             md += ["**CDP vs its base** — difference of mean_last3 ± its standard error (the seeds of the two "

@@ -276,10 +276,14 @@ class RunClock:
     It also keeps the run's legs — which steps each process trained, where (``where``, e.g.
     ``"cuda on host-a"``), in how many seconds — so a run resumed on another machine or device
     says so in its summary; steps a checkpoint from before the legs existed covers are one leg
-    ``where="unknown"``."""
+    ``where="unknown"``. A leg also keeps how busy the machine was while it trained: ``load``,
+    the mean of the 1-minute load averages read at each checkpoint and at the end (processes
+    running or waiting for a core, this one included), on ``cores`` cores; a time per 1k steps
+    taken beside other work is slower than one taken alone."""
 
     def __init__(self, checkpoint: dict | None, start_step: int, where: str = "") -> None:
         self.start_step, self.t0, self.eval, self.where = start_step, time.perf_counter(), 0.0, where
+        self.loads: list[float] = []
         prior = (checkpoint or {}).get("clock")
         self.prior: dict | None = {"wall": 0.0, "eval": 0.0} if start_step == 0 else prior
         self.prior_legs: list[dict] = list((self.prior or {}).get("legs", []))
@@ -304,8 +308,15 @@ class RunClock:
         return leg * scale, self.eval * scale
 
     def legs(self, step: int) -> list[dict]:
-        """Every leg up to ``step``: ``{"from", "to", "where", "seconds"}``, this process's last."""
+        """Every leg up to ``step``: ``{"from", "to", "where", "seconds"}`` (and ``"load"``,
+        ``"cores"`` where the OS gives a load average), this process's last. Each call reads
+        the load once more."""
         here = {"from": self.start_step, "to": step, "where": self.where, "seconds": time.perf_counter() - self.t0}
+        load = load_average()
+        if load is not None:
+            self.loads.append(load)
+        if self.loads:
+            here |= {"load": round(sum(self.loads) / len(self.loads), 2), "cores": os.cpu_count()}
         return [*self.prior_legs, here] if step > self.start_step else list(self.prior_legs)
 
     def state(self, step: int) -> dict:
@@ -317,6 +328,14 @@ class RunClock:
         """Seconds per 1k steps over the whole run: with evaluations, and without them."""
         wall, ev = self.totals(step)
         return 1000 * wall / max(step, 1), 1000 * (wall - ev) / max(step, 1)
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average; None where the OS keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_name() -> str:
