@@ -107,7 +107,13 @@ def subspace_estimate(pol: DiffusionPolicy, a_t: torch.Tensor, t: torch.Tensor, 
     with torch.no_grad():
         jq = FiniteDifferences(pol.net).forward_jvp(a_t, t, cond, tangent=tangent)[1].reshape(k, B, -1)
     small = torch.einsum("dk,lbd->bkl", basis, jq)  # [B, k, k]: Q^T J Q
-    return torch.linalg.eigvalsh(sgn[:, None, None] * 0.5 * (small + small.transpose(1, 2)))[:, -1]
+    return top_sym(sgn[:, None, None] * small)
+
+
+def top_sym(M: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of each ``sym M`` (``M [B, k, k]``): with ``M = Q^T J Q``, the top Ritz
+    value of ``sym J`` over the span of ``Q``'s orthonormal columns."""
+    return torch.linalg.eigvalsh(0.5 * (M + M.transpose(1, 2)))[:, -1]
 
 
 def _orthogonal_rest(Q: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -127,8 +133,7 @@ def krylov_ritz(J: torch.Tensor, op: str, block: int, blocks: int, g: torch.Gene
     for _ in range(blocks - 1):
         V = _orthogonal_rest(Q, torch.einsum("bde,bje->bjd", A, V))
         Q = torch.cat([Q, V], 1)
-    small = torch.einsum("bkd,bde,ble->bkl", Q, J, Q)
-    return torch.linalg.eigvalsh(0.5 * (small + small.transpose(1, 2)))[:, -1]
+    return top_sym(torch.einsum("bkd,bde,ble->bkl", Q, J, Q))
 
 
 SUBSPACES = {**{f"{name} {k}": (op, 1, k) for k in (8, 16, 24, 32)
@@ -145,7 +150,7 @@ def subspaces(args: argparse.Namespace) -> None:
         a_t, t, cond, sgn = draw(pol, w, args.samples, seed=1)
         with torch.no_grad():
             J = sgn[:, None, None].double() * jacobian(lambda a: pol.net(a, t, cond), a_t, create_graph=False).double()
-        exact = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, -1]
+        exact = top_sym(J)
         for label, (op, b, q) in SUBSPACES.items():
             est = krylov_ritz(J, op, b, q, torch.Generator().manual_seed(2))
             e = ((est - exact).abs() / exact.abs().clamp_min(1e-12)).numpy()

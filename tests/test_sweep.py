@@ -654,7 +654,7 @@ def torch_cuda() -> bool:
 def test_a_worker_stopped_by_its_signal_leaves_no_semaphore_for_the_tracker_to_warn_of(tmp_path):
     """A stopped run ends its worker by the signal (run_job), which skips exit handlers: whatever
     named semaphore the worker made stays registered, and the resource tracker warns of a leak
-    when the sweep ends. A progress bar (tqdm) made one in every worker."""
+    when the sweep ends. A progress bar (tqdm) made one in every worker that trained."""
     script = tmp_path / "stop.py"
     script.write_text('''
 import os, signal
@@ -663,6 +663,8 @@ from multiprocessing import get_context
 
 def stopped_run():
     from tqdm import tqdm
+    from cdp.sweep import prepare_training_process
+    prepare_training_process(1)  # as run_job's training does first
     tqdm(range(3), disable=True)  # the trainers' bars, off in a sweep
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)  # as run_job ends a stopped worker

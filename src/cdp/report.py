@@ -274,7 +274,8 @@ def load_range(runs: list[Run]) -> str | None:
             cores |= {leg.get("cores") for leg in legs}
     if not loads:
         return None
-    span = f"{min(loads):.1f}" if f"{min(loads):.1f}" == f"{max(loads):.1f}" else f"{min(loads):.1f}-{max(loads):.1f}"
+    lo, hi = f"{min(loads):.1f}", f"{max(loads):.1f}"
+    span = lo if lo == hi else f"{lo}-{hi}"
     return f"{span} on {cores.pop()} cores" if len(cores) == 1 and None not in cores else span
 
 

@@ -537,11 +537,22 @@ def run_job(job: Job | SeedGroup) -> str:
         raise
 
 
-def _train_job(job: Job) -> str:
+def prepare_training_process(threads: int) -> None:
+    """What a process (a local pool's worker or a Ray worker) sets before it trains a job:
+    ``threads`` torch threads, the allocator tuned (:mod:`cdp.runtime`), and a thread lock for
+    tqdm. tqdm's default lock is a multiprocessing one, a named semaphore made with the first bar;
+    a stopped run ends its process by the signal (:func:`run_job`), with no exit handlers, so the
+    semaphore would outlive it and the resource tracker warn of a leak at the sweep's end. The
+    bars of one process share no lock with another anyway."""
     import torch
 
-    torch.set_num_threads(job.threads)
-    tune_allocator()  # a worker process (local pool or Ray) that trains: see cdp.runtime
+    torch.set_num_threads(threads)
+    tune_allocator()
+    tqdm.set_lock(threading.RLock())
+
+
+def _train_job(job: Job) -> str:
+    prepare_training_process(job.threads)
     if job.kind == "rl":
         from .rl.trainer import TrainConfig, record, train
 
@@ -562,13 +573,10 @@ def _train_job(job: Job) -> str:
 
 
 def _train_group(group: SeedGroup) -> str:
-    import torch
-
     from .rl.ensemble import train_ensemble
     from .rl.trainer import TrainConfig, record
 
-    torch.set_num_threads(group.threads)
-    tune_allocator()
+    prepare_training_process(group.threads)
     jobs = group.members
     train_ensemble([TrainConfig(**j.config) for j in jobs], [j.out for j in jobs], progress=False, reenter=False,
                    stacked=group.stacked)
@@ -587,10 +595,6 @@ def init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    # tqdm's default lock is a multiprocessing one (a named semaphore). A stopped worker ends by its
-    # signal, with no exit handlers, so the semaphore would outlive it and the resource tracker warn
-    # of a leak at the sweep's end. A worker's bars share no lock with another process anyway.
-    tqdm.set_lock(threading.RLock())
     try:  # Linux: a worker dies with the sweep that started it (no orphan keeps training)
         import ctypes
 
