@@ -461,6 +461,22 @@ def test_a_demonstrator_that_keeps_failing_stops_with_one_error():
     assert len(calls) == 7 and calls == list(range(10_000, 10_007))  # 2 demos, then 5 failures on fresh seeds
 
 
+def test_collected_demonstrations_count_the_failed_attempts_and_the_file_keeps_the_count(tmp_path):
+    from cdp.data.robomimic import read_robomimic, write_robomimic
+    from cdp.il.demos import collect_demos
+
+    def fails_on_odd_seeds(env, rng, op, seed):
+        return None if seed % 2 else demonstrate(env, rng, op, seed=seed)
+
+    ds = collect_demos(MultiReach(), fails_on_odd_seeds, ["better"], 4, "ph", 0, {})
+    # seeds 10000..10006: four successes on the even ones, three failures between them
+    assert len(ds.demos) == 4 and ds.attempts == 7
+    back = read_robomimic(write_robomimic(tmp_path / "d.hdf5", ds))
+    assert back.attempts == 7 and back.subset(["demo_0"]).attempts is None
+    ds.attempts = None  # robomimic's own files carry no count
+    assert read_robomimic(write_robomimic(tmp_path / "e.hdf5", ds)).attempts is None
+
+
 def test_an_interrupted_collection_continues_with_the_same_demonstrations(tmp_path):
     from cdp.il.demos import collect_demos
     from cdp.il.reach import OPERATORS
@@ -482,6 +498,7 @@ def test_an_interrupted_collection_continues_with_the_same_demonstrations(tmp_pa
     assert sorted(p.name for p in keep.glob("demo_*.npz")) == ["demo_0.npz", "demo_1.npz", "demo_2.npz"]
     again = collect_demos(MultiReach(), demonstrate, ops, 6, "mh", 3, {}, keep=keep)
     assert list(again.demos) == list(full.demos) and again.masks == full.masks
+    assert again.attempts == full.attempts == 6  # the reach demonstrator never fails
     for name, d in full.demos.items():
         e = again.demos[name]
         assert np.array_equal(d.actions, e.actions) and np.array_equal(d.rewards, e.rewards)

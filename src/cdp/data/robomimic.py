@@ -45,11 +45,15 @@ class Demo:
 
 @dataclass
 class DemoDataset:
-    """Demonstrations by name (``demo_0``, ...), the environment description and filter masks."""
+    """Demonstrations by name (``demo_0``, ...), the environment description and filter masks.
+    ``attempts``: how many attempts a scripted demonstrator made to record them, failed ones
+    included (None when unknown, as in robomimic's own files); kept as the file's
+    ``data.attrs["attempts"]``."""
 
     demos: dict[str, Demo]
     env_args: dict = field(default_factory=dict)
     masks: dict[str, list[str]] = field(default_factory=dict)
+    attempts: int | None = None
 
     @property
     def obs_keys(self) -> list[str]:
@@ -155,7 +159,8 @@ def read_robomimic(path: str | Path, obs_keys: list[str] | None = None, filter_k
                         np.asarray(g["states"][()]) if "states" in g else None)
             _validate(demo, f"{path}: data/{name}")
             demos[name] = demo
-    return DemoDataset(demos, env_args, masks)
+        attempts = int(data.attrs["attempts"]) if "attempts" in data.attrs else None
+    return DemoDataset(demos, env_args, masks, attempts)
 
 
 def _obs_array(v: np.ndarray) -> np.ndarray:
@@ -193,6 +198,8 @@ def write_robomimic(path: str | Path, dataset: DemoDataset) -> Path:
             data = fh.create_group("data")
             data.attrs["total"] = dataset.num_transitions()
             data.attrs["env_args"] = json.dumps(dataset.env_args)
+            if dataset.attempts is not None:
+                data.attrs["attempts"] = dataset.attempts
             for name, demo in dataset.demos.items():
                 _validate(demo, name)
                 g = data.create_group(name)

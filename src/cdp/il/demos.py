@@ -95,7 +95,9 @@ def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str],
     stop it with one error (a demonstrator that cannot succeed would otherwise loop forever).
     ``keep``: a folder where each demonstration is kept as it is made (:class:`Progress`); a call
     that finds one from the same call continues after its last demonstration, with the same
-    results as an uninterrupted call. The caller removes it once the dataset is written."""
+    results as an uninterrupted call. The caller removes it once the dataset is written. The
+    dataset's ``attempts`` counts every attempt, failed ones included (the progress bar shows it
+    as it goes)."""
     from tqdm.auto import tqdm
 
     if quality not in ("ph", "mh"):
@@ -104,7 +106,7 @@ def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str],
     ops = [operators[0]] * n if quality == "ph" else [operators[i * len(operators) // n] for i in range(n)]
     demos: dict[str, Demo] = {}
     masks: dict[str, list[str]] = {}
-    reset_seed = 10_000 + 1000 * seed
+    reset_seed = first_seed = 10_000 + 1000 * seed
     kept = Progress(keep, {"n": n, "quality": quality, "seed": seed, "desc": desc, "operators": list(operators),
                            "env_args": env_args}) \
         if keep is not None else None
@@ -130,10 +132,11 @@ def collect_demos(env: gym.Env, demonstrate: Demonstrator, operators: list[str],
             masks.setdefault(op, []).append(name)
         if kept is not None:
             kept.add(list(demos.values()), reset_seed, rng)
+        bar.set_postfix_str(f"{reset_seed - first_seed} attempts", refresh=False)
         bar.update()
     bar.close()
     names = list(demos)
     valid = set(rng.choice(len(names), max(1, n // 10), replace=False).tolist())
     masks["valid"] = [names[i] for i in sorted(valid)]
     masks["train"] = [nm for i, nm in enumerate(names) if i not in valid]
-    return DemoDataset(demos, env_args, masks)
+    return DemoDataset(demos, env_args, masks, attempts=reset_seed - first_seed)
