@@ -280,6 +280,35 @@ def test_fast_camera_rendering_draws_once_without_multisampling_and_stays_close_
         assert 0 < diff.mean() < 4 and np.mean(diff > 30) < 0.02
 
 
+@pytest.mark.parametrize("end", ["collected", "closed"])
+def test_a_camera_environment_that_goes_away_leaves_anothers_drawing_alone(end):
+    # GL numbers each context's objects from 1: robosuite freed a dead renderer's framebuffer and
+    # textures in whichever context was current, so a collection while another environment drew
+    # deleted that one's, and its images came back as whatever memory held
+    pytest.importorskip("robosuite")
+    import gc
+
+    from cdp.il import robosuite_tasks as rs
+
+    if not rs.rendering_available():
+        pytest.skip("no offscreen rendering here (apt-get install libosmesa6)")
+    keep, other = (rs.RobosuiteEnv("Lift", cameras=rs.CAMERAS) for _ in range(2))
+    other.reset(seed=3)
+    keep.reset(seed=3)  # keep's context is current from here on
+
+    def draw():  # straight from the simulator: no environment method makes a context current
+        return keep.env.sim.render(camera_name="agentview", width=84, height=84)
+
+    before = draw()
+    assert before.std() > 10  # a scene, not a blank buffer
+    if end == "closed":
+        other.close()
+    del other
+    gc.collect()
+    assert np.array_equal(draw(), before)  # its objects intact, and its context current again
+    assert keep.step(np.zeros(7))[0]["agentview_image"].std() > 10
+
+
 def test_make_data_records_the_rendering_and_the_evaluation_takes_it(tmp_path):
     from cdp.data.robomimic import read_env_args
     from cdp.il.tasks import get_task, write_demos

@@ -17,6 +17,9 @@ from, how high they hover, how long they squeeze, how fast and how noisily they 
 from __future__ import annotations
 
 import ctypes.util
+import functools
+import threading
+import weakref
 import logging
 import os
 from dataclasses import dataclass
@@ -96,11 +99,13 @@ class RobosuiteEnv(gym.Env):
         self.env = suite.make(env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC", robot="Panda"),
                               has_renderer=False, use_object_obs=True, control_freq=20, horizon=horizon,
                               ignore_done=True, hard_reset=False, reward_shaping=False, seed=model_seed, **cam)
-        if cameras and camera_render == "fast":
-            _render_fast(self.env, image_size)
         # robosuite makes a context current only when it creates one, so with several camera
         # environments in a process each would draw in the last one made: each step makes its own current
-        self._gl = self.env.sim._render_context_offscreen.gl_ctx if cameras else None
+        self._gl = _freed_in_own_context(self.env.sim._render_context_offscreen) if cameras else None
+        if self._gl is not None:
+            self._gl.make_current()
+        if cameras and camera_render == "fast":
+            _render_fast(self.env, image_size)
         self.render_cameras = True
         for c in self.cameras:
             _skippable(self, f"{c}_image")
@@ -128,6 +133,11 @@ class RobosuiteEnv(gym.Env):
         self.t += 1
         success = bool(self.env._check_success())
         return self._obs(raw), float(success), success, self.t >= self.horizon, {"success": success}
+
+    def close(self) -> None:
+        """Free the simulator and its renderer now (each in its own GL context), not at collection."""
+        self.env.close()
+        self._gl = None
 
     def object_pos(self) -> np.ndarray:
         """World position of the task's object (the cube, the can), from the simulator."""
@@ -170,6 +180,54 @@ def _skippable(env: RobosuiteEnv, name: str) -> None:
         return last[name]
 
     env.env.modify_observable(name, "sensor", camera)
+
+
+#: the GL context each thread made current last, of those :func:`_freed_in_own_context` tracks
+#: (which context is current is GL's own per-thread state; this mirrors it for those contexts)
+_CURRENT_GL = threading.local()
+
+
+class _TrackedGL:
+    """Mixed into robosuite's GL context: remembers being made current, and leaves its freeing
+    to its renderer (a collection calls the finalizers of a dead cycle in no set order)."""
+
+    def make_current(self) -> None:
+        super().make_current()  # type: ignore[misc]
+        _CURRENT_GL.last = weakref.ref(self)
+
+    def __del__(self) -> None:
+        pass
+
+
+class _OwnContextRenderer:
+    """Mixed into robosuite's offscreen renderer: frees MuJoCo's render context in its own GL
+    context, then that context, then makes current again the context that was. robosuite frees it
+    in whichever context is current; GL names its objects per context from 1, so a renderer
+    collected while another environment draws deleted that one's framebuffer and textures
+    (its images then came back as whatever memory held)."""
+
+    def __del__(self) -> None:
+        gl = self.gl_ctx  # type: ignore[attr-defined]
+        last = getattr(_CURRENT_GL, "last", None)
+        before = last() if last is not None else None
+        gl.make_current()
+        self.con.free()  # type: ignore[attr-defined]
+        gl.free()
+        if before is not None and before is not gl:
+            before.make_current()
+
+
+@functools.cache
+def _mixed(mixin: type, base: type) -> type:
+    return type(base.__name__, (mixin, base), {})
+
+
+def _freed_in_own_context(renderer):
+    """Give robosuite's offscreen ``renderer`` (and its GL context, returned) the behaviour of
+    :class:`_OwnContextRenderer` and :class:`_TrackedGL`."""
+    renderer.__class__ = _mixed(_OwnContextRenderer, type(renderer))
+    renderer.gl_ctx.__class__ = _mixed(_TrackedGL, type(renderer.gl_ctx))
+    return renderer.gl_ctx
 
 
 def _render_fast(env, size: int) -> None:
