@@ -212,7 +212,10 @@ class _OwnContextRenderer:
         before = last() if last is not None else None
         gl.make_current()
         self.con.free()  # type: ignore[attr-defined]
-        gl.free()
+        try:
+            gl.free()
+        except Exception:  # an EGL error while the interpreter exits: robosuite's own finaliser hides it too
+            pass
         if before is not None and before is not gl:
             before.make_current()
 
