@@ -33,6 +33,8 @@ STUDIES: dict[str, str] = {
                              "paper's first table and its data-scarce claim)"),
     "offline_rl_forms": "Offline RL, 10% of transitions: the paper's hinge beside the official runs' Frobenius form",
     "offline_rl_gamma": "Offline RL, 10% of transitions: the term's weight, gamma 0.01 and 1 beside the published 0.1",
+    "offline_rl_gamma_seeds": "Offline RL, 10% of transitions: CDP at gamma 1 (ten times the published weight), 5 seeds",
+    "offline_rl_published_seeds": "Offline RL, 10% of transitions: EDP vs CDP at the published weight, 5 seeds",
     "offline_rl_kitchen": ("Offline RL on kitchen-complete (scripted demonstrations): BC, EDP and CDP at the published"
                            " weight, 100% and 10% of transitions"),
     "offline_rl_kitchen_forms": ("Offline RL on kitchen-complete: CDP with the official runs' Frobenius form beside the "
