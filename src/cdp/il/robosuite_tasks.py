@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import ctypes.util
 import functools
-import threading
-import weakref
 import logging
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 
 import gymnasium as gym
