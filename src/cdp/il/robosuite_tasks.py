@@ -101,11 +101,12 @@ class RobosuiteEnv(gym.Env):
                               ignore_done=True, hard_reset=False, reward_shaping=False, seed=model_seed, **cam)
         # robosuite makes a context current only when it creates one, so with several camera
         # environments in a process each would draw in the last one made: each step makes its own current
-        self._gl = _freed_in_own_context(self.env.sim._render_context_offscreen) if cameras else None
-        if self._gl is not None:
-            self._gl.make_current()
-        if cameras and camera_render == "fast":
-            _render_fast(self.env, image_size)
+        self._gl = None
+        if cameras:
+            self._gl = _freed_in_own_context(self.env.sim._render_context_offscreen)
+            self._gl.make_current()  # now tracked, and _render_fast remakes MuJoCo's context in it
+            if camera_render == "fast":
+                _render_fast(self.env, image_size)
         self.render_cameras = True
         for c in self.cameras:
             _skippable(self, f"{c}_image")
