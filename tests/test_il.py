@@ -340,6 +340,53 @@ def test_evaluation_counts_stages_ever_reached(tmp_path):
     assert "stages" not in evaluate(plain, reach, 1)  # a task without stages reports none
 
 
+class _Counted(MultiReach):
+    """MultiReach that remembers being closed, and can be told to fail at it."""
+
+    def __init__(self, fail_close: bool = False, **kw):
+        super().__init__(**kw)
+        self.closed, self.fail_close = False, fail_close
+
+    def close(self):
+        self.closed = True
+        if self.fail_close:
+            raise RuntimeError("close failed")
+
+
+def test_environments_made_for_evaluation_are_closed_and_given_ones_are_left_open(reach_file, tmp_path, monkeypatch):
+    import dataclasses
+
+    import cdp.il.trainer as trainer
+
+    made: list[_Counted] = []
+
+    def make_env(**kw):
+        made.append(_Counted(**kw))
+        return made[-1]
+
+    task = dataclasses.replace(get_task("reach"), make_env=make_env, eval_batch=2)
+    monkeypatch.setattr(trainer, "get_task", lambda name: task)
+    cfg = ILTrainConfig(policy="bc-gmm", task="reach", dataset=reach_file, steps=4, batch_size=8, eval_every=2,
+                        eval_episodes=3, checkpoint_every=2)
+    train(cfg, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "eval.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert len(made) == 2 and all(e.closed for e in made)  # made once, reused by both evaluations, closed at the end
+
+    pol = load_policy(tmp_path / "run" / "policy")
+    made.clear()
+    evaluate(pol, task, 3)  # made here: closed here
+    assert len(made) == 2 and all(e.closed for e in made)
+    given = [_Counted(), _Counted()]
+    evaluate(pol, task, 3, envs=given)  # the caller's: left open to be reused
+    assert not any(e.closed for e in given)
+
+    failing = [_Counted(fail_close=True), _Counted()]  # one close fails: the other is still closed, then it raises
+    with pytest.raises(RuntimeError, match="close failed"):
+        trainer.close_all(failing)
+    assert all(e.closed for e in failing)
+
+
 def test_reach_hard_variant():
     task = get_task("reach-hard")
     env = task.make_env()

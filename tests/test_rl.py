@@ -192,6 +192,34 @@ def test_vectorised_evaluation_equals_episode_by_episode():
     assert np.allclose(evaluate(agent, "Hopper-v5", 4, seed=7), want, rtol=1e-4)
 
 
+def test_evaluation_closes_its_environments_when_the_policy_fails(monkeypatch):
+    import gymnasium as gym
+
+    import cdp.rl.trainer as trainer
+
+    made = []
+
+    def make_env(env_id):
+        env = gym.make(env_id)
+        close, env.closed = env.close, False
+
+        def closing():
+            env.closed = True
+            close()
+
+        env.close = closing
+        made.append(env)
+        return env
+
+    def failing_policy(obs):
+        raise RuntimeError("policy failed")
+
+    monkeypatch.setattr(trainer, "make_env", make_env)
+    with pytest.raises(RuntimeError, match="policy failed"):
+        trainer.evaluate(BC(11, 3, BCConfig()), "Hopper-v5", 3, seed=0, policy=failing_policy)
+    assert len(made) == 4 and all(e.closed for e in made)  # the id check's and the three episodes'
+
+
 @pytest.mark.parametrize("tau", [0.5, 0.7, 0.9])
 def test_expectile_loss_minimiser_is_the_expectile(tau):
     """On samples x, argmin_c expectile_loss(x - c) solves tau E[(x-c)+] = (1-tau) E[(c-x)+]."""

@@ -83,6 +83,10 @@ def test_transport_reset_depends_on_its_seed_alone():
     other = TransportEnv()
     other.reset(seed=3)
     assert np.array_equal(env.get_state(), first) and np.array_equal(other.get_state(), first)
+    other.close()  # frees its simulator now; the first environment is untouched
+    assert other.env.sim is None and env.env.sim is not None
+    env.reset(seed=3)
+    assert np.array_equal(env.get_state(), first)
 
 
 def test_hammer_axis_points_along_the_handle_to_the_head():

@@ -170,9 +170,14 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
     group after group. Also the goal orders of successful rollouts where the task records them
     (mode coverage), and where its environment reports ``info["stages"]`` (Transport), the mean
     number of stages each rollout reached at some step (``stages``, with ``stages_se``).
-    ``env_kwargs``: for the environments made here (:meth:`TaskSpec.env_kwargs` of the data)."""
+    ``env_kwargs``: for the environments made here (:meth:`TaskSpec.env_kwargs` of the data),
+    which are closed at the end; ``envs`` given are left open for the caller to reuse."""
     if envs is None:
-        envs = [task.make_env(**(env_kwargs or {})) for _ in range(min(episodes, task.eval_batch))]
+        made = [task.make_env(**(env_kwargs or {})) for _ in range(min(episodes, task.eval_batch))]
+        try:
+            return evaluate(policy, task, episodes, seed, made)
+        finally:
+            close_all(made)
     policy.eval()
     success = np.zeros(episodes, bool)
     reached: np.ndarray | None = None  # [episodes, stages]: ever held in the rollout
@@ -208,6 +213,19 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
         count = reached.sum(1)
         out["stages"], out["stages_se"] = float(count.mean()), float(count.std() / np.sqrt(episodes))
     return out
+
+
+def close_all(envs: list) -> None:
+    """Close every environment, even when one's ``close`` raises (the first error is raised
+    after the rest are closed): a robosuite camera environment holds a GL context until then."""
+    errors = []
+    for env in envs:
+        try:
+            env.close()
+        except Exception as e:  # noqa: BLE001 - the others must still be closed
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 @torch.no_grad()
@@ -376,6 +394,7 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
                 stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)  # on a SIGTERM / SIGINT too
         finally:
             bar.close()
+            close_all(eval_envs)
             if logs is not None:
                 logs.close()
     if not main:

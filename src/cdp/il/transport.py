@@ -71,6 +71,10 @@ class TransportEnv(gym.Env):
         self._lid0, self._hammer0 = tr.lid_handle_pos.copy(), tr.payload_pos.copy()
         return self._obs(self.raw), {}
 
+    def close(self) -> None:
+        """Free the simulator now, not at collection."""
+        self.env.close()
+
     def stages(self) -> np.ndarray:
         """Which of :data:`STAGES` hold now, ``[4]`` bool: the lid's handle more than
         ``LID_MOVED`` from where it started (horizontally), the hammer more than ``HAMMER_LIFTED``

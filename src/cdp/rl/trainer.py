@@ -8,6 +8,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -217,6 +218,7 @@ class DataTransform:
 def check_spaces(data: Transitions, env_id: str) -> None:
     env = make_env(env_id)
     o, a = env.observation_space.shape, env.action_space.shape
+    env.close()
     if o != (data.obs_dim,) or a != (data.act_dim,):
         raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
 
@@ -235,17 +237,18 @@ def evaluate(agent: BC | EDP | IDQL, env_id: str, episodes: int, seed: int,
 
     make_env(env_id).close()  # a bad id: one clear error here, not inside the vector env
     envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(episodes)])
-    obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
-    totals = np.zeros(episodes)
-    running = np.ones(episodes, dtype=bool)
-    while running.any():
-        act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
-        idx = np.flatnonzero(running)
-        act[idx] = policy(torch.as_tensor(transform.obs(obs[idx]), dtype=torch.float32, device=agent.device)).cpu().numpy()
-        obs, r, term, trunc, _ = envs.step(act)
-        totals += np.where(running, r, 0.0)
-        running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
-    envs.close()
+    with contextlib.closing(envs):
+        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+        totals = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        while running.any():
+            act = np.zeros((episodes, *envs.single_action_space.shape), dtype=np.float32)
+            idx = np.flatnonzero(running)
+            act[idx] = policy(torch.as_tensor(transform.obs(obs[idx]), dtype=torch.float32,
+                                              device=agent.device)).cpu().numpy()
+            obs, r, term, trunc, _ = envs.step(act)
+            totals += np.where(running, r, 0.0)
+            running &= ~(term | trunc)  # a finished env autoresets; its later steps are ignored
     return totals.tolist()
 
 
@@ -410,8 +413,9 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
     transform = DataTransform.for_run(cfg, data) if data is not None else DataTransform()
     if env_id is None:
         raise ValueError("the run names no environment")
-    env = make_env(env_id)
-    agent = make_agent(cfg, env.observation_space.shape[0], env.action_space.shape[0], resolve_device(device or cfg.device))
+    with contextlib.closing(make_env(env_id)) as env:
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = make_agent(cfg, obs_dim, act_dim, resolve_device(device or cfg.device))
     agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
     rets = evaluate(agent, env_id, episodes, seed, transform)
     res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
