@@ -264,6 +264,21 @@ def test_sync_rewrites_quoted_tables_from_the_records(tmp_path, capsys):
         render_block("res table", tmp_path)
 
 
+def test_the_seed_by_seed_table_pairs_each_contraction_run_with_its_bases_seed(tmp_path):
+    from cdp.report import render_block
+
+    for algo, seed, v in [("edp", 0, 10.0), ("edp", 1, 12.0), ("edp", 2, 17.0),
+                          ("cdp", 0, 13.0), ("cdp", 1, 11.0), ("cdp", 3, 20.0)]:  # seed 2 / 3 ran one method only
+        write_record(tmp_path, algo, 1.0, seed, v, v, [v - 5, v, v, v])  # the mean of the last three: v
+    lines = render_block(". seeds cdp/hopper/medium-replay-v0", tmp_path).splitlines()
+    assert lines[0] == "| data | method | seed 0 | seed 1 | seed 2 | seed 3 | mean ± s.e. |"
+    # cdp: mean 44 / 3, s.e. sqrt(44.667 / 2) / sqrt(3) = 2.73; paired on seeds 0 and 1: +3, -1, mean 1, s.e. 2
+    assert lines[2:] == ["| 100% | cdp | 13.0 | 11.0 |  | 20.0 | 14.7 ± 2.7 |",
+                         "| 100% | cdp − edp | +3.0 | -1.0 |  |  | +1.0 ± 2.0 |",
+                         "| 100% | edp | 10.0 | 12.0 | 17.0 |  | 13.0 ± 2.1 |"]
+    assert "\n".join(lines) in write_report(tmp_path).read_text()
+
+
 def test_margin_sensitivity_plots_each_margin_at_one_gamma_against_the_base(monkeypatch):
     import cdp.report as report
     from cdp.report import Run

@@ -174,6 +174,37 @@ def overview(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(runs: list[Run], metric: str = "mean_last3", digits: int = 1) -> str:
+    """Markdown: ``metric`` seed by seed, one column per seed (empty where a run has no record)
+    and the mean ± s.e. over the seeds; after each contraction method whose base ran at that
+    data fraction, a row ``method − base`` with the seed-paired differences on the seeds both ran
+    and their mean ± s.e. (paired, so it can differ from the versus table's difference of means)."""
+    fracs = sorted({r.fraction for r in runs}, reverse=True)
+    methods = sorted({r.method for r in runs})
+    seeds = sorted({r.seed for r in runs if metric in r.summary})
+    lines = ["| data | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.e. |",
+             "|---|---|" + "---:|" * (len(seeds) + 1)]
+
+    def row(f: float, label: str, by: dict[int, float], sign: str) -> str:
+        cells = [f"{by[s]:{sign}.{digits}f}" if s in by else "" for s in seeds]
+        mu, se = mean_se(list(by.values()))
+        mean = f"{mu:{sign}.{digits}f}" + (f" ± {se:.{digits}f}" if len(by) > 1 else "")
+        return f"| {f:.0%} | {label} | " + " | ".join(cells) + f" | {mean} |"
+
+    for f in fracs:
+        for m in methods:
+            mine = by_seed(runs, m, f, metric)
+            if not mine:
+                continue
+            lines.append(row(f, m, mine, ""))
+            b = base_of(m)
+            theirs = by_seed(runs, b, f, metric) if b else {}
+            paired = {s: mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())}
+            if paired:
+                lines.append(row(f, f"{m} − {b}", paired, "+"))
+    return "\n".join(lines)
+
+
 def base_of(method: str) -> str | None:
     """The method a contraction variant adds its term to: ``cdp`` -> ``edp``, ``cdp-unet`` ->
     ``dp-unet``, ``cdp-iql-g1-mNone`` -> ``edp-iql``, ``cdp-g1-official_frobenius`` -> ``edp`` (the
@@ -635,6 +666,8 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
         atomic_write(out / bars, _bars(rs, g, unit))
         md += [f"## {g}", "", f"{unit}; steps: {sorted({r.summary.get('step') for r in rs})}", ""]
         md += ["**Overview** — mean ± s.e. over the n seeds", "", overview(rs), ""]
+        md += ["**Seed by seed** — mean of the last three evaluations; a `method − base` row: the seed-paired "
+               "differences and their mean ± s.e.", "", seed_table(rs), ""]
         metrics = [("final", "at the last evaluation"), ("mean_last3", "mean of the last three evaluations"),
                    ("best", "best evaluation (max over checkpoints)")]
         for key, what in metrics:
@@ -685,13 +718,14 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
 
 #: A quoted report block in a markdown file: its spec line, the body the sync rewrites, the end line.
 BLOCK = re.compile(r"(?P<head><!-- report: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(?P<tail><!-- /report -->)", re.S)
-BLOCK_KINDS = ("overview", "summary", "versus")
+BLOCK_KINDS = ("overview", "summary", "versus", "seeds")
 
 
 def render_block(spec: str, base: str | Path = ".", _cache: dict | None = None) -> str:
     """The table a block spec names: ``RESULTS_DIR overview GROUP``, ``RESULTS_DIR summary`` (CDP
-    minus its base across groups) or ``RESULTS_DIR versus GROUP`` (the CDP-vs-base table with the
-    paper's figures); ``RESULTS_DIR`` relative to ``base``, a ``GROUP`` with spaces quoted."""
+    minus its base across groups), ``RESULTS_DIR versus GROUP`` (the CDP-vs-base table with the
+    paper's figures) or ``RESULTS_DIR seeds GROUP`` (the mean of the last three evaluations seed
+    by seed, :func:`seed_table`); ``RESULTS_DIR`` relative to ``base``, a ``GROUP`` with spaces quoted."""
     parts = shlex.split(spec)
     if len(parts) < 2 or parts[1] not in BLOCK_KINDS:
         raise ValueError(f"report block {spec!r}: expected 'RESULTS_DIR {{{'|'.join(BLOCK_KINDS)}}} [GROUP]'")
@@ -704,7 +738,7 @@ def render_block(spec: str, base: str | Path = ".", _cache: dict | None = None) 
         return across_groups(groups)
     if len(rest) != 1 or rest[0] not in groups:
         raise ValueError(f"report block {spec!r}: name one group of {root}: {sorted(groups)}")
-    return overview(groups[rest[0]]) if kind == "overview" else cdp_vs_base(groups[rest[0]])
+    return {"overview": overview, "versus": cdp_vs_base, "seeds": seed_table}[kind](groups[rest[0]])
 
 
 def sync_blocks(path: str | Path, check: bool = False) -> list[str]:
