@@ -11,7 +11,7 @@ pytest.importorskip("mujoco")
 
 
 @pytest.mark.slow
-def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
+def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch, capsys):
     from cdp.data import Transitions, load_minari, minari_reference
     from cdp.data.behaviour import BehaviourConfig, load_snapshots, train_behaviour
     from cdp.data.generate import dataset_id, generate_episodes, make_dataset, pick_snapshots
@@ -34,10 +34,12 @@ def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
         train_behaviour(BehaviourConfig(total_steps=600, **cfg), tmp_path / "cloned", progress=False)
 
     assert pick_snapshots(snaps, "expert")[0].mean_return == max(s.mean_return for s in snaps)
-    eps = generate_episodes("Hopper-v5", "medium-replay", agent, 0)
+    capsys.readouterr()
+    eps = generate_episodes("Hopper-v5", "medium-replay", agent, 0, progress=True)
     medium = pick_snapshots(snaps, "medium")[0]
     n_replay = sum(len(e["actions"]) for e in eps)
     assert n_replay == 100 + 150 * (1 + [s.step for s in snaps].index(medium.step))
+    assert f"{n_replay}/{n_replay}" in capsys.readouterr().err  # the bar's total is the buffer's, not n_steps
 
     did = make_dataset("Hopper-v5", "medium", agent, n_steps=400)
     assert did == dataset_id("Hopper-v5", "medium", "agent") == "cdp/hopper/medium-agent-v0"  # not the default agent
@@ -48,6 +50,17 @@ def test_behaviour_snapshots_resume_and_datasets(tmp_path, monkeypatch):
     assert ref.expert == pytest.approx(max(s.mean_return for s in snaps)) and ref.source == "minari:cdp/hopper/medium-agent-v0"
     assert make_dataset("Hopper-v5", "medium", agent, n_steps=400) == did  # cached: not re-rolled
     assert json.loads((agent / "config.json").read_text())["total_steps"] == 450
+
+
+def test_generation_shows_its_progress_over_the_transitions(tmp_path, capsys):
+    from cdp.data.generate import generate_episodes
+
+    eps = generate_episodes("Hopper-v5", "random", tmp_path, 130, progress=True)
+    assert sum(len(e["actions"]) for e in eps) == 130
+    err = capsys.readouterr().err
+    assert "Hopper-v5 random" in err and "130/130" in err
+    generate_episodes("Hopper-v5", "random", tmp_path, 20)
+    assert capsys.readouterr().err == ""  # quiet unless asked
 
 
 def test_bad_generation_input(tmp_path):

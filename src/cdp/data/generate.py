@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .behaviour import Snapshot, _check_env, actor_action, evaluate_actor, load_actor, load_snapshots
 
@@ -61,9 +62,11 @@ def pick_snapshots(snaps: list[Snapshot], quality: str) -> list[Snapshot]:
     return [s for s in snaps if s.step <= medium.step]
 
 
-def rollout(env_id: str, policy, n_steps: int, seed: int, deterministic: bool = False) -> list[dict]:
+def rollout(env_id: str, policy, n_steps: int, seed: int, deterministic: bool = False,
+            bar: tqdm | None = None) -> list[dict]:
     """Episodes (``Transitions.from_episodes`` layout) totalling ``n_steps`` steps; the last one
-    is cut short (marked truncated) when the budget runs out. ``policy=None`` acts uniformly."""
+    is cut short (marked truncated) when the budget runs out. ``policy=None`` acts uniformly.
+    ``bar``: a progress bar, moved by each episode's steps."""
     env = _check_env(env_id)
     env.action_space.seed(seed)
     episodes, steps, ep_i = [], 0, 0
@@ -80,27 +83,37 @@ def rollout(env_id: str, policy, n_steps: int, seed: int, deterministic: bool = 
                             (obs, act, r, term, trunc)):
                 ep[k].append(v)
             done = term or trunc
+        if bar is not None:
+            bar.update(len(ep["actions"]))
         episodes.append({k: np.asarray(v) for k, v in ep.items()})
         ep_i += 1
+    env.close()
     return episodes
 
 
-def generate_episodes(env_id: str, quality: str, agent_dir: str | Path, n_steps: int, seed: int = 0) -> list[dict]:
+def generate_episodes(env_id: str, quality: str, agent_dir: str | Path, n_steps: int, seed: int = 0,
+                      progress: bool = False) -> list[dict]:
+    """The episodes of a ``quality`` dataset (:data:`QUALITIES`), ``n_steps`` transitions (for
+    medium-replay, as many as the agent's buffer held up to medium); ``progress``: a bar over them."""
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
-    if quality == "random":
-        return rollout(env_id, None, n_steps, seed)
-    import json
+    with tqdm(total=n_steps, disable=not progress, desc=f"{env_id} {quality}", unit="step") as bar:
+        if quality == "random":
+            return rollout(env_id, None, n_steps, seed, bar=bar)
+        import json
 
-    snaps = load_snapshots(agent_dir)
-    chosen = pick_snapshots(snaps, quality)
-    if quality != "medium-replay":
-        return rollout(env_id, load_actor(agent_dir, chosen[0], env_id), n_steps, seed)
-    cfg = json.loads((Path(agent_dir) / "config.json").read_text())
-    episodes = rollout(env_id, None, cfg["learning_starts"], seed)
-    for i, snap in enumerate(chosen):
-        episodes += rollout(env_id, load_actor(agent_dir, snap, env_id), cfg["snapshot_every"], seed + 1000 * (i + 1))
-    return episodes
+        snaps = load_snapshots(agent_dir)
+        chosen = pick_snapshots(snaps, quality)
+        if quality != "medium-replay":
+            return rollout(env_id, load_actor(agent_dir, chosen[0], env_id), n_steps, seed, bar=bar)
+        cfg = json.loads((Path(agent_dir) / "config.json").read_text())
+        bar.total = cfg["learning_starts"] + len(chosen) * cfg["snapshot_every"]
+        bar.refresh()
+        episodes = rollout(env_id, None, cfg["learning_starts"], seed, bar=bar)
+        for i, snap in enumerate(chosen):
+            episodes += rollout(env_id, load_actor(agent_dir, snap, env_id), cfg["snapshot_every"], seed + 1000 * (i + 1),
+                                bar=bar)
+        return episodes
 
 
 def default_agent_dir(task: str, seed: int = 0) -> str:
@@ -109,7 +122,7 @@ def default_agent_dir(task: str, seed: int = 0) -> str:
 
 
 def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int = 200_000, seed: int = 0,
-                 overwrite: bool = False) -> str:
+                 overwrite: bool = False, progress: bool = True) -> str:
     """Roll the episodes and record them as a Minari dataset in the local store; returns its id
     (:func:`dataset_id`, the agent named by :func:`agent_tag` unless it is the default one)."""
     import minari
@@ -124,7 +137,7 @@ def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int 
                                  f"{n_steps} asked for: pass --overwrite to make it again")
             return did
         minari.delete_dataset(did)
-    episodes = generate_episodes(env_id, quality, agent_dir, n_steps, seed)
+    episodes = generate_episodes(env_id, quality, agent_dir, n_steps, seed, progress)
     buffers = [EpisodeBuffer(id=i, infos={}, observations=list(ep["observations"]), actions=list(ep["actions"]),
                              rewards=list(ep["rewards"]), terminations=list(ep["terminations"]),
                              truncations=list(ep["truncations"])) for i, ep in enumerate(episodes)]
@@ -141,16 +154,17 @@ def make_dataset(env_id: str, quality: str, agent_dir: str | Path, n_steps: int 
 
 
 def make_task_dataset(task: str, quality: str, agent_dir: str | Path | None = None, n_steps: int = 200_000,
-                      n_episodes: int | None = None, seed: int = 0, overwrite: bool = False) -> str:
+                      n_episodes: int | None = None, seed: int = 0, overwrite: bool = False,
+                      progress: bool = True) -> str:
     """``cdp rl make-data``: the scripted kitchen datasets for ``task="kitchen"`` (``n_episodes``),
     otherwise the behaviour agent's (``n_steps``); returns the Minari id."""
     if task == "kitchen":
         from .kitchen import make_kitchen_dataset
 
-        return make_kitchen_dataset(quality, n_episodes, seed, overwrite)
+        return make_kitchen_dataset(quality, n_episodes, seed, overwrite, progress=progress)
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES} for {task}, got {quality!r}")
-    return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite)
+    return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite, progress)
 
 
 @dataclass(frozen=True)
