@@ -215,10 +215,14 @@ class DataTransform:
                            self.obs(d.next_observations), d.terminals, d.timeouts, d.episode)
 
 
+def env_spaces(env_id: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(observation shape, action shape)`` of ``env_id``, from an environment made for it and closed."""
+    with contextlib.closing(make_env(env_id)) as env:
+        return env.observation_space.shape, env.action_space.shape
+
+
 def check_spaces(data: Transitions, env_id: str) -> None:
-    env = make_env(env_id)
-    o, a = env.observation_space.shape, env.action_space.shape
-    env.close()
+    o, a = env_spaces(env_id)
     if o != (data.obs_dim,) or a != (data.act_dim,):
         raise ValueError(f"dataset spaces obs {data.obs_dim} / act {data.act_dim} do not match {env_id}'s {o} / {a}")
 
@@ -413,8 +417,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
     transform = DataTransform.for_run(cfg, data) if data is not None else DataTransform()
     if env_id is None:
         raise ValueError("the run names no environment")
-    with contextlib.closing(make_env(env_id)) as env:
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    (obs_dim,), (act_dim,) = env_spaces(env_id)
     agent = make_agent(cfg, obs_dim, act_dim, resolve_device(device or cfg.device))
     agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
     rets = evaluate(agent, env_id, episodes, seed, transform)
