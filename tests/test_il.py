@@ -381,6 +381,15 @@ def test_environments_made_for_evaluation_are_closed_and_given_ones_are_left_ope
     evaluate(pol, task, 3, envs=given)  # the caller's: left open to be reused
     assert not any(e.closed for e in given)
 
+    def second_fails(**kw):
+        if made:
+            raise RuntimeError("no second environment")
+        return make_env(**kw)
+
+    made.clear()
+    with pytest.raises(RuntimeError, match="no second environment"):  # the one made before the failure is closed
+        evaluate(pol, dataclasses.replace(task, make_env=second_fails), 3)
+    assert len(made) == 1 and made[0].closed
     failing = [_Counted(fail_close=True), _Counted()]  # one close fails: the other is still closed, then it raises
     with pytest.raises(RuntimeError, match="close failed"):
         trainer.close_all(failing)

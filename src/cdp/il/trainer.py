@@ -173,8 +173,10 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
     ``env_kwargs``: for the environments made here (:meth:`TaskSpec.env_kwargs` of the data),
     which are closed at the end; ``envs`` given are left open for the caller to reuse."""
     if envs is None:
-        made = [task.make_env(**(env_kwargs or {})) for _ in range(min(episodes, task.eval_batch))]
-        try:
+        made: list = []
+        try:  # appended one by one: if a later one fails to build, the ones made are still closed
+            for _ in range(min(episodes, task.eval_batch)):
+                made.append(task.make_env(**(env_kwargs or {})))
             return evaluate(policy, task, episodes, seed, made)
         finally:
             close_all(made)
@@ -379,8 +381,8 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
                         stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)
                         continue
                     with clock.evaluating():
-                        eval_envs = eval_envs or [task.make_env(**env_kwargs)
-                                                  for _ in range(min(cfg.eval_episodes, task.eval_batch))]
+                        while len(eval_envs) < min(cfg.eval_episodes, task.eval_batch):  # once; closed in `finally`
+                            eval_envs.append(task.make_env(**env_kwargs))
                         res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
                         res["action_spread"] = action_spread(ema, spread_obs)
                     prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
