@@ -77,6 +77,14 @@ def test_bad_generation_input(tmp_path):
         generate_episodes("Hoppper-v5", "random", tmp_path, 10)
 
 
+def test_missing_agent_fails_before_the_bar(tmp_path, capsys):
+    from cdp.data.generate import generate_episodes
+
+    with pytest.raises(FileNotFoundError, match="no behaviour agent"):
+        generate_episodes("Hopper-v5", "medium", tmp_path, 10, progress=True)
+    assert "Hopper-v5 medium" not in capsys.readouterr().err  # the error line alone, no empty bar
+
+
 @pytest.mark.slow
 def test_halfcheetah_datasets_cut_never_ending_episodes_as_timeouts(tmp_path, monkeypatch):
     """HalfCheetah never terminates: every episode ends by a time limit (1000 steps) or by the

@@ -97,13 +97,13 @@ def generate_episodes(env_id: str, quality: str, agent_dir: str | Path, n_steps:
     medium-replay, as many as the agent's buffer held up to medium); ``progress``: a bar over them."""
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    # the agent is read before the bar opens, so a missing one fails with its own line alone
+    chosen = [] if quality == "random" else pick_snapshots(load_snapshots(agent_dir), quality)
     with tqdm(total=n_steps, disable=not progress, desc=f"{env_id} {quality}", unit="step") as bar:
         if quality == "random":
             return rollout(env_id, None, n_steps, seed, bar=bar)
         import json
 
-        snaps = load_snapshots(agent_dir)
-        chosen = pick_snapshots(snaps, quality)
         if quality != "medium-replay":
             return rollout(env_id, load_actor(agent_dir, chosen[0], env_id), n_steps, seed, bar=bar)
         cfg = json.loads((Path(agent_dir) / "config.json").read_text())
