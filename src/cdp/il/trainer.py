@@ -174,10 +174,8 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
     which are closed at the end; ``envs`` given are left open for the caller to reuse."""
     if envs is None:
         made: list = []
-        try:  # appended one by one: if a later one fails to build, the ones made are still closed
-            for _ in range(min(episodes, task.eval_batch)):
-                made.append(task.make_env(**(env_kwargs or {})))
-            return evaluate(policy, task, episodes, seed, made)
+        try:
+            return evaluate(policy, task, episodes, seed, fill_eval_envs(made, task, episodes, env_kwargs or {}))
         finally:
             close_all(made)
     policy.eval()
@@ -215,6 +213,15 @@ def evaluate(policy: ChunkPolicy, task: TaskSpec, episodes: int, seed: int = 0, 
         count = reached.sum(1)
         out["stages"], out["stages_se"] = float(count.mean()), float(count.std() / np.sqrt(episodes))
     return out
+
+
+def fill_eval_envs(envs: list, task: TaskSpec, episodes: int, env_kwargs: dict) -> list:
+    """``envs`` topped up to the group size :func:`evaluate` steps in lockstep (``episodes``, at
+    most ``task.eval_batch``), one by one into the caller's list, so that the ones made before a
+    failing one are still there for the caller to close (:func:`close_all`)."""
+    while len(envs) < min(episodes, task.eval_batch):
+        envs.append(task.make_env(**env_kwargs))
+    return envs
 
 
 def close_all(envs: list) -> None:
@@ -381,9 +388,9 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
                         stop.step_done(step, cfg.steps, cfg.checkpoint_every, ckpt, save)
                         continue
                     with clock.evaluating():
-                        while len(eval_envs) < min(cfg.eval_episodes, task.eval_batch):  # once; closed in `finally`
-                            eval_envs.append(task.make_env(**env_kwargs))
-                        res = evaluate(ema, task, cfg.eval_episodes, envs=eval_envs)
+                        # made at the first evaluation, reused after, closed in `finally`
+                        res = evaluate(ema, task, cfg.eval_episodes,
+                                       envs=fill_eval_envs(eval_envs, task, cfg.eval_episodes, env_kwargs))
                         res["action_spread"] = action_spread(ema, spread_obs)
                     prev = [float(r["success_rate"]) for r in read_rows(out / "eval.csv")]
                     logs.log("eval", step, res)
