@@ -1,13 +1,14 @@
 """Seeds stacked into one vectorised model (cdp.rl.stacked) update as the same seeds apart."""
 
 import csv
+import dataclasses
 
 import pytest
 import torch
 
 from cdp.contraction import ContractionConfig
 from cdp.rl.edp import EDP, EDPConfig
-from cdp.rl.stacked import StackedEDP, stack_supported
+from cdp.rl.stacked import StackedEDP, clip_per_seed_, stack_supported
 
 
 def agents(n: int, cfg: EDPConfig, obs: int = 11, act: int = 3) -> list[EDP]:
@@ -35,6 +36,9 @@ CASES = {
     "cdp-official": EDPConfig.official(100, contraction=ContractionConfig(t_max=0.1, window="official", margin=100.0,
                                                                         products="native"), **SCHEDULE),
     "cdp-every-t": EDPConfig(contraction=ContractionConfig(margin=100.0, products="native"), **SCHEDULE),
+    # a norm small enough that every seed's critic and actor gradients are clipped (checked below)
+    "cdp-clipped": EDPConfig(grad_clip=0.05, contraction=ContractionConfig(margin=100.0, products="native"),
+                             **SCHEDULE),
 }
 
 
@@ -55,6 +59,12 @@ def test_stacked_seeds_update_as_the_seeds_apart(case):
     assert not torch.allclose(want[0]["actor_loss"], want[1]["actor_loss"])  # the seeds really differ
     if cfg.contraction is not None:
         assert float(want[0]["contraction_active"]) > 0  # the term's gradient acted
+    if cfg.grad_clip is not None:  # the clip acted: unclipped seeds end elsewhere
+        free = agents(1, dataclasses.replace(cfg, grad_clip=None))[0]
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            free.update(batches(n, g)[0])
+        assert not torch.allclose(free.actor.state_dict()["mid.0.weight"], apart[0].actor.state_dict()["mid.0.weight"])
     for a, b in zip(apart, together):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa["step"] == sb["step"] == steps
@@ -86,10 +96,33 @@ def test_a_stacked_agent_acts_on_its_own_weights_and_a_checkpoint_holds_its_own_
     assert torch.equal(fresh.actor.state_dict()["mid.0.weight"], w)
 
 
+def test_clip_per_seed_is_torchs_clip_for_each_seed():
+    g = torch.Generator().manual_seed(0)
+    stacks = [torch.zeros(3, 4, 5, requires_grad=True), torch.zeros(3, 5, requires_grad=True)]
+    for p in stacks:
+        p.grad = torch.randn(p.shape, generator=g)
+    stacks[0].grad[1] *= 1e-3  # seed 1 below the norm: left as it is
+    stacks[1].grad[1] *= 1e-3
+    want = []
+    for i in range(3):  # torch's clip on each seed's own parameters
+        own = [torch.zeros(p.shape[1:], requires_grad=True) for p in stacks]
+        for o, p in zip(own, stacks):
+            o.grad = p.grad[i].clone()
+        norm = torch.nn.utils.clip_grad_norm_(own, 1.0)
+        want.append((norm, [o.grad for o in own]))
+    norms = clip_per_seed_(stacks, 1.0)
+    for i, (norm, grads) in enumerate(want):
+        assert torch.allclose(norms[i], norm)
+        for p, w in zip(stacks, grads):
+            assert torch.allclose(p.grad[i], w, rtol=1e-6, atol=0)
+    assert norms[0] > 1 and norms[1] < 1 and torch.linalg.vector_norm(
+        torch.cat([stacks[0].grad[0].flatten(), stacks[1].grad[0].flatten()])) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_what_cannot_be_stacked_says_why():
     assert stack_supported(agents(2, EDPConfig())) is None
     assert "DQL's chain" in stack_supported(agents(2, EDPConfig.dql()))
-    assert "clipping" in stack_supported(agents(2, EDPConfig(grad_clip=4.0)))
+    assert stack_supported(agents(2, EDPConfig(grad_clip=4.0))) is None  # each seed clipped by its own norm
     assert "exact eigenvalue" in stack_supported(agents(2, EDPConfig(contraction=ContractionConfig(method="lanczos"))))
     at_two_steps = agents(2, EDPConfig())
     at_two_steps[1].step = 3

@@ -16,7 +16,7 @@ acting, evaluation, checkpoints and records go through each agent as in a lone r
 (:func:`cdp.rl.ensemble.train_ensemble` with ``stacked=True``).
 
 What it takes (:func:`stack_supported` says why not): EDP / CDP with the TD3-style critic, the
-one-call action approximation, no gradient clipping, a sampler that draws nothing after its
+one-call action approximation, a sampler that draws nothing after its
 start (DPM-Solver++, DDIM, ODE), the term (if any) by the exact eigenvalue, and agents at the
 same step with their own generators.
 """
@@ -32,7 +32,7 @@ from torch.func import functional_call, vmap
 from ..capture import GraphedUpdate, graphs_available, set_lr
 from ..contraction.eig import resolve_method
 from ..diffusion.loss import noisy_batch
-from ..update import Update, zero_step
+from ..update import Update
 from .edp import EDP
 
 PARTS = ("actor", "actor_ema", "critic", "critic_target")  # the networks stacked
@@ -49,8 +49,6 @@ def stack_supported(agents: list) -> str | None:
     cfg = a0.cfg
     if cfg.critic != "td3" or cfg.q_action != "approx":
         return "the IQL critic and DQL's chain do not stack"
-    if cfg.grad_clip is not None:
-        return "gradient clipping is per seed and does not stack"
     if cfg.sampler == "ddpm":
         return "DDPM sampling draws at every step and does not stack"
     if a0.reg is not None:
@@ -170,11 +168,21 @@ class StackedEDP(Update):
 
         # the seeds share no weight, so the gradient of their losses' sum is each seed's own
         critic_loss = vmap(critic)(self._named("critic", "critic_target", "actor_ema"), batch, d["x_T"])
-        zero_step(self.opts["critic_opt"], critic_loss.sum())
+        self._step("critic_opt", critic_loss)
         actor_loss, parts = vmap(actor)(self._named("actor", "critic", detach=("critic",)), batch,
                                         d["t"], d["noise"], d["swap"])
-        zero_step(self.opts["actor_opt"], actor_loss.sum())
+        self._step("actor_opt", actor_loss)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
+
+    def _step(self, opt_name: str, losses: Tensor) -> None:
+        """Backward of the seeds' losses ``[N]`` and one step of the stacked optimiser, each seed's
+        gradient clipped to ``grad_clip`` by its own norm as a lone update clips it."""
+        opt = self.opts[opt_name]
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if self.cfg.grad_clip is not None:
+            clip_per_seed_(opt.param_groups[0]["params"], self.cfg.grad_clip)
+        opt.step()
 
     def advance(self) -> None:
         for agent in self.agents:  # step counters, learning-rate schedules, target and EMA averages
@@ -182,6 +190,22 @@ class StackedEDP(Update):
         for opt_name, opt in self.opts.items():  # the schedule the agents just set
             set_lr(opt, float(getattr(self.agents[0], opt_name).param_groups[0]["lr"]))
         self.step = self.agents[0].step
+
+
+@torch.no_grad()
+def clip_per_seed_(stacks: list[Tensor], max_norm: float) -> Tensor:
+    """:func:`torch.nn.utils.clip_grad_norm_` for each seed of stacked parameters ``[N, ...]``:
+    seed ``i``'s gradients are scaled by ``min(1, max_norm / (||g_i|| + 1e-6))``, ``||g_i||`` the
+    2-norm over all of its gradients (torch's formula). Returns the norms ``[N]``. No host read,
+    so a CUDA graph can record it."""
+    grads = [p.grad for p in stacks if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.reshape(-1, *[1] * (g.ndim - 1)).to(g.dtype))
+    return norms
 
 
 @torch.no_grad()
