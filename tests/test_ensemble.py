@@ -191,8 +191,8 @@ def test_the_cli_deals_seeds_out_to_processes_that_leave_what_lone_runs_leave(ti
 def test_the_cli_says_why_seeds_cannot_be_stacked(tiny_dataset, tmp_path, capsys):
     from cdp.cli import main
 
-    args = ["rl", "train", "dql", "--dataset", tiny_dataset, "--steps", "2", "--seeds", "3", "4", "--stacked",
+    args = ["rl", "train", "idql", "--dataset", tiny_dataset, "--steps", "2", "--seeds", "3", "4", "--stacked",
             "--out", str(tmp_path / "runs")]
     assert main(args) == 2
-    assert "cannot be stacked (the IQL critic and DQL's chain do not stack)" in capsys.readouterr().err
+    assert "cannot be stacked (only EDP / CDP / DQL agents stack: BC and IDQL take turns)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made

@@ -35,7 +35,7 @@ def test_critic_loss_is_the_td_error_to_the_min_of_the_twin_targets():
     agent = EDP(OBS, ACT, EDPConfig(hidden=16, sample_steps=2, discount=0.9))
     agent.critic_target = KnownTwin()
     a2 = torch.rand(6, ACT) * 2 - 1
-    agent.sample_actions = lambda obs, ema=True, x_T=None: a2  # the policy's next actions, fixed
+    agent.sample_actions = lambda obs, ema=True, x_T=None, step_noise=None: a2  # the policy's next actions, fixed
     b = tiny_batch()
     with torch.no_grad():
         q1, q2 = agent.critic(b["obs"], b["act"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cdp.diffusion import VPSchedule, ddpm_sample, predict_x0, sample, time_grid
+from cdp.diffusion import VPSchedule, ddim_draws, ddpm_sample, predict_x0, sample, time_grid
 from cdp.toy import GaussianMixture
 
 MIX = GaussianMixture(torch.tensor([[-0.8, 0.0], [0.8, 0.3]]), torch.tensor([0.2, 0.2]), torch.tensor([0.7, 0.3]))
@@ -72,6 +72,23 @@ def test_ddpm_step_is_the_textbook_posterior():
     mean = (x - b / torch.sqrt(1 - ab) * eps) / torch.sqrt(1 - b)
     var = b * (1 - ab_prev) / (1 - ab)
     assert torch.allclose(traj[1], mean + var.sqrt() * z, atol=1e-10)
+
+
+@pytest.mark.parametrize("eta,spacing", [(1.0, "uniform"), (0.5, "logsnr"), (0.0, "uniform")])
+def test_step_noise_made_beforehand_gives_the_drawn_run(eta, spacing):
+    """``ddim_draws`` counts the draws a run makes after its start (none with eta = 0, none on the
+    last step to sigma = 0); handing those draws in as ``step_noise`` reproduces the run."""
+    s, T = VPSchedule(), 6
+    eps_fn = MIX.denoiser(s, "eps")
+    x = torch.randn(4, 2, dtype=torch.float64)
+    drawn = sample(eps_fn, x, s, "ddim", T, "eps", eta=eta, spacing=spacing, generator=torch.Generator().manual_seed(5))
+    k = ddim_draws(s, T, eta=eta, spacing=spacing)
+    assert k == (T - 1 if eta > 0 else 0)
+    g = torch.Generator().manual_seed(5)
+    z = torch.stack([torch.randn(x.shape, dtype=x.dtype, generator=g) for _ in range(k)]) if k else torch.zeros(0, 4, 2)
+    assert torch.equal(sample(eps_fn, x, s, "ddim", T, "eps", eta=eta, spacing=spacing, step_noise=z.double()), drawn)
+    with pytest.raises(ValueError, match="step_noise must be"):
+        sample(eps_fn, x, s, "ddim", T, "eps", eta=eta, spacing=spacing, step_noise=torch.zeros(k + 1, 4, 2))
 
 
 def test_action_approximation_is_the_one_step_denoised_action():

@@ -36,6 +36,8 @@ CASES = {
     "cdp-official": EDPConfig.official(100, contraction=ContractionConfig(t_max=0.1, window="official", margin=100.0,
                                                                         products="native"), **SCHEDULE),
     "cdp-every-t": EDPConfig(contraction=ContractionConfig(margin=100.0, products="native"), **SCHEDULE),
+    # DQL: its reverse chain (DDPM, 5 steps) draws at every step, for the critic target and the actor
+    "dql": EDPConfig.dql(**SCHEDULE),
     # a norm small enough that every seed's critic and actor gradients are clipped (checked below)
     "cdp-clipped": EDPConfig(grad_clip=0.05, contraction=ContractionConfig(margin=100.0, products="native"),
                              **SCHEDULE),
@@ -121,7 +123,8 @@ def test_clip_per_seed_is_torchs_clip_for_each_seed():
 
 def test_what_cannot_be_stacked_says_why():
     assert stack_supported(agents(2, EDPConfig())) is None
-    assert "DQL's chain" in stack_supported(agents(2, EDPConfig.dql()))
+    assert stack_supported(agents(2, EDPConfig.dql())) is None  # the chain's draws are made beforehand
+    assert "IQL critic" in stack_supported(agents(2, EDPConfig(critic="iql")))
     assert stack_supported(agents(2, EDPConfig(grad_clip=4.0))) is None  # each seed clipped by its own norm
     assert "exact eigenvalue" in stack_supported(agents(2, EDPConfig(contraction=ContractionConfig(method="lanczos"))))
     at_two_steps = agents(2, EDPConfig())

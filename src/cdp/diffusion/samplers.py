@@ -103,6 +103,7 @@ def ddim_sample(
     spacing: Spacing = "uniform",
     clip_x0: float | None = None,
     generator: torch.Generator | None = None,
+    step_noise: Tensor | None = None,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """DDIM from ``x_T ~ N(0, I)``: ``eta = 0`` is the deterministic sampler, ``eta = 1`` is
@@ -114,23 +115,45 @@ def ddim_sample(
     posterior standard deviation when ``eta = 1``).
     With ``clip_x0`` the clean estimate is clamped to ``[-clip_x0, clip_x0]`` (DDPM/DQL's
     ``clip_denoised``) and ``e`` recomputed from it, as DDPM does.
+    ``step_noise [k, *x_T.shape]``: the ``z`` of the ``k = ddim_draws(...)`` steps with ``c > 0``,
+    in order, instead of drawing them from ``generator`` (what the draws would have been, made
+    beforehand: a vectorised pass over several seeds cannot draw from each seed's generator).
     """
     _check(x_T, prediction)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     grid, coeffs = _grid_and_coeffs(schedule, steps, spacing)
-    x, traj = x_T, [x_T]
-    for (t, (a_t, s_t)), (a_s, s_s) in zip(zip(grid[:-1], coeffs[:-1]), coeffs[1:]):
+    cs = _ddim_noise_scales(coeffs, eta)
+    if step_noise is not None and tuple(step_noise.shape) != (sum(c > 0 for c in cs), *x_T.shape):
+        raise ValueError(f"step_noise must be [{sum(c > 0 for c in cs)}, *x_T.shape], got {tuple(step_noise.shape)}")
+    x, traj, k = x_T, [x_T], 0
+    for t, (a_t, s_t), (a_s, s_s), c in zip(grid[:-1], coeffs[:-1], coeffs[1:], cs):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)
         e = (x - a_t * x0) / s_t
+        x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * e
+        if c > 0:
+            z = (torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator) if step_noise is None
+                 else step_noise[k])
+            x, k = x + c * z, k + 1
+        traj.append(x)
+    return (x, traj) if return_trajectory else x
+
+
+def _ddim_noise_scales(coeffs: list[tuple[float, float]], eta: float) -> list[float]:
+    """``c`` of each DDIM step (0 where the step draws nothing: ``eta = 0`` or the last step to
+    ``sigma = 0``)."""
+    out = []
+    for (a_t, s_t), (a_s, s_s) in zip(coeffs[:-1], coeffs[1:]):
         c = 0.0
         if eta > 0 and s_s > 0:
             c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
-        x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * e
-        if c > 0:
-            x = x + c * torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-        traj.append(x)
-    return (x, traj) if return_trajectory else x
+        out.append(c)
+    return out
+
+
+def ddim_draws(schedule: VPSchedule, steps: int = 50, *, eta: float = 0.0, spacing: Spacing = "uniform") -> int:
+    """How many noise draws (each ``x_T``'s shape) :func:`ddim_sample` makes after its start."""
+    return sum(c > 0 for c in _ddim_noise_scales(_grid_and_coeffs(schedule, steps, spacing)[1], eta))
 
 
 def ddpm_sample(
@@ -143,11 +166,12 @@ def ddpm_sample(
     spacing: Spacing = "uniform",
     clip_x0: float | None = None,
     generator: torch.Generator | None = None,
+    step_noise: Tensor | None = None,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Ancestral DDPM sampling (DDIM with ``eta = 1``)."""
+    """Ancestral DDPM sampling (DDIM with ``eta = 1``; ``step_noise`` as there)."""
     return ddim_sample(model_fn, x_T, schedule, steps, prediction, eta=1.0, spacing=spacing, clip_x0=clip_x0,
-                       generator=generator, return_trajectory=return_trajectory)
+                       generator=generator, step_noise=step_noise, return_trajectory=return_trajectory)
 
 
 def dpm_solver_sample(
@@ -254,5 +278,5 @@ def sample(
     return fns[method](model_fn, x_T, schedule, steps, prediction, **kwargs)  # type: ignore[operator]
 
 
-__all__ = ["time_grid", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "ode_sample", "sample",
+__all__ = ["time_grid", "ddim_draws", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "ode_sample", "sample",
            "SAMPLERS"]

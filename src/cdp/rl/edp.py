@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..capture import set_lr
 from ..contraction import ContractionConfig, ContractionRegularizer
-from ..diffusion import VPSchedule, denoising_loss, sample, to_x0
+from ..diffusion import VPSchedule, ddim_draws, denoising_loss, sample, to_x0
 from ..nets import MLPDenoiser
 from ..update import soft_update, zero_step
 from .agent import Agent, draw_one
@@ -134,19 +134,35 @@ class EDP(Agent):
         self.step = 0
 
     # ------------------------------------------------------------------ sampling
-    def sample_actions(self, obs: Tensor, ema: bool = True, x_T: Tensor | None = None) -> Tensor:
-        """One action per state ``[B, act_dim]`` by DPM-Solver++, clipped to [-1, 1], from the
-        starting noise ``x_T [B, act_dim]`` (default: drawn here, :meth:`draw_start`)."""
+    def sample_actions(self, obs: Tensor, ema: bool = True, x_T: Tensor | None = None,
+                       step_noise: Tensor | None = None) -> Tensor:
+        """One action per state ``[B, act_dim]`` by the config's sampler, clipped to [-1, 1], from
+        the starting noise ``x_T [B, act_dim]`` (default: drawn here, :meth:`draw_start`); a
+        sampler that draws on the way (DDPM) takes ``step_noise [k, B, act_dim]`` where given
+        (:meth:`draw_chain`), else draws it."""
         net = self.actor_ema if ema else self.actor
         if x_T is None:
             x_T = self.draw_start(obs.shape[0])
+        extra = {} if step_noise is None else {"step_noise": step_noise}
         a = sample(lambda a, t: net(a, t, obs), x_T, self.cfg.schedule, self.cfg.sampler,  # type: ignore[arg-type]
-                   self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0, generator=self.generator)  # type: ignore[arg-type]
+                   self.cfg.sample_steps, self.cfg.prediction, clip_x0=1.0, generator=self.generator, **extra)  # type: ignore[arg-type]
         return a.clamp(-1, 1)
 
     def draw_start(self, batch: int) -> Tensor:
         """The sampler's starting noise ``[batch, act_dim]``: ``N(0, init_noise_scale^2 I)``."""
         return self.cfg.init_noise_scale * torch.randn(batch, self.act_dim, device=self.device, generator=self.generator)
+
+    def draw_chain(self, batch: int) -> tuple[Tensor, Tensor | None]:
+        """Every draw :meth:`sample_actions` makes for ``batch`` states, in its order: the start
+        ``[batch, act_dim]`` and, for a sampler that draws on the way, the step noise ``[k, batch,
+        act_dim]`` (None for one that draws only at its start)."""
+        x_T = self.draw_start(batch)
+        if self.cfg.sampler not in ("ddpm", "ddim"):
+            return x_T, None
+        k = ddim_draws(self.cfg.schedule, self.cfg.sample_steps, eta=1.0 if self.cfg.sampler == "ddpm" else 0.0)
+        if k == 0:
+            return x_T, None
+        return x_T, torch.randn(k, batch, self.act_dim, device=self.device, generator=self.generator)
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
@@ -178,23 +194,26 @@ class EDP(Agent):
         zero_step(self.actor_opt, actor_loss, cfg.grad_clip, list(self.actor.parameters()))
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
 
-    def critic_loss(self, batch: dict[str, Tensor], x_T: Tensor | None = None) -> Tensor:
-        """The twin critics' TD loss (``critic="td3"``); ``x_T``: the starting noise of the
-        target's policy actions (default: drawn)."""
+    def critic_loss(self, batch: dict[str, Tensor], x_T: Tensor | None = None,
+                    step_noise: Tensor | None = None) -> Tensor:
+        """The twin critics' TD loss (``critic="td3"``); ``x_T`` (and ``step_noise``): the draws of
+        the target's policy actions (default: drawn; :meth:`draw_chain`)."""
         cfg = self.cfg
         s, a, r, s2, d = batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"]
         with torch.no_grad():
-            a2 = self.sample_actions(s2, x_T=x_T)
+            a2 = self.sample_actions(s2, x_T=x_T, step_noise=step_noise)
             y = r + cfg.discount * (1 - d) * self.critic_target.min_q(s2, a2)
         q1, q2 = self.critic(s, a)
         return (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
 
     def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, noise: Tensor | None = None,
-                   swap: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                   swap: Tensor | None = None, chain: tuple[Tensor, Tensor | None] | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
         """The actor's loss and its parts (0-d, detached; with a Q term also ``q_pi``, the lead
         critic's mean Q at the actor's actions, a discounted sum of the rewards it trains on).
         ``t [B]``, ``noise [B, act_dim]``: the denoising loss's draws (default: drawn); ``swap``:
-        this step's twin coin (default: the one :meth:`prepare` set)."""
+        this step's twin coin (default: the one :meth:`prepare` set); ``chain``: DQL's reverse
+        chain's draws (:meth:`draw_chain`; default: drawn)."""
         cfg = self.cfg
         s, a = batch["obs"], batch["act"]
         term_stats: dict[str, Tensor] = {}
@@ -215,7 +234,8 @@ class EDP(Agent):
             if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss
                 a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
             else:  # DQL: a full reverse chain with gradients
-                a0_hat = self.sample_actions(s, ema=False)
+                x_T, step_noise = chain if chain is not None else (None, None)
+                a0_hat = self.sample_actions(s, ema=False, x_T=x_T, step_noise=step_noise)
             x = torch.cat([s, a0_hat], -1)
             q_pi = self.critic.q1(x).squeeze(-1)
             if cfg.q_pair == "q1":

@@ -15,10 +15,9 @@ The agents stay whole: their parameters and optimiser states are views into the 
 acting, evaluation, checkpoints and records go through each agent as in a lone run
 (:func:`cdp.rl.ensemble.train_ensemble` with ``stacked=True``).
 
-What it takes (:func:`stack_supported` says why not): EDP / CDP with the TD3-style critic, the
-one-call action approximation, a sampler that draws nothing after its
-start (DPM-Solver++, DDIM, ODE), the term (if any) by the exact eigenvalue, and agents at the
-same step with their own generators.
+What it takes (:func:`stack_supported` says why not): EDP / CDP / DQL with the TD3-style critic
+(a sampler that draws on the way, DQL's DDPM, has its draws made beforehand, :meth:`EDP.draw_chain`),
+the term (if any) by the exact eigenvalue, and agents at the same step with their own generators.
 """
 
 from __future__ import annotations
@@ -45,12 +44,10 @@ def stack_supported(agents: list) -> str | None:
         return "no agents"
     a0 = agents[0]
     if not all(isinstance(a, EDP) for a in agents):
-        return "only EDP / CDP agents stack (BC, DQL and IDQL take turns)"
+        return "only EDP / CDP / DQL agents stack: BC and IDQL take turns"
     cfg = a0.cfg
-    if cfg.critic != "td3" or cfg.q_action != "approx":
-        return "the IQL critic and DQL's chain do not stack"
-    if cfg.sampler == "ddpm":
-        return "DDPM sampling draws at every step and does not stack"
+    if cfg.critic != "td3":
+        return "the IQL critic does not stack"
     if a0.reg is not None:
         c = a0.reg.config
         if c.form != "eig" or resolve_method(c.method, a0.act_dim, c.exact_max_dim) != "exact" or c.products != "native":
@@ -143,34 +140,42 @@ class StackedEDP(Update):
         for agent in self.agents:  # the host coin of q_pair "random"
             agent.prepare()
 
-    def draws(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def draws(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
         """Each agent's device draws for one update, from its own generator in a lone update's
-        order (the critic target's start, the denoising loss's t and noise), with its twin coin,
-        stacked ``[N, ...]``."""
-        cfg, out = self.cfg, {"x_T": [], "t": [], "noise": [], "swap": []}
+        order (the critic target's sampler draws, the denoising loss's t and noise, and for DQL's
+        chain the actor's sampler draws), with its twin coin, stacked ``[N, ...]``; a sampler that
+        draws only at its start has no step noise (None)."""
+        cfg, out = self.cfg, {"x_T": [], "z": [], "t": [], "noise": [], "chain_x_T": [], "chain_z": [], "swap": []}
         for i, agent in enumerate(self.agents):
-            out["x_T"].append(agent.draw_start(batch["next_obs"].shape[1]))
+            x_T, z = agent.draw_chain(batch["next_obs"].shape[1])
+            out["x_T"].append(x_T)
+            out["z"].append(z)
             t, noise, _ = noisy_batch(batch["act"][i], cfg.schedule, None, None, cfg.diffusion_steps, agent.generator)
             out["t"].append(t)
             out["noise"].append(noise)
+            if cfg.q_action == "chain":
+                x_T, z = agent.draw_chain(batch["obs"].shape[1])
+                out["chain_x_T"].append(x_T)
+                out["chain_z"].append(z)
             out["swap"].append(agent._swap)
-        return {k: torch.stack(v) for k, v in out.items()}
+        return {k: torch.stack(v) if v and v[0] is not None else None for k, v in out.items()}
 
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         d = self.draws(batch)
         call = self.losses
 
-        def critic(params, b, x_T):
-            return functional_call(call, params, ("critic_loss", b, x_T))
+        def critic(params, b, x_T, z):
+            return functional_call(call, params, ("critic_loss", b, x_T, z))
 
-        def actor(params, b, t, noise, swap):
-            return functional_call(call, params, ("actor_loss", b, t, noise, swap))
+        def actor(params, b, t, noise, swap, chain_x_T, chain_z):
+            chain = None if chain_x_T is None else (chain_x_T, chain_z)
+            return functional_call(call, params, ("actor_loss", b, t, noise, swap, chain))
 
         # the seeds share no weight, so the gradient of their losses' sum is each seed's own
-        critic_loss = vmap(critic)(self._named("critic", "critic_target", "actor_ema"), batch, d["x_T"])
+        critic_loss = _over_seeds(critic, self._named("critic", "critic_target", "actor_ema"), batch, d["x_T"], d["z"])
         self._step("critic_opt", critic_loss)
-        actor_loss, parts = vmap(actor)(self._named("actor", "critic", detach=("critic",)), batch,
-                                        d["t"], d["noise"], d["swap"])
+        actor_loss, parts = _over_seeds(actor, self._named("actor", "critic", detach=("critic",)), batch,
+                                        d["t"], d["noise"], d["swap"], d["chain_x_T"], d["chain_z"])
         self._step("actor_opt", actor_loss)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
 
@@ -190,6 +195,11 @@ class StackedEDP(Update):
         for opt_name, opt in self.opts.items():  # the schedule the agents just set
             set_lr(opt, float(getattr(self.agents[0], opt_name).param_groups[0]["lr"]))
         self.step = self.agents[0].step
+
+
+def _over_seeds(fn, *args):
+    """``vmap(fn)`` over the leading seed axis of every argument that is not None."""
+    return vmap(fn, in_dims=tuple(None if a is None else 0 for a in args))(*args)
 
 
 @torch.no_grad()
