@@ -127,11 +127,12 @@ def test_ensemble_seeds_deals_seeds_over_a_cpus_workers_and_stacks_on_a_gpu_what
     import cdp.sweep as sweep
     from cdp.sweep import Job, SeedGroup, deal, seed_units
 
-    def job(seed, algo="cdp", gamma=0.1):
-        cfg = {**TrainConfig(algo=algo, dataset=tiny_dataset, gamma=gamma, seed=seed, device="cpu").__dict__}
-        return Job("rl", cfg, f"out/{algo}-g{gamma}-s{seed}", None)
+    def job(seed, form="eig", gamma=0.1):
+        cfg = {**TrainConfig(algo="cdp", dataset=tiny_dataset, gamma=gamma, seed=seed, form=form, device="cpu").__dict__}
+        return Job("rl", cfg, f"out/cdp-{form}-g{gamma}-s{seed}", None)
 
-    jobs = [job(0), job(1), job(2), job(0, gamma=1.0), job(1, gamma=1.0), job(0, "bc"), job(1, "bc")]
+    frobenius = "official_frobenius"  # the official runs' form of the term, which does not stack
+    jobs = [job(0), job(1), job(2), job(0, gamma=1.0), job(1, gamma=1.0), job(0, frobenius), job(1, frobenius)]
     # on a CPU, over two workers: each config's seeds dealt in turn (0 and 2 share one, 1 alone)
     units = seed_units(jobs, workers=2)
     assert [type(u) for u in units] == [SeedGroup, Job, Job, Job, Job, Job]
@@ -140,7 +141,7 @@ def test_ensemble_seeds_deals_seeds_over_a_cpus_workers_and_stacks_on_a_gpu_what
         ("cdp", 0.1, 1), ("cdp", 1.0, 0), ("cdp", 1.0, 1)]
     assert len(seed_units(jobs, workers=1)) == 3  # one worker: whole groups
     assert len(deal(jobs[:3], 5)) == 3  # never more shares than seeds
-    # on a GPU: a config that stacks stays one group; BC's seeds (which do not stack) go alone
+    # on a GPU: a config that stacks stays one group; the Frobenius form's seeds go alone
     monkeypatch.setattr(sweep, "_on_cpu", lambda j: False)
     units = seed_units(jobs, workers=2)
     assert [type(u) for u in units] == [SeedGroup, SeedGroup, Job, Job]
@@ -191,8 +192,8 @@ def test_the_cli_deals_seeds_out_to_processes_that_leave_what_lone_runs_leave(ti
 def test_the_cli_says_why_seeds_cannot_be_stacked(tiny_dataset, tmp_path, capsys):
     from cdp.cli import main
 
-    args = ["rl", "train", "idql", "--dataset", tiny_dataset, "--steps", "2", "--seeds", "3", "4", "--stacked",
-            "--out", str(tmp_path / "runs")]
+    args = ["rl", "train", "cdp", "--form", "official_frobenius", "--dataset", tiny_dataset, "--steps", "2",
+            "--seeds", "3", "4", "--stacked", "--out", str(tmp_path / "runs")]
     assert main(args) == 2
-    assert "cannot be stacked (only EDP / CDP / DQL agents stack: BC and IDQL take turns)" in capsys.readouterr().err
+    assert "cannot be stacked (the term stacks with the exact eigenvalue" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made

@@ -7,15 +7,19 @@ import pytest
 import torch
 
 from cdp.contraction import ContractionConfig
+from cdp.rl.bc import BC, BCConfig
 from cdp.rl.edp import EDP, EDPConfig
-from cdp.rl.stacked import StackedEDP, clip_per_seed_, stack_supported
+from cdp.rl.iql import IDQL, IDQLConfig
+from cdp.rl.stacked import StackedBC, StackedEDP, StackedIDQL, clip_per_seed_, stack, stack_supported
 
 
-def agents(n: int, cfg: EDPConfig, obs: int = 11, act: int = 3) -> list[EDP]:
+def agents(n: int, cfg, obs: int = 11, act: int = 3) -> list:
+    """``n`` fresh agents of ``cfg``'s algorithm (BC, EDP / CDP / DQL, IDQL), seeds 0 ... n-1."""
+    algo = {BCConfig: BC, EDPConfig: EDP, IDQLConfig: IDQL}[type(cfg)]
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        agent = EDP(obs, act, cfg)
+        agent = algo(obs, act, cfg)
         agent.own_generators()
         out.append(agent)
     return out
@@ -38,6 +42,10 @@ CASES = {
     "cdp-every-t": EDPConfig(contraction=ContractionConfig(margin=100.0, products="native"), **SCHEDULE),
     # DQL: its reverse chain (DDPM, 5 steps) draws at every step, for the critic target and the actor
     "dql": EDPConfig.dql(**SCHEDULE),
+    "edp-iql-critic": EDPConfig(critic="iql", **SCHEDULE),
+    "bc": BCConfig(hidden=32),
+    "idql": IDQLConfig(hidden=64),
+    "idql-with-the-term": IDQLConfig(hidden=64, contraction=ContractionConfig(margin=100.0, products="native")),
     # a norm small enough that every seed's critic and actor gradients are clipped (checked below)
     "cdp-clipped": EDPConfig(grad_clip=0.05, contraction=ContractionConfig(margin=100.0, products="native"),
                              **SCHEDULE),
@@ -48,20 +56,24 @@ CASES = {
 def test_stacked_seeds_update_as_the_seeds_apart(case):
     cfg, n, steps = CASES[case], 3, 5
     apart, together = agents(n, cfg), agents(n, cfg)
-    stack = StackedEDP(together)
+    stacked = stack(together)
+    assert type(stacked) is {BC: StackedBC, EDP: StackedEDP, IDQL: StackedIDQL}[type(apart[0])]
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         bs = batches(n, g)
         want = [a.update(b) for a, b in zip(apart, bs)]
-        got = stack.update(bs)
+        got = stacked.update(bs)
         for w, o in zip(want, got):
             assert list(w) == list(o)  # the same metrics, in the same order
             for k in w:
                 assert torch.allclose(w[k], o[k], rtol=1e-4, atol=1e-5), (k, w[k], o[k])
-    assert not torch.allclose(want[0]["actor_loss"], want[1]["actor_loss"])  # the seeds really differ
-    if cfg.contraction is not None:
-        assert float(want[0]["contraction_active"]) > 0  # the term's gradient acted
-    if cfg.grad_clip is not None:  # the clip acted: unclipped seeds end elsewhere
+    first = next(iter(want[0]))
+    assert not torch.allclose(want[0][first], want[1][first])  # the seeds really differ
+    if getattr(cfg, "contraction", None) is not None:
+        if "contraction_active" in want[0]:
+            assert float(want[0]["contraction_active"]) > 0  # the term's gradient acted
+        assert float(want[0]["contraction"]) != 0
+    if getattr(cfg, "grad_clip", None) is not None:  # the clip acted: unclipped seeds end elsewhere
         free = agents(1, dataclasses.replace(cfg, grad_clip=None))[0]
         g = torch.Generator().manual_seed(0)
         for _ in range(steps):
@@ -70,10 +82,11 @@ def test_stacked_seeds_update_as_the_seeds_apart(case):
     for a, b in zip(apart, together):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa["step"] == sb["step"] == steps
-        for part in ("actor", "actor_ema", "critic", "critic_target"):
+        opts = [k for k in sa if k != "step" and "param_groups" in sa[k]]
+        for part in sa.keys() - {"step", *opts}:  # every network, targets and averages included
             for k in sa[part]:
                 assert torch.allclose(sa[part][k], sb[part][k], atol=2e-5), (part, k)
-        for opt in ("actor_opt", "critic_opt"):
+        for opt in opts:
             assert sa[opt]["param_groups"][0]["lr"] == sb[opt]["param_groups"][0]["lr"]
             for i, st in sa[opt]["state"].items():
                 assert float(st["step"]) == float(sb[opt]["state"][i]["step"]) == steps
@@ -124,7 +137,10 @@ def test_clip_per_seed_is_torchs_clip_for_each_seed():
 def test_what_cannot_be_stacked_says_why():
     assert stack_supported(agents(2, EDPConfig())) is None
     assert stack_supported(agents(2, EDPConfig.dql())) is None  # the chain's draws are made beforehand
-    assert "IQL critic" in stack_supported(agents(2, EDPConfig(critic="iql")))
+    assert stack_supported(agents(2, EDPConfig(critic="iql"))) is None
+    assert "of one algorithm" in stack_supported([*agents(1, EDPConfig()), *agents(1, IDQLConfig())])
+    with pytest.raises(ValueError, match="StackedBC stacks BC, not EDP"):
+        StackedBC(agents(2, EDPConfig()))
     assert stack_supported(agents(2, EDPConfig(grad_clip=4.0))) is None  # each seed clipped by its own norm
     assert "exact eigenvalue" in stack_supported(agents(2, EDPConfig(contraction=ContractionConfig(method="lanczos"))))
     at_two_steps = agents(2, EDPConfig())
@@ -147,21 +163,25 @@ def rows(path):
 
 
 @pytest.mark.slow
-def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(tiny_dataset, tmp_path, monkeypatch):
-    import cdp.rl.ensemble
+@pytest.mark.parametrize("algo", ["cdp", "idql"])
+def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(algo, tiny_dataset, tmp_path, monkeypatch):
+    import cdp.rl.stacked
     from cdp.rl.ensemble import train_ensemble
     from cdp.rl.trainer import TrainConfig, train
 
     stacked_steps = []
 
-    class Counted(StackedEDP):
+    agent_type = {"cdp": EDP, "idql": IDQL}[algo]
+    base = cdp.rl.stacked.STACKED[agent_type]
+
+    class Counted(base):
         def update(self, batches):
             stacked_steps.append(self.agents[0].step)
             return super().update(batches)
 
-    monkeypatch.setattr(cdp.rl.ensemble, "StackedEDP", Counted)
+    monkeypatch.setitem(cdp.rl.stacked.STACKED, agent_type, Counted)
 
-    kw = dict(algo="cdp", dataset=tiny_dataset, batch_size=32, eval_every=3, eval_episodes=2,
+    kw = dict(algo=algo, dataset=tiny_dataset, batch_size=32, eval_every=3, eval_episodes=2,
               checkpoint_every=3, log_every=1, fraction=0.5)
     seeds = [0, 1]
     alone = {s: tmp_path / "alone" / f"s{s}" for s in seeds}

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="several seeds of this config trained together (cdp.rl.ensemble; each run "
                          "in its own folder under --out, default runs/rl/<dataset>); overrides --seed")
     tr.add_argument("--stacked", default=None, action=argparse.BooleanOptionalAction,
-                    help="with --seeds: one vectorised update for all seeds (cdp.rl.stacked; EDP / CDP / DQL) or "
+                    help="with --seeds: one vectorised update for all seeds (cdp.rl.stacked) or "
                          "one seed after another (--no-stacked); default: stacked on a GPU, in turn on a CPU")
     tr.add_argument("--processes", type=_positive_int, default=None,
                     help="with --seeds: worker processes the seeds are dealt out to, each training its share "

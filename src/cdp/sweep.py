@@ -129,7 +129,7 @@ def seed_units(jobs: list[Job], workers: int) -> list[Job | SeedGroup]:
     """What ``--ensemble-seeds`` queues: the seeds of each config (:func:`group_seeds`) on a CPU
     dealt out over the ``workers`` (processes use the cores better than one process's threads do
     for these small networks: benchmarks/ensemble.py); on a GPU stacked into one model, or, where
-    the config does not stack (BC, IDQL: :func:`cdp.rl.stacked.stack_supported`), each seed a
+    the config does not stack (:func:`cdp.rl.stacked.stack_supported`), each seed a
     job of its own (seeds taking turns on a GPU are refused: :mod:`cdp.rl.ensemble`)."""
     out: list[Job | SeedGroup] = []
     for unit in group_seeds(jobs):

@@ -29,8 +29,12 @@ class BC(Agent):
     def act(self, obs: Tensor) -> Tensor:
         return torch.tanh(self.policy(obs))
 
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean squared error of ``tanh(pi(s))`` to the dataset's actions."""
+        return (torch.tanh(self.policy(batch["obs"])) - batch["act"]).pow(2).mean()
+
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        loss = (torch.tanh(self.policy(batch["obs"])) - batch["act"]).pow(2).mean()
+        loss = self.loss(batch)
         zero_step(self.opt, loss)
         return {"bc_loss": loss.detach()}
 

@@ -185,7 +185,7 @@ class EDP(Agent):
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         if cfg.critic == "iql":  # in-sample: no policy actions in the critic's targets
-            v_loss, critic_loss = self.iql.losses(batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"])
+            v_loss, critic_loss = self.iql_losses(batch)
             zero_step(self.v_opt, v_loss, cfg.grad_clip, list(self.iql.v.parameters()))
         else:
             critic_loss = self.critic_loss(batch)
@@ -193,6 +193,10 @@ class EDP(Agent):
         actor_loss, parts = self.actor_loss(batch)
         zero_step(self.actor_opt, actor_loss, cfg.grad_clip, list(self.actor.parameters()))
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
+
+    def iql_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The IQL critic's value and Q losses (``critic="iql"``), both before either steps."""
+        return self.iql.losses(batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"])
 
     def critic_loss(self, batch: dict[str, Tensor], x_T: Tensor | None = None,
                     step_noise: Tensor | None = None) -> Tensor:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..capture import graphs_available
 from ..runlog import RunInterrupted, StopSignals
 from ..runtime import resolve_device
-from .stacked import StackedEDP, stack_supported
+from .stacked import stack, stack_supported
 from .trainer import TrainConfig, _Run, claim_run, load_run_data, make_agent, run_cut
 
 
@@ -58,34 +58,34 @@ def train_ensemble(cfgs: list[TrainConfig], outs: list[str | Path], progress: bo
         raise ValueError(f"{len(cfgs)} runs need {len(cfgs)} folders, got {len(outs)}")
     cfg0 = cfgs[0]
     device = resolve_device(cfg0.device)
-    stack = device.type != "cpu" if stacked is None else stacked
-    if device.type != "cpu" and not stack:
+    stacks = device.type != "cpu" if stacked is None else stacked
+    if device.type != "cpu" and not stacks:
         raise ValueError(f"seeds taking turns run on the CPU only, not on {device} (see cdp.rl.ensemble); "
                          "stack them (stacked=True) or train them as separate runs there")
     full, env_id, transform = load_run_data(cfg0)
     cuts = [run_cut(c, full, transform) for c in cfgs]
-    if stack:  # refused before any run folder is made (fresh agents; steps are checked once loaded)
+    if stacks:  # refused before any run folder is made (fresh agents; steps are checked once loaded)
         refuse_unstackable(cfgs, cuts[0])
     with contextlib.ExitStack() as claimed:
         for cfg, out, data in zip(cfgs, outs, cuts):
             claimed.enter_context(claim_run(cfg, Path(out), data, reenter))
-        runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True, eager=stack)
+        runs = [_Run(cfg, Path(out), data, env_id, device, transform, private_rng=True, eager=stacks)
                 for cfg, out, data in zip(cfgs, outs, cuts)]
         stacker = None
         lead = max(r.agent.step for r in runs)  # stacked: runs resumed from earlier steps first catch up alone
         total = sum(c.steps for c in cfgs)
         bar = tqdm(total=total, initial=sum(r.agent.step for r in runs), disable=not progress,
-                   desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds" + (" stacked" if stack else ""))
+                   desc=f"{cfg0.algo} {Path(cfg0.dataset).name} x{len(runs)} seeds" + (" stacked" if stacks else ""))
         with StopSignals() as stop:
             try:
                 while active := [r for r in runs if not r.done]:
-                    if stack and stacker is None and all(r.agent.step == lead for r in runs):
-                        stacker = StackedEDP([r.agent for r in runs],  # type: ignore[arg-type]  # checks them again
-                                             graphs=cfg0.graphs and graphs_available(device))
+                    if stacks and stacker is None and all(r.agent.step == lead for r in runs):
+                        stacker = stack([r.agent for r in runs],  # checks them again
+                                        graphs=cfg0.graphs and graphs_available(device))
                     if stacker is not None:  # the seeds share one step count and budget: all or none active
                         losses = stacker.update([r.batch() for r in runs])
                     else:
-                        if stack:
+                        if stacks:
                             active = [r for r in active if r.agent.step < lead]
                         losses = [None] * len(active)
                     stopped: RunInterrupted | None = None

@@ -87,22 +87,33 @@ class IDQL(Agent):
         self.step = 0
 
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg = self.cfg
-        s, a = batch["obs"], batch["act"]
-        v_loss, q_loss = self.critic.losses(s, a, batch["rew"], batch["next_obs"], batch["done"])
+        v_loss, q_loss = self.critic_losses(batch)
         zero_step(self.v_opt, v_loss)
         zero_step(self.q_opt, q_loss)
         self.critic.update_target()
+        actor_loss, parts = self.actor_loss(batch)
+        zero_step(self.actor_opt, actor_loss)
+        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), **parts}
+
+    def critic_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """IQL's value and Q losses on ``batch`` (both computed before either network steps)."""
+        return self.critic.losses(batch["obs"], batch["act"], batch["rew"], batch["next_obs"], batch["done"])
+
+    def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None,
+                   noise: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The behaviour model's loss (denoising, plus the term where set) and its parts (0-d,
+        detached); ``t [B]``, ``noise [B, act_dim]``: the denoising loss's draws (default: drawn)."""
+        cfg = self.cfg
+        s, a = batch["obs"], batch["act"]
         if self.reg is not None:
-            out = self.reg.loss(self.actor, a, s, num_steps=cfg.diffusion_steps, generator=self.generator)
+            out = self.reg.loss(self.actor, a, s, t=t, noise=noise, num_steps=cfg.diffusion_steps,
+                                generator=self.generator)
             denoise, contraction = out.denoising.loss.mean(), out.contraction
         else:
-            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, cond=s,  # type: ignore[arg-type]
+            denoise = denoising_loss(self.actor, a, cfg.schedule, cfg.prediction, t=t, noise=noise, cond=s,  # type: ignore[arg-type]
                                      num_steps=cfg.diffusion_steps, generator=self.generator).loss.mean()
             contraction = torch.zeros((), device=s.device)
-        zero_step(self.actor_opt, denoise + contraction)
-        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "denoise_loss": denoise.detach(),
-                "contraction": contraction.detach()}
+        return denoise + contraction, {"denoise_loss": denoise.detach(), "contraction": contraction.detach()}
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
