@@ -204,32 +204,38 @@ def test_an_ensemble_on_a_gpu_stacks_its_seeds_and_refuses_turns(tiny_dataset, t
     assert [s["step"] for s in sums] == [2, 2]
 
 
+@pytest.mark.parametrize("algo", ["cdp-official", "dql-clipped", "idql"])
 @pytest.mark.parametrize("graphs", [False, True])
-def test_stacked_seeds_on_the_gpu_update_as_the_seeds_apart(graphs):
+def test_stacked_seeds_on_the_gpu_update_as_the_seeds_apart(graphs, algo):
     """Three seeds stacked train as the seeds apart, eagerly and with ``graphs=True`` (the whole
     N-seed update recorded once as a CUDA graph after 3 eager warm-up steps, then replayed): the
-    same losses every step (so each seed's generator advances on every replay), the same weights,
-    and the agents' own optimiser states (what their checkpoints hold) still views of the
-    stacked ones."""
+    same losses every step (so each seed's generator advances on every replay, DQL's draws at
+    every sampler step included), the same weights, and the agents' own optimiser states (what
+    their checkpoints hold) still views of the stacked ones."""
     from cdp.contraction import ContractionConfig
     from cdp.rl.edp import EDP, EDPConfig
-    from cdp.rl.stacked import StackedEDP
+    from cdp.rl.iql import IDQL, IDQLConfig
+    from cdp.rl.stacked import stack
 
-    cfg = EDPConfig.official(100, contraction=ContractionConfig(t_max=0.1, window="official", margin=100.0,
-                                                                products="native"), ema_start=2, ema_every=1)
+    make = {
+        "cdp-official": lambda: EDP(11, 3, EDPConfig.official(100, contraction=ContractionConfig(
+            t_max=0.1, window="official", margin=100.0, products="native"), ema_start=2, ema_every=1), CUDA),
+        "dql-clipped": lambda: EDP(11, 3, EDPConfig.dql(grad_clip=0.05, ema_start=2, ema_every=1), CUDA),
+        "idql": lambda: IDQL(11, 3, IDQLConfig(hidden=64), CUDA),
+    }[algo]
 
     def agents():
         out = []
         for seed in range(3):
             torch.manual_seed(seed)
             torch.cuda.manual_seed(seed)
-            a = EDP(11, 3, cfg, CUDA)
+            a = make()
             a.own_generators()
             out.append(a)
         return out
 
     apart, together = agents(), agents()
-    stack = StackedEDP(together, graphs=graphs)
+    stacked = stack(together, graphs=graphs)
     g = torch.Generator().manual_seed(0)
     steps = 8
     for step in range(steps):
@@ -237,14 +243,14 @@ def test_stacked_seeds_on_the_gpu_update_as_the_seeds_apart(graphs):
                "rew": torch.randn(64, generator=g), "next_obs": torch.randn(64, 11, generator=g),
                "done": torch.zeros(64)} for _ in range(3)]
         bs = [{k: v.to(CUDA) for k, v in b.items()} for b in bs]
-        want, got = [a.update(b) for a, b in zip(apart, bs)], stack.update(bs)
+        want, got = [a.update(b) for a, b in zip(apart, bs)], stacked.update(bs)
         for w, o in zip(want, got):
             for k in w:
                 assert torch.allclose(w[k], o[k], rtol=1e-3, atol=1e-4), (step, k)
-    assert (stack._graphed is not None and stack._graphed.graph is not None) == graphs
+    assert (stacked._graphed is not None and stacked._graphed.graph is not None) == graphs
     for a, b in zip(apart, together):
         assert a.step == b.step == steps
         for k, v in a.actor.state_dict().items():
             assert torch.allclose(v, b.actor.state_dict()[k], atol=1e-4), k
-        for st in b.state_dict()["critic_opt"]["state"].values():
+        for st in b.state_dict()["actor_opt"]["state"].values():
             assert float(st["step"]) == steps
