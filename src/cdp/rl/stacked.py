@@ -66,11 +66,12 @@ def stack_supported(agents: list) -> str | None:
 
 
 def stack(agents: list[Agent], graphs: bool = False) -> StackedAgents:
-    """The agents (one algorithm, one config, several seeds) as one vectorised model."""
-    why = stack_supported(agents)
-    if why is not None:
-        raise ValueError(f"these agents cannot be stacked: {why}")
-    return STACKED[type(agents[0])](agents, graphs)
+    """The agents (one algorithm, one config, several seeds) as one vectorised model; a
+    ``ValueError`` saying why where they do not stack (:func:`stack_supported`)."""
+    cls = STACKED.get(type(agents[0])) if agents else None
+    if cls is None:
+        raise ValueError(f"these agents cannot be stacked: {stack_supported(agents)}")
+    return cls(agents, graphs)
 
 
 def _settings(cfg) -> dict:
