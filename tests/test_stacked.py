@@ -163,7 +163,7 @@ def rows(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["cdp", "idql"])
+@pytest.mark.parametrize("algo", ["cdp", "idql", "bc"])
 def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(algo, tiny_dataset, tmp_path, monkeypatch):
     import cdp.rl.stacked
     from cdp.rl.ensemble import train_ensemble
@@ -171,7 +171,7 @@ def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(algo, tiny_dataset,
 
     stacked_steps = []
 
-    agent_type = {"cdp": EDP, "idql": IDQL}[algo]
+    agent_type = {"cdp": EDP, "idql": IDQL, "bc": BC}[algo]
     base = cdp.rl.stacked.STACKED[agent_type]
 
     class Counted(base):
@@ -211,7 +211,8 @@ def test_a_stacked_ensemble_leaves_what_its_runs_leave_alone(algo, tiny_dataset,
         wa = torch.load(a / "checkpoint.pt", weights_only=False)
         wt = torch.load(t / "checkpoint.pt", weights_only=False)
         assert wa["rng"] == wt["rng"] and torch.equal(wa["torch_rng"], wt["torch_rng"])
-        for k, v in wa["agent"]["actor"].items():
-            assert torch.allclose(v, wt["agent"]["actor"][k], atol=1e-5)
+        policy = "policy" if algo == "bc" else "actor"
+        for k, v in wa["agent"][policy].items():
+            assert torch.allclose(v, wt["agent"][policy][k], atol=1e-5)
         # a seed's checkpoint holds its own numbers, not the whole stack
         assert (t / "checkpoint.pt").stat().st_size < 1.05 * (a / "checkpoint.pt").stat().st_size
