@@ -63,6 +63,10 @@ def test_bad_cli_arguments(capsys):
     assert "positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train"])
+    for bad in ("0", "-3", "inf", "soft"):  # a temperature is 'argmax' or a number > 0
+        with pytest.raises(SystemExit):
+            main(["rl", "eval", "some/run", "--temperature", bad])
+        assert "must be 'argmax' or a number > 0" in capsys.readouterr().err
 
 
 def test_rl_cli_bad_task_is_one_clear_line(capsys):

@@ -115,6 +115,15 @@ def test_trainer_writes_a_run_and_resumes(tiny_dataset, tmp_path, monkeypatch):
     assert [(leg["from"], leg["to"], leg["where"].split()[0]) for leg in rec["summary"]["legs"]] == [(0, 6, "cpu"), (6, 9, "cpu")]
     res = T.evaluate_run(out, episodes=1)
     assert res["step"] == 9 and res["score_reference"] == "D4RL hopper" and np.isfinite(res["d4rl_score_mean"])
+    assert res["selection"] == {"init_noise_scale": 1.0, "temperature": None, "n_candidates": 4}  # the run's own
+    seen = []
+    real_evaluate = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda agent, *a, **k: seen.append(agent.cfg) or real_evaluate(agent, *a, **k))
+    res = T.evaluate_run(out, episodes=1, selection={"init_noise_scale": 0.5, "temperature": 300.0})
+    assert (seen[0].init_noise_scale, seen[0].temperature, seen[0].n_candidates) == (0.5, 300.0, 4)  # what acted
+    assert res["selection"] == {"init_noise_scale": 0.5, "temperature": 300.0, "n_candidates": 4}
+    with pytest.raises(ValueError, match="unknown action-selection settings \\['steps'\\]"):
+        T.evaluate_run(out, episodes=1, selection={"steps": 3})
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         T.evaluate_run(tmp_path)
 

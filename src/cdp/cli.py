@@ -28,6 +28,19 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _temperature(s: str) -> float | str:
+    """``argmax`` or a finite number > 0."""
+    if s == "argmax":
+        return s
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be 'argmax' or a number > 0, got {s}")
+    return v
+
+
 def _duration(s: str) -> float:
     """``90s``, ``45m`` or ``2.5h`` -> seconds."""
     import re
@@ -156,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder")
     ev.add_argument("--episodes", type=_positive_int, default=10, help="evaluation episodes")
     ev.add_argument("--device", default=None, help="where to run it (default: the run's own device)")
+    ev.add_argument("--init-noise-scale", type=float, default=None,
+                    help="edp / cdp / dql: the sampler's starting noise N(0, scale^2 I) (default: the run's own)")
+    ev.add_argument("--temperature", type=_temperature, default=None,
+                    help="edp / cdp / dql: pick a candidate from softmax(T * min Q), or 'argmax' (default: the run's own)")
+    ev.add_argument("--candidates", type=_positive_int, default=None,
+                    help="edp / cdp / dql: candidate actions per state (default: the run's own)")
     il = sub.add_parser("il", help="imitation: scripted demonstrations, diffusion policies, BC-GMM")
     ils = il.add_subparsers(dest="il_command", required=True)
     imd = ils.add_parser("make-data", help="scripted demonstrations in robomimic's HDF5 layout")
@@ -339,7 +358,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "rl" and args.rl_command == "eval":
         from .rl.trainer import evaluate_run
 
-        print(json.dumps(evaluate_run(args.run, args.episodes, device=args.device), indent=2))
+        selection = {k: v for k, v in (("init_noise_scale", args.init_noise_scale), ("n_candidates", args.candidates))
+                     if v is not None}
+        if args.temperature is not None:
+            selection["temperature"] = None if args.temperature == "argmax" else args.temperature
+        print(json.dumps(evaluate_run(args.run, args.episodes, device=args.device, selection=selection), indent=2))
     elif args.command == "il" and args.il_command == "make-data":
         from .il.tasks import write_demos
 

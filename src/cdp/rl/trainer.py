@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -404,10 +404,18 @@ def _train(cfg: TrainConfig, out: Path, data: Transitions, env_id: str, device: 
     return run.summary()
 
 
-def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000, device: str | None = None) -> dict:
+#: how an EDP / CDP / DQL agent picks its action, which :func:`evaluate_run` may change
+SELECTION_KEYS = ("init_noise_scale", "temperature", "n_candidates")
+
+
+def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000, device: str | None = None,
+                 selection: dict | None = None) -> dict:
     """Evaluate a run folder's last checkpoint (on ``device``, default the run's own): mean and
     standard error of return and, where the task has one, of the D4RL-normalised score (the
-    reference is named in the result)."""
+    reference is named in the result). ``selection``: action-selection settings of an EDP / CDP /
+    DQL agent to evaluate with instead of its own (:data:`SELECTION_KEYS`: the sampler's starting
+    noise scale, the candidates' softmax temperature, None for argmax, and their number); the
+    result names the settings it used."""
     run = Path(run_dir)
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (needs config.json and checkpoint.pt)")
@@ -420,8 +428,18 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 2_000_000,
     (obs_dim,), (act_dim,) = env_spaces(env_id)
     agent = make_agent(cfg, obs_dim, act_dim, resolve_device(device or cfg.device))
     agent.load_state_dict(load_checkpoint(run / "checkpoint.pt")["agent"])
+    chosen = {}
+    if isinstance(agent, EDP):
+        unknown = set(selection or {}) - set(SELECTION_KEYS)
+        if unknown:
+            raise ValueError(f"unknown action-selection settings {sorted(unknown)}; known: {list(SELECTION_KEYS)}")
+        agent.cfg = replace(agent.cfg, **(selection or {}))  # checked as the config checks them
+        chosen = {"selection": {k: getattr(agent.cfg, k) for k in SELECTION_KEYS}}
+    elif selection:
+        raise ValueError(f"{cfg.algo} runs select actions their own way; action-selection settings are for "
+                         "edp / cdp / dql runs")
     rets = evaluate(agent, env_id, episodes, seed, transform)
-    res = {"env_id": env_id, "episodes": episodes, "step": agent.step, "return_mean": float(np.mean(rets)),
+    res = {"env_id": env_id, "episodes": episodes, "step": agent.step, **chosen, "return_mean": float(np.mean(rets)),
            "return_se": float(np.std(rets) / np.sqrt(episodes))}
     try:
         ref = d4rl_reference(env_id)
