@@ -366,9 +366,8 @@ def test_imitation_paces_are_kept_apart_by_task_and_estimator(tmp_path):
     assert hours_left([job("h", task="transport", policy="cdp-unet", **exact)]) is None  # nothing to go by
 
 
-def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
-
-
+def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path, monkeypatch):
+    from cdp import sweep
     from cdp.runlog import claim_run
     from cdp.sweep import Job, current_pace, finished_pace, hours_left, pace_of_the_day, recent_pace
 
@@ -404,6 +403,11 @@ def test_pace_now_reads_the_running_leg_and_feeds_hours_left(tmp_path):
         other = job("e", "dql", None, summary=30.0)
         assert pace_of_the_day([*jobs, other]) == {"idql": pytest.approx(50.0), "dql": pytest.approx(75.0)}
     assert pace_of_the_day([*jobs, other]) == {"idql": 20.0, "dql": 30.0}  # nothing runs: the finished pace
+    reads = []
+    real_summary = sweep.finished_summary
+    monkeypatch.setattr(sweep, "finished_summary", lambda j: reads.append(j.out) or real_summary(j))
+    pace_of_the_day([*jobs, other])
+    assert sorted(reads) == sorted(j.out for j in [*jobs, other])  # each record read once for both paces
     # 4000 steps left for the running job
     assert hours_left(jobs) == pytest.approx(4 * 20 / 3600)
     assert hours_left(jobs, pace=now) == pytest.approx(4 * 50 / 3600)

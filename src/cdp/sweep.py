@@ -365,15 +365,17 @@ def _median_per_kind(rates: dict[str, list[float]]) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in rates.items() if v}
 
 
-def finished_pace(jobs: list[Job], where: Callable[[Job], str | None] | None = None) -> dict[str, float]:
+def finished_pace(jobs: list[Job], where: Callable[[Job], str | None] | None = None,
+                  summaries: dict[str, dict | None] | None = None) -> dict[str, float]:
     """The finished jobs' own pace: median seconds per 1k steps (evaluations included) per
-    kind (:func:`_kind`), from their summaries or records. With ``where`` (a job -> its
-    :func:`~cdp.runlog.where_label` on this machine, None where unknown), only the legs a run
+    kind (:func:`_kind`), from their summaries or records (``summaries``: each job's
+    :func:`finished_summary` by its folder, read here where not given). With ``where`` (a job ->
+    its :func:`~cdp.runlog.where_label` on this machine, None where unknown), only the legs a run
     trained at that label count (a run's pace from them), so the pace is this machine's own; runs
     with no such leg are left out."""
     rates: dict[str, list[float]] = {}
     for j in jobs:
-        summary = finished_summary(j)
+        summary = summaries[j.out] if summaries is not None and j.out in summaries else finished_summary(j)
         if summary is None or "seconds_per_1k_steps" not in summary:
             continue
         if where is None:
@@ -468,8 +470,10 @@ def pace_of_the_day(jobs: list[Job], finished: dict[str, float] | None = None,
     running kinds go today (the median ratio; 1 where nothing runs or no running kind has a
     finished pace). Hosts differ several times in speed, and a shared one from day to day: a plan
     by another host's records turns away runs that fit."""
-    finished = finished_pace(jobs) if finished is None else finished
-    here = finished_pace(jobs, where=this_machine) if here is None else here
+    if finished is None or here is None:  # one read of the records for both
+        summaries = {j.out: finished_summary(j) for j in jobs}
+        finished = finished_pace(jobs, summaries=summaries) if finished is None else finished
+        here = finished_pace(jobs, where=this_machine, summaries=summaries) if here is None else here
     now = current_pace(jobs) if now is None else now
 
     def speed(base: dict[str, float]) -> float:
