@@ -229,27 +229,23 @@ class StackedEDP(StackedAgents):
         return opts | {"v_opt": "v"} if agent.cfg.critic == "iql" else opts
 
     def draws(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
-        """Each agent's device draws for one update, from its own generator in a lone update's
+        """Each agent's device draws for one update from its own generator, in a lone update's
         order (the TD3 critic target's sampler draws, the denoising loss's t and noise, and for
         DQL's chain the actor's sampler draws), with its twin coin, stacked ``[N, ...]``; what a
-        config does not draw is None."""
-        cfg, out = self.cfg, {"x_T": [], "z": [], "chain_x_T": [], "chain_z": [], "swap": []}
-        t, noise = [], []
-        for i, agent in enumerate(self.agents):
-            if cfg.critic == "td3":
-                x_T, z = agent.draw_chain(batch["next_obs"].shape[1])
-                out["x_T"].append(x_T)
-                out["z"].append(z)
-            ti, ni, _ = noisy_batch(batch["act"][i], cfg.schedule, None, None, cfg.diffusion_steps, agent.generator)
-            t.append(ti)
-            noise.append(ni)
-            if cfg.q_action == "chain" and cfg.critic == "td3":
-                x_T, z = agent.draw_chain(batch["obs"].shape[1])
-                out["chain_x_T"].append(x_T)
-                out["chain_z"].append(z)
-            out["swap"].append(agent._swap)
-        out |= {"t": t, "noise": noise}
-        return {k: torch.stack(v) if v and v[0] is not None else None for k, v in out.items()}
+        config does not draw is None. (Each agent draws from its own generator, so only the order
+        within an agent matters.)"""
+        cfg, none = self.cfg, (None, None)
+        x_T, z = self._chain_draws(batch["next_obs"].shape[1]) if cfg.critic == "td3" else none
+        t, noise = self._denoising_draws(batch)
+        chain_x_T, chain_z = (self._chain_draws(batch["obs"].shape[1]) if cfg.critic == "td3" and cfg.q_action == "chain"
+                              else none)
+        return {"x_T": x_T, "z": z, "t": t, "noise": noise, "chain_x_T": chain_x_T, "chain_z": chain_z,
+                "swap": torch.stack([a._swap for a in self.agents])}
+
+    def _chain_draws(self, states: int) -> tuple[Tensor, Tensor | None]:
+        """Each agent's sampler draws for ``states`` states (:meth:`EDP.draw_chain`), stacked."""
+        starts, steps = zip(*(a.draw_chain(states) for a in self.agents))
+        return torch.stack(starts), None if steps[0] is None else torch.stack(steps)
 
     def compute(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         d = self.draws(batch)
