@@ -124,8 +124,9 @@ def ddim_sample(
         raise ValueError(f"eta must be >= 0, got {eta}")
     grid, coeffs = _grid_and_coeffs(schedule, steps, spacing)
     cs = _ddim_noise_scales(coeffs, eta)
-    if step_noise is not None and tuple(step_noise.shape) != (sum(c > 0 for c in cs), *x_T.shape):
-        raise ValueError(f"step_noise must be [{sum(c > 0 for c in cs)}, *x_T.shape], got {tuple(step_noise.shape)}")
+    draws = sum(c > 0 for c in cs)
+    if step_noise is not None and tuple(step_noise.shape) != (draws, *x_T.shape):
+        raise ValueError(f"step_noise must be [{draws}, *x_T.shape], got {tuple(step_noise.shape)}")
     x, traj, k = x_T, [x_T], 0
     for t, (a_t, s_t), (a_s, s_s), c in zip(grid[:-1], coeffs[:-1], coeffs[1:], cs):
         x0 = _x0(model_fn, x, t, schedule, prediction, clip_x0)

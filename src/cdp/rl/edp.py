@@ -155,11 +155,12 @@ class EDP(Agent):
     def draw_chain(self, batch: int) -> tuple[Tensor, Tensor | None]:
         """Every draw :meth:`sample_actions` makes for ``batch`` states, in its order: the start
         ``[batch, act_dim]`` and, for a sampler that draws on the way, the step noise ``[k, batch,
-        act_dim]`` (None for one that draws only at its start)."""
+        act_dim]`` (None for one that draws only at its start: every sampler but DDPM, as
+        :meth:`sample_actions` runs DDIM with ``eta = 0``)."""
         x_T = self.draw_start(batch)
-        if self.cfg.sampler not in ("ddpm", "ddim"):
+        if self.cfg.sampler != "ddpm":
             return x_T, None
-        k = ddim_draws(self.cfg.schedule, self.cfg.sample_steps, eta=1.0 if self.cfg.sampler == "ddpm" else 0.0)
+        k = ddim_draws(self.cfg.schedule, self.cfg.sample_steps, eta=1.0)
         if k == 0:
             return x_T, None
         return x_T, torch.randn(k, batch, self.act_dim, device=self.device, generator=self.generator)
