@@ -28,6 +28,22 @@ def test_every_bundled_study_loads_and_shrinks_as_stated():
         reproduce(quick=True, only=["nope"])
 
 
+def test_shrink_keeps_the_first_seed_in_the_grid_and_in_each_arm(tmp_path):
+    from cdp.reproduce import _scale_line
+
+    p = tmp_path / "s.toml"
+    p.write_text('kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\nsteps = 5000\neval_every = 1000\n'
+                 '[grid]\nfraction = [1.0, 0.1]\n[[arms]]\nalgo = "edp"\nseed = [0, 1, 2]\n'
+                 '[[arms]]\nalgo = "cdp"\nseed = [4, 5]\ngamma = [0.1, 1.0]\n')
+    full = load_sweep(p)
+    quick = shrink(full, Quick())
+    assert len(full.jobs()) == 2 * (3 + 2 * 2)
+    assert [j.out.split("/")[-1] for j in quick.jobs()] == ["edp-f1-s0", "cdp-f1-s4", "cdp-f1-g1-s4",
+                                                             "edp-f0.1-s0", "cdp-f0.1-s4", "cdp-f0.1-g1-s4"]
+    assert "seed" not in quick.fixed and quick.fixed["steps"] == 200
+    assert _scale_line(full).endswith("arms: algo ['edp'], seed [0, 1, 2]; algo ['cdp'], seed [4, 5], gamma [0.1, 1.0]")
+
+
 @pytest.mark.slow
 def test_reproduce_quick_runs_a_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -64,6 +64,44 @@ def test_bad_sweep_configs_fail_before_any_job(tmp_path, text, msg):
     assert not (tmp_path / "x").exists()
 
 
+ARMS = 'kind = "rl"\nout = "o"\n[fixed]\ndataset = "a/b-v0"\n'
+
+
+def test_arms_cross_only_their_own_keys_after_the_grid(tmp_path):
+    p = write(tmp_path, ARMS + '[grid]\nseed = [0, 1]\n[[arms]]\nalgo = "edp"\n'
+                              '[[arms]]\nalgo = "cdp"\ngamma = [0.1, 1.0]\nmargin = [0.1, "none"]\n')
+    jobs = load_sweep(p).jobs()
+    # per seed: EDP once (gamma left at its default), then CDP's 2 x 2 (gamma slowest)
+    names = ["edp-f1-s{}", "cdp-f1-s{}", "cdp-f1-mNone-s{}", "cdp-f1-g1-s{}", "cdp-f1-g1-mNone-s{}"]
+    assert [j.out for j in jobs] == [f"o/a_b-v0/{n.format(s)}" for s in (0, 1) for n in names]
+    assert [(j.config["algo"], j.config["gamma"], j.config["margin"]) for j in jobs[:5]] == [
+        ("edp", 0.1, 0.1), ("cdp", 0.1, 0.1), ("cdp", 0.1, None), ("cdp", 1.0, 0.1), ("cdp", 1.0, None)]
+    only = write(tmp_path, ARMS + '[[arms]]\nalgo = "bc"\nseed = [3]\n[[arms]]\nalgo = "cdp"\n', "only.toml")
+    assert [j.out for j in load_sweep(only).jobs()] == ["o/a_b-v0/bc-f1-s3", "o/a_b-v0/cdp-f1-s0"]
+
+
+def test_the_docs_study_file_runs_the_runs_its_comment_names(tmp_path):
+    docs = (Path(__file__).parents[1] / "docs" / "sweeps.md").read_text()
+    text = re.search(r"```toml\n(.*?)```", docs, re.S).group(1)
+    named = re.search(r"# runs (.*), then seed 1", text).group(1).split(", ")
+    jobs = load_sweep(write(tmp_path, text)).jobs()
+    assert [j.out.split("/")[-1] for j in jobs[:len(named)]] == named and len(jobs) == 3 * len(named)
+
+
+@pytest.mark.parametrize("tail, msg", [
+    ('[grid]\nseed = [0]\n[[arms]]\nalgo = "cdp"\ngamma = []\n', "arms\\[0\\] key\\(s\\) \\['gamma'\\] need a value"),
+    ('[grid]\nseed = [0]\n[[arms]]\nalgo = "cdp"\nlearning_rate = 1\n', "unknown arms\\[0\\] key"),
+    ('[grid]\nseed = [0]\n[[arms]]\nalgo = "edp"\n[[arms]]\ngamma = 1.0\n', "every arm \\(arms\\[1\\] lacks"),
+    ('[grid]\nalgo = ["cdp"]\n[[arms]]\nalgo = "edp"\n', "in arms\\[0\\] and also in"),
+    ('[grid]\nseed = [0]\n[[arms]]\nalgo = "cdp"\ngamma = "1"\n', "gamma"),
+    ('[grid]\nseed = [0]\n[arms]\nalgo = "cdp"\n', "arms must be a non-empty list"),
+    ('[grid]\nseed = [0]\n[[arms]]\nalgo = "edp"\ngamma = [0.1, 1.0]\n', "share the run folder"),
+])
+def test_bad_arms_fail_before_any_job(tmp_path, tail, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_sweep(write(tmp_path, ARMS + tail))
+
+
 def test_grid_order_names_and_cli_errors(tmp_path, capsys):
     from cdp.cli import main
 

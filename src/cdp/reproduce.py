@@ -95,20 +95,23 @@ def shrink(sweep: SweepConfig, quick: Quick) -> SweepConfig:
                  eval_episodes=min(int(fixed.get("eval_episodes", 50)), quick.max_eval_episodes))
     if "checkpoint_every" in fixed:
         fixed["checkpoint_every"] = max(1, steps // 4)
-    grid = dict(sweep.grid)
-    if "seed" in grid:
-        grid["seed"] = grid["seed"][: quick.seeds]
-    else:
+    grid, arms = dict(sweep.grid), [dict(arm) for arm in sweep.arms]
+    for table in (grid, *arms):
+        if "seed" in table:
+            table["seed"] = table["seed"][: quick.seeds]
+    if "seed" not in grid and not any("seed" in arm for arm in arms):
         fixed["seed"] = fixed.get("seed", 0)
-    return replace(sweep, fixed=fixed, grid=grid, out=sweep.out.rstrip("/") + "-quick",
+    return replace(sweep, fixed=fixed, grid=grid, arms=arms, out=sweep.out.rstrip("/") + "-quick",
                    results=(sweep.results.rstrip("/") + "-quick") if sweep.results else None)
 
 
 def _scale_line(sweep: SweepConfig) -> str:
     f, g = sweep.fixed, sweep.grid
     seeds = g.get("seed", [f.get("seed", 0)])
+    arms = [", ".join(f"{k} {v}" for k, v in arm.items()) for arm in sweep.arms if arm]
     return (f"{f.get('steps')} steps, seeds {seeds}, evaluation every {f.get('eval_every')} steps on "
-            f"{f.get('eval_episodes')} episodes; grid {', '.join(f'{k} {v}' for k, v in g.items() if k != 'seed')}")
+            f"{f.get('eval_episodes')} episodes; grid {', '.join(f'{k} {v}' for k, v in g.items() if k != 'seed')}"
+            + (f"; arms: {'; '.join(arms)}" if arms else ""))
 
 
 def reproduce(quick: bool = False, only: list[str] | None = None, workers: int | None = None,

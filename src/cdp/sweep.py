@@ -16,7 +16,12 @@ A sweep config (TOML, or JSON with the same keys)::
     seed = [0, 1, 2]
     dataset = ["cdp/hopper/medium-replay-v0"]
     fraction = [1.0, 0.1]
-    algo = ["edp", "cdp"]
+
+    [[arms]]                         # optional: each grid point runs every arm, in order (fastest);
+    algo = "edp"                     # an arm's keys (a value or a list to cross) are its own, so a
+    [[arms]]                         # setting one method does not use is not crossed with it
+    algo = "cdp"
+    gamma = [0.1, 1.0]
 
 Every job's config is validated before any job starts. A job whose run folder already holds a
 finished summary, or whose committed record does (a fresh clone), is skipped; an interrupted one
@@ -54,7 +59,7 @@ from .runlog import RunBusy, RunInterrupted, StopSignals, finished_in_folder, ru
 from .runtime import check_device_name, tune_allocator, usable_cores
 
 KINDS = ("rl", "il")
-_TOP_KEYS = {"kind", "out", "results", "workers", "threads", "gpus", "fixed", "grid", "name"}
+_TOP_KEYS = {"kind", "out", "results", "workers", "threads", "gpus", "fixed", "grid", "arms", "name"}
 
 
 @dataclass
@@ -173,6 +178,9 @@ class SweepConfig:
     threads: int = 1
     gpus: float = 0.0  # Ray backend: GPUs each job reserves (fractions share one)
     name: str | None = None
+    # each grid point runs every arm (its keys crossed among themselves), in order; one empty
+    # arm = the grid alone
+    arms: list[dict[str, list]] = field(default_factory=lambda: [{}])
 
     def on_device(self, device: str) -> None:
         """Train every job on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``) whatever
@@ -180,14 +188,21 @@ class SweepConfig:
         name and record stay the same, and it resumes on another device."""
         check_device_name(device)
         self.grid = {k: v for k, v in self.grid.items() if k != "device"}
+        self.arms = [{k: v for k, v in arm.items() if k != "device"} for arm in self.arms]
         self.fixed = {**self.fixed, "device": device}
 
+    def points(self) -> list[dict]:
+        """Each job's keys beyond ``fixed``, in order: the grid's points (first key slowest), each
+        followed by every arm's points (an arm's first key slowest)."""
+        return [{**dict(zip(self.grid, values)), **dict(zip(arm, arm_values))}
+                for values in itertools.product(*self.grid.values())
+                for arm in self.arms for arm_values in itertools.product(*arm.values())]
+
     def jobs(self) -> list[Job]:
-        """The grid's jobs in order (first grid key slowest), each config checked."""
-        keys = list(self.grid)
+        """The grid's jobs in order (:meth:`points`), each config checked."""
         jobs = []
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            cfg = _config_class(self.kind)(**{**self.fixed, **dict(zip(keys, values))})
+        for point in self.points():
+            cfg = _config_class(self.kind)(**{**self.fixed, **point})
             jobs.append(Job(self.kind, _asdict(cfg), str(Path(self.out) / _run_path(self.kind, cfg)),
                             self.results, self.threads, self.gpus))
         seen: dict[str, dict] = {}
@@ -242,29 +257,44 @@ def load_sweep(path: str | Path) -> SweepConfig:
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
-    for k in ("kind", "out", "grid"):
+    for k in ("kind", "out"):
         if k not in raw:
             raise ValueError(f"{path}: missing {k!r}")
+    if "grid" not in raw and "arms" not in raw:
+        raise ValueError(f"{path}: missing 'grid' (or 'arms')")
     kind = raw["kind"]
     if kind not in KINDS:
         raise ValueError(f"{path}: unknown kind {kind!r}; choose from {KINDS}")
-    grid, fixed = raw["grid"], raw.get("fixed", {})
-    if not isinstance(grid, dict) or not grid:
+    grid, fixed, arms = raw.get("grid", {}), raw.get("fixed", {}), raw.get("arms", [{}])
+    if not isinstance(grid, dict) or (not grid and "arms" not in raw):
         raise ValueError(f"{path}: the grid is empty")
+    if "arms" in raw and (not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a for a in arms)):
+        raise ValueError(f"{path}: arms must be a non-empty list of non-empty tables ([[arms]]), got {arms!r}")
     names = {f.name for f in fields(_config_class(kind))}
-    for where, table in (("grid", grid), ("fixed", fixed)):
+    for where, table in (("grid", grid), ("fixed", fixed), *((f"arms[{i}]", a) for i, a in enumerate(arms))):
         bad = sorted(set(table) - names)
         if bad:
             raise ValueError(f"{path}: unknown {where} key(s) {bad}; {kind} runs take {sorted(names)}")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ValueError(f"{path}: grid key {k!r} needs a non-empty list of values, got {v!r}")
-    missing = sorted(set(required_fields(_config_class(kind))) - {*grid, *fixed})
-    if missing:
-        raise ValueError(f"{path}: {kind} runs need {missing}, in [fixed] or [grid]")
+    for i, arm in enumerate(arms):
+        empty = sorted(k for k, v in arm.items() if v == [])
+        if empty:
+            raise ValueError(f"{path}: arms[{i}] key(s) {empty} need a value or a non-empty list")
+    arms = [{k: v if isinstance(v, list) else [v] for k, v in arm.items()} for arm in arms]
+    for i, arm in enumerate(arms):
+        missing = sorted(set(required_fields(_config_class(kind))) - {*grid, *fixed, *arm})
+        if missing:
+            raise ValueError(f"{path}: {kind} runs need {missing}, in [fixed] or [grid]"
+                             + (f" or every arm (arms[{i}] lacks them)" if "arms" in raw else ""))
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ValueError(f"{path}: {both} both fixed and in the grid")
+    for i, arm in enumerate(arms):
+        both = sorted(set(arm) & {*grid, *fixed})
+        if both:
+            raise ValueError(f"{path}: {both} in arms[{i}] and also in [fixed] or [grid]; give each key one place")
     workers, threads = raw.get("workers"), raw.get("threads", 1)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"{path}: workers must be a positive integer, got {workers!r}")
@@ -275,12 +305,13 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ValueError(f"{path}: gpus must be a number >= 0, got {gpus!r}")
     none = lambda v: None if isinstance(v, str) and v.lower() == "none" else v  # noqa: E731 - TOML has no null
     grid = {k: [none(x) for x in v] for k, v in grid.items()}
+    arms = [{k: [none(x) for x in v] for k, v in arm.items()} for arm in arms]
     fixed = {k: none(v) for k, v in fixed.items()}
-    for k, vs in [*grid.items(), *((k, [v]) for k, v in fixed.items())]:
+    for k, vs in [*grid.items(), *(kv for arm in arms for kv in arm.items()), *((k, [v]) for k, v in fixed.items())]:
         for v in vs:  # "200" for steps, 0.5 for a seed: refused here, before any run starts
             check_types(_config_class(kind), {k: v}, str(path))
     sweep = SweepConfig(kind=kind, out=raw["out"], grid=grid, fixed=fixed, results=raw.get("results"),
-                        workers=workers, threads=threads, gpus=float(gpus), name=raw.get("name"))
+                        workers=workers, threads=threads, gpus=float(gpus), name=raw.get("name"), arms=arms)
     sweep.jobs()  # every job's config is checked before any starts
     return sweep
 
