@@ -329,8 +329,10 @@ def test_fixed_shape_term_equals_the_gathered_one(overrides, single_pass_rows):
         assert float(s.stats[k]) == pytest.approx(float(g.stats[k]), abs=1e-10)
     if "t_max" in overrides:
         high = torch.full((B,), 0.5, dtype=torch.float64)
-        empty = reg.loss(net, x0, obs, t=high, noise=noise, static=True)
-        assert empty.contraction.item() == 0.0 and float(empty.stats["rows"]) == 0.0
+        empty = {static: reg.loss(net, x0, obs, t=high, noise=noise, static=static) for static in (False, True)}
+        for out in empty.values():  # both paths: no term, and the same stats, each 0
+            assert out.contraction.item() == 0.0 and out.stats.keys() == g.stats.keys()
+            assert all(float(v) == 0.0 for v in out.stats.values())
 
 
 def test_top_eigenvector_by_squaring_matches_eigh():

@@ -152,11 +152,12 @@ def test_official_edp_schedules_and_q_term():
         m = agent.update(tiny_batch(seed=k))
         # lr: cosine from 1e-2 to 0 over 20 updates
         assert agent.actor_opt.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 + np.cos(np.pi * k / 20)) / 2)
-        # critic target: 0.995 of the way to the critic every 5 updates, untouched otherwise
+        # critic target: 0.995 of the way to the critic every 5 updates, untouched otherwise; the
+        # official loop counts updates from 0 (n = k - 1) and averages where n % 5 == 0: k = 1, 6, 11
         tgt, crit = flat(agent.critic_target), flat(agent.critic)
-        assert torch.allclose(tgt, 0.005 * target_before + 0.995 * crit, atol=1e-6) if k % 5 == 0 else torch.equal(tgt, target_before)
-        # EMA: held at its initial weights until its first update at or after step 6 (every 5: step 10)
-        assert torch.equal(flat(agent.actor_ema), ema0) == (k < 10)
+        assert torch.allclose(tgt, 0.005 * target_before + 0.995 * crit, atol=1e-6) if k % 5 == 1 else torch.equal(tgt, target_before)
+        # EMA: held at its initial weights until its first update at n >= 6 with n % 5 == 0 (n = 10: k = 11)
+        assert torch.equal(flat(agent.actor_ema), ema0) == (k < 11)
         # Q term: -Q_i / mean|Q_j|, (i, j) = (1, 2) or (2, 1) (the actor pass evaluates both heads)
         q = dict(seen[-2:])
         assert set(q) == {1, 2}
@@ -165,6 +166,49 @@ def test_official_edp_schedules_and_q_term():
         assert len(lead) == 1
         orders.add(lead[0])
     assert orders == {1, 2}  # either twin leads, by chance
+
+
+@pytest.mark.parametrize("q_draw, q_clip", [("shared", True), ("separate", False), ("separate", True)])
+def test_the_q_terms_action_comes_from_its_draw_clipped_or_raw(q_draw, q_clip):
+    """EDP's one call (the denoising loss's a0_hat, clamped to the box) against the official runs'
+    own draw and call, raw: the critic sees exactly to_x0(actor(a_t', t', s)) at the draw handed in."""
+    from cdp.diffusion import to_x0
+
+    torch.manual_seed(0)
+    agent = EDP(OBS, ACT, EDPConfig(hidden=16, q_draw=q_draw, q_clip=q_clip))
+    with torch.no_grad():  # a network whose clean-action guesses leave the box
+        for p in agent.actor.parameters():
+            p.mul_(8.0)
+    seen, calls = [], []
+    agent.critic.q1 = _Spy(agent.critic.q1, seen)
+    real = agent.actor.forward
+    agent.actor.forward = lambda a_t, t, s: calls.append((a_t, t)) or real(a_t, t, s)
+    batch = tiny_batch(seed=1)
+    t, noise = torch.full((6,), 0.5), torch.randn(6, ACT)
+    qt, qnoise = torch.full((6,), 0.9), torch.randn(6, ACT)
+    agent.actor_loss(batch, t=t, noise=noise, q_draw=(qt, qnoise))
+    sched = agent.cfg.schedule
+    at, qa_t = sched.q_sample(batch["act"], t, noise), sched.q_sample(batch["act"], qt, qnoise)
+    with torch.no_grad():
+        if q_draw == "shared":
+            assert len(calls) == 1
+            want = to_x0(real(at, t, batch["obs"]), at, t, sched, "x0")
+        else:  # a second call, at the Q term's own draw
+            assert len(calls) == 2 and torch.equal(calls[1][0], qa_t) and torch.equal(calls[1][1], qt)
+            want = to_x0(real(qa_t, qt, batch["obs"]), qa_t, qt, sched, "x0")
+    assert want.abs().max() > 1.5  # the test would not tell clipped from raw otherwise
+    want = want.clamp(-1, 1) if q_clip else want
+    assert torch.allclose(seen[-1][:, OBS:], want, atol=1e-6)
+
+
+class _Spy(nn.Module):
+    def __init__(self, head, seen):
+        super().__init__()
+        self.head, self.seen = head, seen
+
+    def forward(self, x):
+        self.seen.append(x.detach())
+        return self.head(x)
 
 
 def test_cdp_takes_the_exact_eigenvalue_on_kitchen_size_actions():

@@ -197,9 +197,7 @@ class ContractionRegularizer:
         with a mask ``keep``, the rows it marks), as 0-d tensors: ``rows`` = n; for hinge
         forms also ``active``, the share of rows above the floor ``-margin`` (the rows that
         carry gradient), and ``rate``, their mean normalised rate ``lambda_max(sym J_F)/|h|``
-        (for ``eig``); 0 when the mask marks none. Empty when no row was regularised."""
-        if raw.shape[0] == 0:
-            return {}
+        (for ``eig``); each 0 when no row was regularised, as the masked path (fixed shapes) gives."""
         c, raw = self.config, raw.detach()
         w = torch.ones_like(raw) if keep is None else keep.to(raw.dtype)
         n = w.sum()
@@ -265,7 +263,7 @@ class ContractionRegularizer:
             idx = idx[in_window(t[:rows], c.t_max, c.window)]
             if idx.numel() == 0:
                 out = denoising_loss(net_fn, x0, self.schedule, self.prediction, t=t, noise=noise, cond=conds)  # type: ignore[arg-type]
-                return RegularizedLoss(out, a_t.new_zeros(()))
+                return RegularizedLoss(out, a_t.new_zeros(()), self.stats(a_t.new_zeros(0)))
         n, D = idx.shape[0], x0[0].numel()
         ts = t[idx] if n < B else t
         f, h = self.schedule.sampling_ode_coefficients(ts, self.prediction)

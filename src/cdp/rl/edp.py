@@ -31,6 +31,7 @@ from torch import Tensor
 from ..capture import set_lr
 from ..contraction import ContractionConfig, ContractionRegularizer
 from ..diffusion import VPSchedule, ddim_draws, denoising_loss, sample, to_x0
+from ..diffusion.loss import noisy_batch
 from ..nets import MLPDenoiser
 from ..update import soft_update, zero_step
 from .agent import Agent, draw_one
@@ -50,6 +51,10 @@ class EDPConfig:
     sampler: str = "dpm_solver++"
     sample_steps: int = 15
     q_action: str = "approx"  # EDP: a0_hat from one call; "chain": DQL, backprop through the sampler
+    # "approx": the Q term's a0_hat from the denoising loss's own call ("shared", EDP's one call) or
+    # from a draw (t, noise) and a call of its own ("separate", the official runs, whose BC loss draws apart)
+    q_draw: str = "shared"
+    q_clip: bool = True  # "approx": a0_hat clamped to the action box before the critic (official: raw)
     critic: str = "td3"  # "td3": TD targets with policy actions + Q term; "iql": in-sample critic + AWR weights
     iql_tau: float = 0.7
     awr_beta: float = 3.0
@@ -68,6 +73,9 @@ class EDPConfig:
     lr_decay_steps: int | None = None  # cosine decay of both learning rates to 0 over this many updates
     target_every: int = 1  # the critic target moves towards the critic by tau every this many updates
     ema_warmup: str = "copy"  # before ema_start: "copy" the actor into its EMA, or "hold" the EMA's initial weights
+    # the target and EMA averages follow update k (1-based) where (k - average_offset) % every == 0,
+    # the EMA's from k - average_offset >= ema_start; the official runs count from 0: offset 1
+    average_offset: int = 0
     hidden: int = 256
     contraction: ContractionConfig | None = None  # None: EDP; set: CDP
     schedule: VPSchedule = field(init=False, repr=False)
@@ -79,6 +87,10 @@ class EDPConfig:
             raise ValueError(f"critic must be 'td3' or 'iql', got {self.critic!r}")
         if self.q_action not in ("approx", "chain"):
             raise ValueError(f"q_action must be 'approx' or 'chain', got {self.q_action!r}")
+        if self.q_draw not in ("shared", "separate"):
+            raise ValueError(f"q_draw must be 'shared' or 'separate', got {self.q_draw!r}")
+        if self.average_offset < 0:
+            raise ValueError(f"average_offset must be >= 0, got {self.average_offset}")
         if self.q_pair not in ("q1", "random"):
             raise ValueError(f"q_pair must be 'q1' or 'random', got {self.q_pair!r}")
         if self.ema_warmup not in ("copy", "hold"):
@@ -104,11 +116,13 @@ class EDPConfig:
     def official(cls, steps: int, **overrides) -> EDPConfig:
         """The official CDP offline-RL runs' EDP (``scripts/cdp_rl.py`` with ``configs/edp``):
         cosine decay of both learning rates over the ``steps`` of the run, the Q term on a random
-        ordering of the twins, the critic target moved 0.995 of the way to the critic every 5
-        updates, the EMA held at its initial weights until step 1000, and action selection from
-        noise scaled by 0.5 with one of 100 candidates drawn from softmax(300 * min Q)."""
-        kw = dict(lr_decay_steps=steps, q_pair="random", target_every=5, tau=0.995, ema_warmup="hold",
-                  init_noise_scale=0.5, temperature=300.0, n_candidates=100)
+        ordering of the twins, at an unclipped a0_hat from a draw of its own, the critic target
+        moved 0.995 of the way to the critic every 5 updates and the EMA held at its initial
+        weights until step 1000 (both counted from 0), and action selection from noise scaled by
+        0.5 with one of 100 candidates drawn from softmax(300 * min Q)."""
+        kw = dict(lr_decay_steps=steps, q_pair="random", q_draw="separate", q_clip=False, target_every=5,
+                  tau=0.995, ema_warmup="hold", average_offset=1, init_noise_scale=0.5, temperature=300.0,
+                  n_candidates=100)
         return cls(**{**kw, **overrides})
 
 
@@ -212,13 +226,14 @@ class EDP(Agent):
         return (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
 
     def actor_loss(self, batch: dict[str, Tensor], t: Tensor | None = None, noise: Tensor | None = None,
-                   swap: Tensor | None = None, chain: tuple[Tensor, Tensor | None] | None = None
-                   ) -> tuple[Tensor, dict[str, Tensor]]:
+                   swap: Tensor | None = None, chain: tuple[Tensor, Tensor | None] | None = None,
+                   q_draw: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The actor's loss and its parts (0-d, detached; with a Q term also ``q_pi``, the lead
         critic's mean Q at the actor's actions, a discounted sum of the rewards it trains on).
         ``t [B]``, ``noise [B, act_dim]``: the denoising loss's draws (default: drawn); ``swap``:
         this step's twin coin (default: the one :meth:`prepare` set); ``chain``: DQL's reverse
-        chain's draws (:meth:`draw_chain`; default: drawn)."""
+        chain's draws (:meth:`draw_chain`; default: drawn); ``q_draw``: ``(t, noise)`` of the Q
+        term's own draw (``q_draw="separate"``; default: drawn after the denoising loss's)."""
         cfg = self.cfg
         s, a = batch["obs"], batch["act"]
         term_stats: dict[str, Tensor] = {}
@@ -236,11 +251,16 @@ class EDP(Agent):
             q_loss = torch.zeros((), device=s.device)
             actor_loss = (w * denoise.loss).mean() + contraction
         else:
-            if cfg.q_action == "approx":  # EDP: the same network call as the denoising loss
-                a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction).clamp(-1, 1)  # type: ignore[arg-type]
+            if cfg.q_action == "approx" and cfg.q_draw == "shared":  # EDP: the denoising loss's network call
+                a0_hat = to_x0(denoise.pred, denoise.a_t, denoise.t, cfg.schedule, cfg.prediction)  # type: ignore[arg-type]
+            elif cfg.q_action == "approx":  # a draw and a call of its own
+                qt, _, qa_t = noisy_batch(a, cfg.schedule, *(q_draw or (None, None)), cfg.diffusion_steps, self.generator)
+                a0_hat = to_x0(self.actor(qa_t, qt, s), qa_t, qt, cfg.schedule, cfg.prediction)  # type: ignore[arg-type]
             else:  # DQL: a full reverse chain with gradients
                 x_T, step_noise = chain if chain is not None else (None, None)
                 a0_hat = self.sample_actions(s, ema=False, x_T=x_T, step_noise=step_noise)
+            if cfg.q_action == "approx" and cfg.q_clip:
+                a0_hat = a0_hat.clamp(-1, 1)
             x = torch.cat([s, a0_hat], -1)
             q_pi = self.critic.q1(x).squeeze(-1)
             if cfg.q_pair == "q1":
@@ -263,10 +283,11 @@ class EDP(Agent):
             frac = min(self.step, cfg.lr_decay_steps) / cfg.lr_decay_steps
             for opt in (self.actor_opt, self.critic_opt):
                 set_lr(opt, cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)))
-        if self.step % cfg.target_every == 0:
+        k = self.step - cfg.average_offset
+        if k % cfg.target_every == 0:
             soft_update(self.critic_target, self.critic, cfg.tau)
-        if self.step % cfg.ema_every == 0:
-            if self.step >= cfg.ema_start:
+        if k % cfg.ema_every == 0:
+            if k >= cfg.ema_start:
                 soft_update(self.actor_ema, self.actor, 1 - cfg.ema_decay)
             elif cfg.ema_warmup == "copy":
                 soft_update(self.actor_ema, self.actor, 1.0)

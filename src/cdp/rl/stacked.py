@@ -230,8 +230,9 @@ class StackedEDP(StackedAgents):
 
     def draws(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
         """Each agent's device draws for one update from its own generator, in a lone update's
-        order (the TD3 critic target's sampler draws, the denoising loss's t and noise, and for
-        DQL's chain the actor's sampler draws), with its twin coin, stacked ``[N, ...]``; what a
+        order (the TD3 critic target's sampler draws, the denoising loss's t and noise, for DQL's
+        chain the actor's sampler draws, for ``q_draw="separate"`` the Q term's t and noise), with
+        its twin coin, stacked ``[N, ...]``; what a
         config does not draw is None. (Each agent draws from its own generator, so only the order
         within an agent matters.)"""
         cfg, none = self.cfg, (None, None)
@@ -239,8 +240,10 @@ class StackedEDP(StackedAgents):
         t, noise = self._denoising_draws(batch)
         chain_x_T, chain_z = (self._chain_draws(batch["obs"].shape[1]) if cfg.critic == "td3" and cfg.q_action == "chain"
                               else none)
+        q_t, q_noise = (self._denoising_draws(batch) if cfg.critic == "td3" and cfg.q_action == "approx"
+                        and cfg.q_draw == "separate" else none)
         return {"x_T": x_T, "z": z, "t": t, "noise": noise, "chain_x_T": chain_x_T, "chain_z": chain_z,
-                "swap": torch.stack([a._swap for a in self.agents])}
+                "q_t": q_t, "q_noise": q_noise, "swap": torch.stack([a._swap for a in self.agents])}
 
     def _chain_draws(self, states: int) -> tuple[Tensor, Tensor | None]:
         """Each agent's sampler draws for ``states`` states (:meth:`EDP.draw_chain`), stacked."""
@@ -257,8 +260,9 @@ class StackedEDP(StackedAgents):
                                      batch, d["x_T"], d["z"])
             self._step(("critic_opt", critic_loss))
         chain = None if d["chain_x_T"] is None else (d["chain_x_T"], d["chain_z"])
+        q_draw = None if d["q_t"] is None else (d["q_t"], d["q_noise"])
         actor_loss, parts = self._call("actor_loss", self._named(live=("actor",)), batch, d["t"], d["noise"],
-                                       d["swap"], chain)
+                                       d["swap"], chain, q_draw)
         self._step(("actor_opt", actor_loss))
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), **parts}
 
