@@ -146,6 +146,48 @@ def test_windows_pad_at_the_demo_ends(reach_file):
     assert torch.equal(act[1, 1], torch.as_tensor(demo.actions[-1])) and torch.equal(act[1, 3], act[1, 1])
 
 
+def test_a_windows_cut_keeps_a_seeded_share_of_all_demos_windows(reach_file):
+    ds = read_robomimic(reach_file)
+    w = ChunkWindows(ds, ["agent_pos"], n_obs_steps=2, horizon=4, action_start=1)
+    cut = w.cut(0.1, seed=3)
+    rows = np.sort(np.random.default_rng(3).choice(len(w), int(0.1 * len(w)), replace=False))
+    assert len(cut) == len(rows) == int(0.1 * len(w)) and w.cut(1.0, seed=3) is w
+    for a, b in zip(cut.batch(torch.arange(len(cut))), w.batch(torch.as_tensor(rows))):
+        assert torch.equal(a, b)  # the kept windows are those rows of the whole, in order
+    demo_of = np.repeat(np.arange(len(ds.demos)), [len(d) for d in ds.demos.values()])  # window -> its demo
+    # a tenth of the windows comes from most demos; a tenth of the demos would be 6 of 60
+    assert len(set(demo_of[rows])) > 40 and len(ds.fraction(0.1, seed=3).demos) == 6
+    assert not np.array_equal(rows, np.sort(np.random.default_rng(4).choice(len(w), len(rows), replace=False)))
+    with pytest.raises(ValueError, match="fraction must be in"):
+        w.cut(0.0, seed=0)
+
+
+def test_a_windows_cut_run_trains_on_its_windows_with_the_whole_datas_normaliser(reach_file, tmp_path, monkeypatch):
+    from cdp.il.normalize import MinMax
+
+    seen = []
+    real_batch = ChunkWindows.batch
+    monkeypatch.setattr(ChunkWindows, "batch", lambda self, idx: seen.append((self, idx)) or real_batch(self, idx))
+    kw = dict(policy="dp-mlp", task="reach", dataset=reach_file, batch_size=16, steps=3, eval_every=3,
+              eval_episodes=1, fraction=0.2)
+    cfg = ILTrainConfig(data_cut="windows", **kw)
+    assert cfg.run_name() == "dp-mlp-f0.2-windows-s0"
+    with pytest.raises(ValueError, match="data_cut must be one of"):
+        ILTrainConfig(data_cut="episodes", **kw)
+    train(cfg, tmp_path / "run", progress=False)
+    ds = read_robomimic(reach_file)
+    whole = ChunkWindows(ds, ["agent_pos"], n_obs_steps=2, horizon=16, action_start=1)
+    trained = [(w, idx) for w, idx in seen if len(idx) == 16]  # the training batches (not the spread probe)
+    assert trained and all(len(w) == int(0.2 * len(whole)) for w, _ in trained)
+    policy = load_policy(tmp_path / "run" / "policy")
+    keys = get_task("reach").obs_keys
+    fitted = policy.obs_norm.state_dict()
+    want = MinMax.fit(ChunkWindows(ds, keys, 2, 16, 1).obs_extremes()).state_dict()
+    assert all(torch.equal(fitted[k], want[k]) for k in want)  # fitted on all the data, as the official runs
+    demos_cut = MinMax.fit(ChunkWindows(ds.fraction(0.2, seed=0), keys, 2, 16, 1).obs_extremes()).state_dict()
+    assert not all(torch.equal(fitted[k], demos_cut[k]) for k in want)  # (which a demos cut would not give)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["bc-gmm", "dp-unet", "cdp-dit", "dbc-dit"])
 def test_trainer_run_folder_resume_and_loss_falls(reach_file, tmp_path, policy):

@@ -90,7 +90,7 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
 
 def build_parser() -> argparse.ArgumentParser:
     from .il.tasks import task_names
-    from .options import ALGOS, CAMERA_RENDERS, DATA_CUTS, EXACT_MAX_DIM, FORMS, POLICIES, PRESETS, WINDOWS
+    from .options import ALGOS, CAMERA_RENDERS, DATA_CUTS, EXACT_MAX_DIM, FORMS, IL_DATA_CUTS, POLICIES, PRESETS, WINDOWS
 
     p = _Parser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--task", required=True, choices=task_names(), help="the task the demonstrations are of")
     itr.add_argument("--dataset", required=True, help="robomimic-layout HDF5 file")
     itr.add_argument("--filter-key", default=None, help="robomimic mask to train on, e.g. train")
+    itr.add_argument("--data-cut", default="demos", choices=IL_DATA_CUTS,
+                     help="what --fraction keeps: whole demonstrations, or a share of every demonstration's training "
+                          "windows (the official runs' available_data_rate)")
     itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim", help="sampler at evaluation")
     itr.add_argument("--sample-steps", type=_positive_int, default=10, help="sampler steps per action chunk")
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cdp-*: the exact largest eigenvalue for chunks of up to this many numbers (16 x 7 = 112), "
                           "Lanczos with 4 steps above (8: the earlier studies' estimator, a lower bound often far "
                           "from the top on chunks)")
-    _run_options(itr, "demonstrations", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
+    _run_options(itr, "the data (see --data-cut)", "cdp-*", steps=20_000, episodes=50, out="runs/il/<task>/<run name>")
     iev = ils.add_parser("eval", help="success rate of a run folder's saved policy (and the stages reached, on Transport)")
     iev.add_argument("run", help="run folder")
     iev.add_argument("--episodes", type=_positive_int, default=50, help="evaluation rollouts")
@@ -373,7 +376,7 @@ def _run(args: argparse.Namespace) -> int:
         from .il.trainer import ILTrainConfig, record, train as il_train
 
         icfg = ILTrainConfig(policy=args.policy, task=args.task, dataset=args.dataset, fraction=args.fraction,
-                             filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
+                             data_cut=args.data_cut, filter_key=args.filter_key, gamma=args.gamma, margin=args.margin, sampler=args.sampler,
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
                              device=args.device, graphs=not args.eager, encoder=args.encoder,

@@ -16,6 +16,11 @@ WINDOWS: tuple[str, ...] = get_args(Window)
 EXACT_MAX_DIM = 256
 #: how ``Transitions.fraction`` cuts the data
 DATA_CUTS: tuple[str, ...] = ("transitions", "trajectories")
+#: what an imitation run's ``fraction`` keeps: whole "demos" (this project's studies), or
+#: "windows", a share of every training window (observation history + action chunk) of all the
+#: demonstrations, as the official imitation runs' ``available_data_rate`` does (a random split of
+#: the dataset's samples)
+IL_DATA_CUTS: tuple[str, ...] = ("demos", "windows")
 #: offline-RL algorithms (:mod:`cdp.rl.trainer`)
 ALGOS: tuple[str, ...] = ("bc", "dql", "edp", "idql", "cdp")
 #: the algorithms whose actor loss has a Q term weighted by ``eta``

@@ -51,6 +51,8 @@ STUDIES: dict[str, str] = {
     "imitation_lift": "Imitation on robosuite Lift (the paper's second table)",
     "imitation_lift_seeded": ("Imitation on robosuite Lift in the published form: data and evaluations from the fixed "
                               "model seed, the CDP arms with the term's exact eigenvalue"),
+    "imitation_lift_windows": ("Imitation on Lift, the data-scarce cell cut as the official runs cut it: 10% of all "
+                               "the demonstrations' training windows"),
     "imitation_lift_image": "Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
     "imitation_lift_image_seeded": ("Imitation from cameras: the image Lift study again on data and evaluations from "
                                     "robosuite's fixed model seed"),

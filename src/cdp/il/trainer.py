@@ -34,7 +34,7 @@ from ..data.robomimic import DemoDataset, read_env_args, read_robomimic
 from ..io import atomic_write, config_from_json, fingerprint, stored_reader
 from ..runlog import (RunClock, RunLogs, StopSignals, check_finite, load_checkpoint, open_run, plot_eval_curve, read_rows,
                       restore_rng_states, rng_states, save_checkpoint, where_label, write_record)
-from ..options import EXACT_MAX_DIM, POLICIES
+from ..options import EXACT_MAX_DIM, IL_DATA_CUTS, POLICIES
 from ..runtime import check_device_name, resolve_device
 from ..update import Update, soft_update
 from .bcgmm import BCGMM, BCGMMConfig
@@ -49,7 +49,10 @@ class ILTrainConfig:
     policy: str
     task: str
     dataset: str  # robomimic-layout HDF5 file
-    fraction: float = 1.0  # share of demonstrations kept (seeded)
+    fraction: float = 1.0  # share of the data kept (seeded): whole demonstrations or windows (data_cut)
+    # "demos": whole demonstrations (the studies here); "windows": a share of all demonstrations'
+    # training windows, the normaliser fitted on all the data (the official runs' available_data_rate)
+    data_cut: str = "demos"
     filter_key: str | None = None  # robomimic mask, e.g. "train"
     steps: int = 20_000
     batch_size: int = 256
@@ -98,6 +101,8 @@ class ILTrainConfig:
             raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm_solver++', got {self.sampler!r}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.data_cut not in IL_DATA_CUTS:
+            raise ValueError(f"data_cut must be one of {IL_DATA_CUTS}, got {self.data_cut!r}")
         check_device_name(self.device)
         self.contraction_config()  # gamma, margin, t_max, sub-batch: checked as the term checks them
         for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
@@ -115,6 +120,8 @@ class ILTrainConfig:
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
+        if self.data_cut != "demos":
+            name += f"-{self.data_cut}"
         if self.encoder != "resnet18" and get_task(self.task).image_keys:
             name += f"-{self.encoder}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
@@ -158,7 +165,7 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
 def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
     ds = read_robomimic(cfg.dataset, obs_keys=task.obs_keys, filter_key=cfg.filter_key)
     ds.check_against(task.obs_shapes, task.action_dim, task.name)
-    return ds.fraction(cfg.fraction, seed=cfg.seed)
+    return ds.fraction(cfg.fraction, seed=cfg.seed) if cfg.data_cut == "demos" else ds  # windows: cut in training
 
 
 @torch.no_grad()
@@ -336,7 +343,9 @@ def _train(cfg: ILTrainConfig, out: Path, task: TaskSpec, demos: DemoDataset, gr
     rng = np.random.default_rng(cfg.seed)
     policy = make_policy(cfg, task)
     windows = ChunkWindows(demos, task.obs_keys, policy.config.n_obs_steps, policy.config.horizon, policy.action_start)
-    policy.set_stats(windows.obs_extremes(), windows.actions.numpy())
+    policy.set_stats(windows.obs_extremes(), windows.actions.numpy())  # "windows": from all the data, as the official runs
+    if cfg.data_cut == "windows":
+        windows = windows.cut(cfg.fraction, cfg.seed)
     policy.to(device)
     ema = copy.deepcopy(policy).requires_grad_(False)
     spread_obs = windows.batch(torch.as_tensor(np.random.default_rng(12345).integers(0, len(windows), 64)))[0].to(device)

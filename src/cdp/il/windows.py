@@ -5,6 +5,8 @@ observation / last action (Diffusion Policy's padding)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -45,6 +47,22 @@ class ChunkWindows:
 
     def __len__(self) -> int:
         return int(self.obs_idx.shape[0])
+
+    def subset(self, rows: np.ndarray) -> ChunkWindows:
+        """These windows only (``rows``: indices into this one), over the same tables."""
+        out = copy.copy(self)
+        out.obs_idx, out.act_idx = self.obs_idx[rows], self.act_idx[rows]
+        return out
+
+    def cut(self, fraction: float, seed: int) -> ChunkWindows:
+        """A seeded random ``int(fraction * len(self))`` of the windows (at least one), as the
+        official imitation runs' ``random_split`` keeps a share of the samples; order kept."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        k = max(1, int(fraction * len(self)))
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), k, replace=False)))
 
     @property
     def obs(self) -> Tensor:
