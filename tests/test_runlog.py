@@ -84,6 +84,65 @@ def test_a_killed_holder_leaves_no_stale_claim(tmp_path):
             time.sleep(0.05)
 
 
+def _holder_process(lock, made):
+    """A process holding ``exclusive(lock)`` until told (a line on its stdin), which writes
+    ``made`` before it lets go."""
+    code = ("import sys; from pathlib import Path; from cdp.runlog import exclusive\n"
+            f"with exclusive(Path({str(lock)!r}), 'x'):\n"
+            "    print('held', flush=True); sys.stdin.readline()\n"
+            f"    Path({str(made)!r}).write_bytes(b'made by the holder')")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("work", ["lock", "write_demos"])
+def test_a_second_maker_waits_for_the_first_and_takes_what_it_made(tmp_path, capsys, monkeypatch, work):
+    """Two processes making one dataset: the second waits (saying for whom) and, for a dataset,
+    takes the file the first wrote instead of collecting it again."""
+    import threading
+
+    from cdp.runlog import exclusive
+
+    made = tmp_path / "reach_ph.hdf5"
+    lock = made.with_name(made.name + ".lock") if work == "write_demos" else tmp_path / "make.lock"
+    proc = _holder_process(lock, made)
+    seen = {}
+
+    def second():
+        if work == "lock":
+            with exclusive(lock, "waiting for the first maker"):
+                seen["made"] = made.read_bytes()
+        else:
+            import dataclasses
+
+            from cdp.il import tasks
+
+            spec = dataclasses.replace(tasks.get_task("reach"), make_demos=lambda *a, **k: 1 / 0)  # must not collect
+            monkeypatch.setattr(tasks, "get_task", lambda name: spec)
+            seen["path"] = tasks.write_demos("reach", "ph", made, n=2, if_missing=True)
+            seen["made"] = made.read_bytes()
+
+    try:
+        t = threading.Thread(target=second)
+        t.start()
+        deadline, out = time.time() + 30, ""
+        while "waiting for" not in out:  # the second is blocked on the lock
+            out += capsys.readouterr().out
+            assert time.time() < deadline and t.is_alive() and "made" not in seen
+            time.sleep(0.02)
+        assert f"(held by pid {proc.pid} on" in out
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        t.join(30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen["made"] == b"made by the holder" and not lock.exists()
+    if work == "write_demos":
+        assert seen["path"] == made
+
+
 def test_run_clock_adds_up_every_leg_of_a_resumed_run(monkeypatch):
     import cdp.runlog as runlog
     from cdp.runlog import RunClock

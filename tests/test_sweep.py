@@ -510,7 +510,8 @@ def test_a_sweep_makes_the_missing_datasets_make_data_makes_once_before_any_job(
     made_rl, made_il = [], []
     monkeypatch.setattr(generate.DataRecipe, "make", lambda self: made_rl.append(self) or "id")
 
-    def fake_demos(task, quality, path, progress=False):
+    def fake_demos(task, quality, path, progress=False, if_missing=False):
+        assert if_missing  # (another sweep may be making it: take what it made)
         made_il.append((task, quality, str(path)))
         return path
 

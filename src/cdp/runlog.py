@@ -38,34 +38,64 @@ def claim_run(folder: Path) -> Iterator[None]:
         return
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
-    fd = _lock_exclusive(path, fcntl)
+    with _held(path, _lock_exclusive(path, fcntl)):
+        yield
+
+
+@contextmanager
+def exclusive(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` (created, and removed
+    again before it is let go), waiting while another process holds it and printing ``waiting``
+    once if it has to: for work two processes must not do at once, such as making one dataset
+    (two sweeps started together on a fresh clone). Without ``fcntl`` (Windows) it does not lock."""
     try:
-        os.ftruncate(fd, 0)  # who holds it, for the messages (the lock itself is the flock)
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _held(path, _lock_exclusive(path, fcntl, waiting)):
+        yield
+
+
+@contextmanager
+def _held(path: Path, fd: int) -> Iterator[None]:
+    """Write who holds the lock on ``fd`` into it (for the messages; the lock itself is the
+    flock); on the way out remove ``path`` while still held, then let go."""
+    try:
+        os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield
     finally:
-        path.unlink(missing_ok=True)  # while still held: a finished run folder keeps no lock file
+        path.unlink(missing_ok=True)  # a finished run folder keeps no lock file
         os.close(fd)  # releases the lock
 
 
-def _lock_exclusive(path: Path, fcntl) -> int:
-    """An fd holding an exclusive ``flock`` on ``path``, the file created if missing. The holder
-    removes the file before it lets go, so a lock won on a file already removed is worthless:
-    the path is checked to still name the locked file, and the claim retried when it does not."""
-    busy = 0
+def _lock_exclusive(path: Path, fcntl, waiting: str | None = None) -> int:
+    """An fd holding an exclusive ``flock`` on ``path``, the file created if missing. Taken:
+    :class:`RunBusy` naming the holder, or with ``waiting`` that message printed once and the lock
+    waited for. The holder removes the file before it lets go, so a lock won on a file already
+    removed is worthless: the path is checked to still name the locked file, and the claim retried
+    when it does not."""
+    busy, told = 0, False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            busy += 1  # a status probe (run_holder) holds it for microseconds: try again
-            if busy == 3:
-                holder = _holder(fd)
+            if waiting is None:
+                busy += 1  # a status probe (run_holder) holds it for microseconds: try again
+                if busy == 3:
+                    holder = _holder(fd)
+                    os.close(fd)
+                    raise RunBusy(f"{path.parent} is being trained by {holder}; wait for it, or stop it first") from None
                 os.close(fd)
-                raise RunBusy(f"{path.parent} is being trained by {holder}; wait for it, or stop it first") from None
-            os.close(fd)
-            time.sleep(0.05)
-            continue
+                time.sleep(0.05)
+                continue
+            if not told:
+                print(f"{waiting} (held by {_holder(fd)})", flush=True)
+                told = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -126,14 +126,17 @@ def default_quality(task: str, path: str | Path) -> str | None:
 
 
 def write_demos(task: str, quality: str, path: str | Path | None = None, n: int = 200, seed: int = 0,
-                progress: bool = False, camera_render: str | None = None) -> Path:
+                progress: bool = False, camera_render: str | None = None, if_missing: bool = False) -> Path:
     """Make ``n`` scripted demonstrations of ``task`` and write them in robomimic's layout
     (atomically) at ``path`` (default :func:`default_data_path`); returns the path. Each
     demonstration is kept in ``<path>.partial/`` as it is made, so an interrupted call continues
     where it stopped (:class:`cdp.il.demos.Progress`); the folder goes once the file is written.
+    One process at a time makes a file (a lock, ``<path>.lock``): another waits, and with
+    ``if_missing`` takes the file the first made instead of making it again.
     ``camera_render``: for tasks with cameras, how they render
     (:data:`cdp.il.robosuite_tasks.CAMERA_RENDERS`; default ``"fast"``)."""
     from ..data.robomimic import write_robomimic
+    from ..runlog import exclusive
     from .demos import Progress
 
     spec = get_task(task)
@@ -144,6 +147,9 @@ def write_demos(task: str, quality: str, path: str | Path | None = None, n: int 
         extra["camera_render"] = camera_render
     path = Path(path or default_data_path(task, quality))
     keep = path.with_name(path.name + ".partial")
-    out = write_robomimic(path, spec.make_demos(n, quality, seed, progress=progress, keep=keep, **extra))
-    Progress(keep, {}).clear()
+    with exclusive(path.with_name(path.name + ".lock"), f"waiting for another process making {path}"):
+        if if_missing and path.is_file():
+            return path  # made by the process this one waited for
+        out = write_robomimic(path, spec.make_demos(n, quality, seed, progress=progress, keep=keep, **extra))
+        Progress(keep, {}).clear()
     return out
