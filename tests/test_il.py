@@ -68,9 +68,9 @@ def test_reach_env_physics():
     assert abs(env.state[3] - 0.01 * (1 + 0.8 + 0.64)) < 1e-12  # v <- 0.8 v + 0.01 a
 
 
-def _stub_policy(To=2, Tp=6, Ta=3):
+def _stub_policy(To=2, Tp=6, Ta=3, chunk_start="history"):
     cfg = DiffusionPolicyConfig(obs_keys=["x"], obs_dim=1, action_dim=1, n_obs_steps=To, horizon=Tp, n_action_steps=Ta,
-                                backbone="mlp", mlp_hidden=8)
+                                backbone="mlp", mlp_hidden=8, chunk_start=chunk_start)
     pol = DiffusionPolicy(cfg)
     calls = []
 
@@ -99,6 +99,44 @@ def test_select_action_queue_semantics():
     assert batched.shape == (2, 1)
     with pytest.raises(KeyError, match="lacks"):
         pol.select_action({"y": np.array([1.0])})
+
+
+def test_a_chunk_from_the_current_step_executes_from_its_start(reach_file):
+    """chunk_start="current" (the official low-dim runs: one action, the current one): the
+    executed actions are the chunk's first, and a training window's chunk starts at its step."""
+    pol, calls = _stub_policy(To=2, Tp=3, Ta=2, chunk_start="current")
+    pol.reset()
+    assert [float(pol.select_action({"x": np.array([float(i)])})[0]) for i in range(4)] == [100, 101, 200, 201]
+    one, calls = _stub_policy(To=2, Tp=1, Ta=1, chunk_start="current")
+    one.reset()
+    assert [float(one.select_action({"x": np.array([float(i)])})[0]) for i in range(3)] == [100, 200, 300]
+    assert calls[2][0, :, 0].tolist() == [1, 2]  # each step predicts from the last two observations
+    with pytest.raises(ValueError, match="do not fit a horizon of 1"):
+        _stub_policy(To=2, Tp=1, Ta=1)  # Diffusion Policy's chunk: the current step is its index 1
+    demo = read_robomimic(reach_file).subset(["demo_0"]).demos["demo_0"]
+    w = ChunkWindows(read_robomimic(reach_file).subset(["demo_0"]), ["agent_pos"], n_obs_steps=2, horizon=2,
+                     action_start=one.action_start)
+    obs, act = w.batch(torch.tensor([3]))
+    assert torch.equal(act[0], torch.as_tensor(demo.actions[3:5]))  # a_t, a_t+1 for the window at t = 3
+    assert torch.equal(obs[0], torch.as_tensor(demo.obs["agent_pos"][2:4]))
+
+
+def test_a_one_action_policy_trains_and_acts(reach_file, tmp_path):
+    """The official low-dim runs' form: To 2, one action per step (horizon 1, Ta 1, the chunk from
+    the current step), with the term on that action."""
+    cfg = ILTrainConfig(policy="cdp-dit", task="reach", dataset=reach_file, steps=4, batch_size=16, eval_every=4,
+                        eval_episodes=2, dit_width=16, dit_depth=1, sample_steps=2, contraction_subbatch=4,
+                        log_every=1, horizon=1, n_action_steps=1, chunk_start="current")
+    assert cfg.run_name() == "cdp-dit-f1-h1a1-current-auto-x256-s0"
+    s = train(cfg, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert s["step"] == 4 and 0 <= s["final"] <= 1 and len(rows) == 4
+    pol = load_policy(tmp_path / "run" / "policy")
+    assert (pol.config.horizon, pol.config.chunk_start, pol.action_start) == (1, "current", 0)
+    assert all(float(r["contraction_rows"]) == 4 for r in rows)
+    with pytest.raises(ValueError, match="needs a horizon divisible by 4"):  # before anything is written
+        ILTrainConfig(policy="dp-unet", task="reach", dataset=reach_file, horizon=1, n_action_steps=1,
+                      chunk_start="current")
 
 
 def test_bcgmm_queue_takes_the_current_step():

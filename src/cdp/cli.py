@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--sampler", choices=["ddim", "dpm_solver++", "ddpm"], default="ddim", help="sampler at evaluation")
     itr.add_argument("--sample-steps", type=_positive_int, default=10, help="sampler steps per action chunk")
     itr.add_argument("--batch-size", type=_positive_int, default=256, help="training batch")
+    itr.add_argument("--horizon", type=_positive_int, default=16, help="dp-* / cdp-*: actions per predicted chunk (Tp)")
+    itr.add_argument("--n-action-steps", type=_positive_int, default=8,
+                     help="dp-* / cdp-*: actions executed per chunk (Ta)")
+    itr.add_argument("--chunk-start", choices=["history", "current"], default="history",
+                     help="dp-* / cdp-*: a chunk begins at the first observed step (Diffusion Policy) or the current "
+                          "one (with --horizon 1 --n-action-steps 1: the official low-dim runs' one-action policies)")
     itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
                      help="image tasks (lift-image): the camera encoder")
     itr.add_argument("--products", choices=["native", "auto", "autograd", "fd"], default="auto",
@@ -380,7 +386,8 @@ def _run(args: argparse.Namespace) -> int:
                              sample_steps=args.sample_steps, steps=args.steps, batch_size=args.batch_size,
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
                              device=args.device, graphs=not args.eager, encoder=args.encoder,
-                             products=args.products, exact_max_dim=args.exact_max_dim)
+                             products=args.products, exact_max_dim=args.exact_max_dim, horizon=args.horizon,
+                             n_action_steps=args.n_action_steps, chunk_start=args.chunk_start)
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")

@@ -37,6 +37,7 @@ from ..nets import DiT, MLPDenoiser, UNet1D
 from .normalize import MinMax
 
 ObsLike = dict[str, np.ndarray | Tensor] | np.ndarray | Tensor
+CHUNK_STARTS = ("history", "current")
 
 
 @dataclass
@@ -49,10 +50,16 @@ class PolicyConfig:
     n_obs_steps: int = 2  # To
     horizon: int = 16  # Tp
     n_action_steps: int = 8  # Ta
+    # where a chunk begins: at the first observed step ("history", Diffusion Policy's: the current
+    # step is its index To - 1) or at the "current" step (the official low-dim runs predict the
+    # current action alone: horizon 1, Ta 1)
+    chunk_start: str = "history"
 
     def __post_init__(self) -> None:
         if min(self.obs_dim, self.action_dim, self.n_obs_steps, self.horizon, self.n_action_steps) < 1:
             raise ValueError("obs_dim, action_dim and the horizons must be positive")
+        if self.chunk_start not in CHUNK_STARTS:
+            raise ValueError(f"chunk_start must be one of {CHUNK_STARTS}, got {self.chunk_start!r}")
 
 
 class ChunkPolicy(nn.Module):
@@ -73,7 +80,7 @@ class ChunkPolicy(nn.Module):
     @property
     def action_start(self) -> int:
         """Index of the current step within a predicted chunk."""
-        return self.config.n_obs_steps - 1
+        return 0 if self.config.chunk_start == "current" else self.config.n_obs_steps - 1
 
     @property
     def device(self) -> torch.device:
@@ -225,8 +232,15 @@ class DiffusionPolicyConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        start = 0 if self.chunk_start == "current" else self.n_obs_steps - 1
+        if start + self.n_action_steps > self.horizon:
+            raise ValueError(f"the {self.n_action_steps} executed actions from the chunk's index {start} (the current "
+                             f"step, chunk_start={self.chunk_start!r}) do not fit a horizon of {self.horizon}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {BACKBONES}")
+        if self.backbone == "unet" and self.horizon % 2 ** (len(self.unet_dims) - 1):
+            raise ValueError(f"a UNet with {len(self.unet_dims)} levels needs a horizon divisible by "
+                             f"{2 ** (len(self.unet_dims) - 1)}, got {self.horizon} (the DiT or MLP takes any)")
         if self.image_keys:
             if list(self.obs_keys[-len(self.image_keys):]) != list(self.image_keys):
                 raise ValueError(f"image_keys {self.image_keys} must be the last obs_keys ({self.obs_keys})")

@@ -84,6 +84,9 @@ class ILTrainConfig:
     crop: int = 76  # image tasks: random crop in training, centre crop at inference (84 x 84 images)
     horizon: int = 16  # Tp, diffusion policies (BC-GMM predicts one action)
     n_action_steps: int = 8  # Ta, diffusion policies
+    # diffusion policies: a chunk begins at the first observed step ("history", Diffusion Policy)
+    # or the "current" one (with horizon 1, Ta 1: the official low-dim runs' one-action policies)
+    chunk_start: str = "history"
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps" or "auto"; a run may resume on another
     graphs: bool = True  # dp-* / cdp-* on a CUDA device: each step replayed as a CUDA graph (cdp.capture)
@@ -109,6 +112,8 @@ class ILTrainConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         self.unet_dims = tuple(self.unet_dims)
+        if self.policy.startswith(("dp-", "cdp-")):  # the horizons and the backbone's shape: checked now
+            make_policy_config(self, task)
 
     #: what a config stored before ``products`` / ``exact_max_dim`` existed ran with
     SAVED_BEFORE: ClassVar[dict] = {"products": "native", "exact_max_dim": 8}
@@ -122,6 +127,10 @@ class ILTrainConfig:
         name = f"{self.policy}-f{self.fraction:g}"
         if self.data_cut != "demos":
             name += f"-{self.data_cut}"
+        if self.policy.startswith(("dp-", "cdp-")) and (self.horizon, self.n_action_steps) != (16, 8):
+            name += f"-h{self.horizon}a{self.n_action_steps}"
+        if self.policy.startswith(("dp-", "cdp-")) and self.chunk_start != "history":
+            name += f"-{self.chunk_start}"
         if self.encoder != "resnet18" and get_task(self.task).image_keys:
             name += f"-{self.encoder}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
@@ -151,15 +160,20 @@ def make_policy(cfg: ILTrainConfig, task: TaskSpec) -> ChunkPolicy:
     if cfg.policy == "dbc-dit":
         return DBC(DBCConfig(**base, pretrain_steps=cfg.dbc_pretrain_steps, dit_width=cfg.dit_width,
                              dit_depth=cfg.dit_depth))
-    backbone = cfg.policy.split("-")[1]
+    return DiffusionPolicy(make_policy_config(cfg, task))
+
+
+def make_policy_config(cfg: ILTrainConfig, task: TaskSpec) -> DiffusionPolicyConfig:
+    """A diffusion policy's (``dp-*`` / ``cdp-*``) config for the run."""
     contraction = cfg.contraction_config() if cfg.policy.startswith("cdp") else None
     images = task.image_keys
     vision = dict(image_keys=images, image_size=task.obs_shapes[images[0]][0], crop=cfg.crop,
                   encoder=cfg.encoder) if images else {}
-    return DiffusionPolicy(DiffusionPolicyConfig(**base, horizon=cfg.horizon, n_action_steps=cfg.n_action_steps,
-                                                 backbone=backbone, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
-                                                 unet_dims=cfg.unet_dims, dit_width=cfg.dit_width,
-                                                 dit_depth=cfg.dit_depth, contraction=contraction, **vision))
+    return DiffusionPolicyConfig(obs_keys=task.obs_keys, obs_dim=task.obs_dim, action_dim=task.action_dim,
+                                 horizon=cfg.horizon, n_action_steps=cfg.n_action_steps, chunk_start=cfg.chunk_start,
+                                 backbone=cfg.policy.split("-")[1], sampler=cfg.sampler, sample_steps=cfg.sample_steps,
+                                 unet_dims=cfg.unet_dims, dit_width=cfg.dit_width, dit_depth=cfg.dit_depth,
+                                 contraction=contraction, **vision)
 
 
 def load_demos(cfg: ILTrainConfig, task: TaskSpec) -> DemoDataset:
