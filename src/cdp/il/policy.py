@@ -61,6 +61,11 @@ class PolicyConfig:
         if self.chunk_start not in CHUNK_STARTS:
             raise ValueError(f"chunk_start must be one of {CHUNK_STARTS}, got {self.chunk_start!r}")
 
+    @property
+    def action_start(self) -> int:
+        """Index of the current step within a predicted chunk."""
+        return 0 if self.chunk_start == "current" else self.n_obs_steps - 1
+
 
 class ChunkPolicy(nn.Module):
     """Base: observation history and action queue, batching, save / load. Subclasses give
@@ -80,7 +85,7 @@ class ChunkPolicy(nn.Module):
     @property
     def action_start(self) -> int:
         """Index of the current step within a predicted chunk."""
-        return 0 if self.config.chunk_start == "current" else self.config.n_obs_steps - 1
+        return self.config.action_start
 
     @property
     def device(self) -> torch.device:
@@ -232,7 +237,7 @@ class DiffusionPolicyConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        start = 0 if self.chunk_start == "current" else self.n_obs_steps - 1
+        start = self.action_start
         if start + self.n_action_steps > self.horizon:
             raise ValueError(f"the {self.n_action_steps} executed actions from the chunk's index {start} (the current "
                              f"step, chunk_start={self.chunk_start!r}) do not fit a horizon of {self.horizon}")
