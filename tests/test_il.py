@@ -139,6 +139,50 @@ def test_a_one_action_policy_trains_and_acts(reach_file, tmp_path):
                       chunk_start="current")
 
 
+def test_the_official_imitation_form_trains_on_x0_with_its_frobenius_term(reach_file, tmp_path):
+    """x0 prediction, T = 50 and the official runs' Frobenius term are run options: the policy's
+    loss on a tiny batch is |x0_hat - x0|^2 plus gamma * mean over rows of mean((sym dx0_hat/da + 0.1 I)^2),
+    taken here from autograd's full Jacobian; a run saves and reloads that form."""
+    from cdp.diffusion.schedule import VPSchedule
+    from cdp.il.trainer import make_policy_config
+    from cdp.report import _method, base_of
+
+    kw = dict(task="reach", dataset=reach_file, horizon=1, n_action_steps=1, chunk_start="current",
+              prediction="x0", diffusion_steps=50, sampler="dpm_solver++", sample_steps=3)
+    cfg = ILTrainConfig(policy="cdp-mlp", form="official_frobenius", gamma=1.0, **kw)
+    assert cfg.run_name() == "cdp-mlp-f1-h1a1-current-predx0-T50-g1-official_frobenius-auto-x256-s0"
+    base = ILTrainConfig(policy="dp-mlp", **kw)
+    assert base_of(_method(cfg.run_name())) == _method(base.run_name()) == "dp-mlp-h1a1-current-predx0-T50"
+    task = get_task("reach")
+    torch.manual_seed(0)
+    pol = DiffusionPolicy(make_policy_config(cfg, task))
+    pol.set_stats(np.random.default_rng(0).normal(size=(40, task.obs_dim)),
+                  np.random.default_rng(1).uniform(-1, 1, (40, task.action_dim)))
+    grid = torch.linspace(0.05, 1, 20)
+    assert torch.equal(pol.schedule.alpha(grid), VPSchedule.discrete_cosine(50).alpha(grid))
+    assert not torch.allclose(pol.schedule.alpha(grid), VPSchedule.discrete_cosine(100).alpha(grid))
+    obs, act = torch.randn(5, 2, task.obs_dim), torch.rand(5, 1, task.action_dim) * 1.6 - 0.8
+    t, noise = pol.draw_noise(5, torch.device("cpu"))
+    out = pol.compute_loss(obs, act, t=t, noise=noise)
+    x0, cond = pol.act_norm(act), pol.cond(obs)
+    a_t = pol.schedule.alpha(t)[:, None, None] * x0 + pol.schedule.sigma(t)[:, None, None] * noise
+    with torch.no_grad():
+        pred = pol.net(a_t, t, cond)
+    terms = []
+    for i in range(5):
+        J = torch.autograd.functional.jacobian(lambda a: pol.net(a[None], t[i:i + 1], cond[i:i + 1])[0], a_t[i])
+        J = J.reshape(task.action_dim, task.action_dim)
+        terms.append(((J + J.T) / 2 + 0.1 * torch.eye(task.action_dim)).pow(2).mean())
+    torch.testing.assert_close(out["denoise"], (pred - x0).pow(2).mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["contraction"], torch.stack(terms).mean(), rtol=2e-3, atol=1e-6)
+    s = train(ILTrainConfig(policy="cdp-mlp", form="official_frobenius", steps=2, batch_size=8, eval_every=2,
+                            eval_episodes=1, **kw), tmp_path / "run", progress=False)
+    back = load_policy(tmp_path / "run" / "policy").config
+    assert s["step"] == 2 and (back.prediction, back.train_steps, back.contraction.form) == ("x0", 50, "official_frobenius")
+    with pytest.raises(ValueError, match="prediction must be"):
+        ILTrainConfig(policy="dp-mlp", **{**kw, "prediction": "score"})
+
+
 def test_bcgmm_queue_takes_the_current_step():
     pol = BCGMM(BCGMMConfig(obs_keys=["x"], obs_dim=1, action_dim=1))
     pol.predict_chunk = lambda obs: obs[:, -1:, :1] * 10  # "action" = 10 x current observation

@@ -87,6 +87,23 @@ def test_a_truncated_or_empty_checkpoint_is_one_line_naming_it(reach, tmp_path, 
     assert f"{out / 'checkpoint.pt'} is not a readable checkpoint" in err
 
 
+def test_the_official_imitation_options_reach_the_run_and_a_bad_one_is_one_line(reach, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["il", "train", "cdp-mlp", "--task", "reach", "--dataset", reach, "--batch-size", "8", "--steps", "2",
+            "--eval-every", "2", "--eval-episodes", "1", "--horizon", "1", "--n-action-steps", "1",
+            "--chunk-start", "current", "--prediction", "x0", "--diffusion-steps", "50", "--form", "official_frobenius",
+            "--lr", "1e-3", "--subbatch", "4", "--out", str(out)]
+    assert main([*args, "--ema-max", "0.995"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert {k: cfg[k] for k in ("prediction", "diffusion_steps", "form", "lr", "contraction_subbatch", "ema_max")} == \
+        {"prediction": "x0", "diffusion_steps": 50, "form": "official_frobenius", "lr": 1e-3, "contraction_subbatch": 4,
+         "ema_max": 0.995}
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    err = one_line_error(capsys, main([*args[:-1], str(bad), "--ema-max", "1"]))
+    assert "ema_max must be in [0, 1), got 1.0" in err and not bad.exists()
+
+
 def test_bad_weights_and_seed_name_the_option_before_anything_is_written(tiny_dataset, tmp_path, capsys):
     for flag, value in (("--gamma", "inf"), ("--margin", "nan"), ("--gamma", "-1")):
         code = main(["rl", "train", "cdp", "--dataset", tiny_dataset, flag, value, "--out", str(tmp_path / "r")])

@@ -203,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--chunk-start", choices=["history", "current"], default="history",
                      help="dp-* / cdp-*: a chunk begins at the first observed step (Diffusion Policy) or the current "
                           "one (with --horizon 1 --n-action-steps 1: the official low-dim runs' one-action policies)")
+    itr.add_argument("--prediction", choices=["eps", "x0"], default="eps",
+                     help="dp-* / cdp-*: what the denoiser predicts (Diffusion Policy: eps; the official runs: x0)")
+    itr.add_argument("--diffusion-steps", type=_positive_int, default=100,
+                     help="dp-* / cdp-*: T of the discrete cosine schedule (the official runs: 50)")
+    itr.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    itr.add_argument("--ema-max", type=float, default=None,
+                     help="the EMA's largest decay, reached along Diffusion Policy's warm-up (default 0.9999; "
+                          "the official runs: a fixed 0.995)")
+    itr.add_argument("--form", default="eig", choices=FORMS,
+                     help="cdp-*: the term's form: the paper's eigenvalue hinge, or the official runs' "
+                          "mean((sym J + margin I)^2) (official_frobenius; see cdp.contraction.loss)")
+    itr.add_argument("--subbatch", type=_positive_int, default=None,
+                     help="cdp-*: the term on the batch's first this many samples (default: every sample)")
     itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
                      help="image tasks (lift-image): the camera encoder")
     itr.add_argument("--products", choices=["native", "auto", "autograd", "fd"], default="auto",
@@ -387,7 +400,10 @@ def _run(args: argparse.Namespace) -> int:
                              eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
                              device=args.device, graphs=not args.eager, encoder=args.encoder,
                              products=args.products, exact_max_dim=args.exact_max_dim, horizon=args.horizon,
-                             n_action_steps=args.n_action_steps, chunk_start=args.chunk_start)
+                             n_action_steps=args.n_action_steps, chunk_start=args.chunk_start,
+                             prediction=args.prediction, diffusion_steps=args.diffusion_steps, form=args.form,
+                             contraction_subbatch=args.subbatch,
+                             **{k: v for k, v in (("lr", args.lr), ("ema_max", args.ema_max)) if v is not None})
         out = args.out or f"runs/il/{args.task}/{icfg.run_name()}"
         print(json.dumps(il_train(icfg, out), indent=2))
         print(f"run folder: {out}")

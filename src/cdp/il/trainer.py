@@ -3,7 +3,8 @@
 Policy names as in the paper's table (what each means here, docs/imitation.md):
 
 - ``dp-unet`` / ``dp-dit`` / ``dp-mlp``: Diffusion Policy (eps-prediction, DDPM training on a
-  T = 100 cosine schedule, DDIM sampling) with that backbone;
+  T = 100 cosine schedule, DDIM sampling; ``prediction``, ``diffusion_steps`` and ``sampler``
+  change them) with that backbone;
 - ``cdp-unet`` / ``cdp-dit`` / ``cdp-mlp``: the same + ``gamma * L_c`` at every diffusion time;
 - ``bc-gmm``: robomimic-style BC with a 5-mode Gaussian-mixture head;
 - ``dbc-dit``: DBC in its original form, a deterministic chunk policy regularised by a frozen DiT
@@ -76,6 +77,11 @@ class ILTrainConfig:
     exact_max_dim: int = EXACT_MAX_DIM
     sampler: str = "ddim"  # or "dpm_solver++", "ddpm"
     sample_steps: int = 10
+    # diffusion policies: what the denoiser predicts ("eps", Diffusion Policy; "x0", the official
+    # imitation runs) and T of the discrete cosine schedule (the official runs: 50)
+    prediction: str = "eps"
+    diffusion_steps: int = 100
+    form: str = "eig"  # cdp-*: the term's form (ContractionConfig.form; the official runs: "official_frobenius")
     unet_dims: tuple[int, ...] = (64, 128, 256)
     dit_width: int = 128
     dit_depth: int = 4
@@ -102,13 +108,19 @@ class ILTrainConfig:
             raise ValueError(f"encoder must be 'resnet18' or 'cnn', got {self.encoder!r}")
         if self.sampler not in ("ddim", "ddpm", "dpm_solver++"):
             raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm_solver++', got {self.sampler!r}")
+        if self.prediction not in ("eps", "x0"):
+            raise ValueError(f"prediction must be 'eps' or 'x0', got {self.prediction!r}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_max < 1:
+            raise ValueError(f"ema_max must be in [0, 1), got {self.ema_max}")
         if self.data_cut not in IL_DATA_CUTS:
             raise ValueError(f"data_cut must be one of {IL_DATA_CUTS}, got {self.data_cut!r}")
         check_device_name(self.device)
         self.contraction_config()  # gamma, margin, t_max, sub-batch: checked as the term checks them
-        for k in ("steps", "batch_size", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
+        for k in ("steps", "batch_size", "diffusion_steps", "eval_every", "eval_episodes", "checkpoint_every", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         self.unet_dims = tuple(self.unet_dims)
@@ -120,8 +132,9 @@ class ILTrainConfig:
 
     def contraction_config(self) -> ContractionConfig:
         """The term's settings (``cdp-*`` policies use them; checked for every policy)."""
-        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, subbatch=self.contraction_subbatch,
-                                 products=self.products, exact_max_dim=self.exact_max_dim)
+        return ContractionConfig(gamma=self.gamma, t_max=self.t_max, margin=self.margin, form=self.form,
+                                 subbatch=self.contraction_subbatch, products=self.products,
+                                 exact_max_dim=self.exact_max_dim)
 
     def run_name(self) -> str:
         name = f"{self.policy}-f{self.fraction:g}"
@@ -131,12 +144,18 @@ class ILTrainConfig:
             name += f"-h{self.horizon}a{self.n_action_steps}"
         if self.policy.startswith(("dp-", "cdp-")) and self.chunk_start != "history":
             name += f"-{self.chunk_start}"
+        if self.policy.startswith(("dp-", "cdp-")) and self.prediction != "eps":
+            name += f"-pred{self.prediction}"
+        if self.policy.startswith(("dp-", "cdp-")) and self.diffusion_steps != 100:
+            name += f"-T{self.diffusion_steps}"
         if self.encoder != "resnet18" and get_task(self.task).image_keys:
             name += f"-{self.encoder}"
         if self.policy.startswith("cdp") and self.gamma != 0.1:
             name += f"-g{self.gamma:g}"
         if self.policy.startswith("cdp") and self.margin != 0.1:
             name += f"-m{self.margin if self.margin is None else format(self.margin, 'g')}"
+        if self.policy.startswith("cdp") and self.form != "eig":
+            name += f"-{self.form}"
         return f"{name}{estimator_suffix(self.policy, self.products, self.exact_max_dim)}-s{self.seed}"
 
     def record_path(self, results_dir: str | Path) -> Path:
@@ -171,7 +190,8 @@ def make_policy_config(cfg: ILTrainConfig, task: TaskSpec) -> DiffusionPolicyCon
                   encoder=cfg.encoder) if images else {}
     return DiffusionPolicyConfig(obs_keys=task.obs_keys, obs_dim=task.obs_dim, action_dim=task.action_dim,
                                  horizon=cfg.horizon, n_action_steps=cfg.n_action_steps, chunk_start=cfg.chunk_start,
-                                 backbone=cfg.policy.split("-")[1], sampler=cfg.sampler, sample_steps=cfg.sample_steps,
+                                 backbone=cfg.policy.split("-")[1], prediction=cfg.prediction,
+                                 train_steps=cfg.diffusion_steps, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                  unet_dims=cfg.unet_dims, dit_width=cfg.dit_width, dit_depth=cfg.dit_depth,
                                  contraction=contraction, **vision)
 
