@@ -96,16 +96,20 @@ def _holder_process(lock, made):
     return proc
 
 
-@pytest.mark.parametrize("work", ["lock", "write_demos"])
+@pytest.mark.parametrize("work", ["lock", "write_demos", "make_task_dataset"])
 def test_a_second_maker_waits_for_the_first_and_takes_what_it_made(tmp_path, capsys, monkeypatch, work):
     """Two processes making one dataset: the second waits (saying for whom) and, for a dataset,
-    takes the file the first wrote instead of collecting it again."""
+    takes the file the first wrote instead of collecting it again; `cdp rl make-data` (and a
+    sweep making a Minari dataset) starts only once the other maker of that id let go."""
+    import tempfile
     import threading
 
     from cdp.runlog import exclusive
 
     made = tmp_path / "reach_ph.hdf5"
-    lock = made.with_name(made.name + ".lock") if work == "write_demos" else tmp_path / "make.lock"
+    lock = {"write_demos": made.with_name(made.name + ".lock"), "lock": tmp_path / "make.lock",
+            "make_task_dataset": tmp_path / "cdp-make-cdp_hopper_medium-v0.lock"}[work]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     proc = _holder_process(lock, made)
     seen = {}
 
@@ -113,6 +117,11 @@ def test_a_second_maker_waits_for_the_first_and_takes_what_it_made(tmp_path, cap
         if work == "lock":
             with exclusive(lock, "waiting for the first maker"):
                 seen["made"] = made.read_bytes()
+        elif work == "make_task_dataset":
+            from cdp.data import generate
+
+            monkeypatch.setattr(generate, "make_dataset", lambda *a: seen.update(made=made.read_bytes()) or "id")
+            seen["path"] = generate.make_task_dataset("Hopper-v5", "medium")
         else:
             import dataclasses
 
@@ -141,6 +150,8 @@ def test_a_second_maker_waits_for_the_first_and_takes_what_it_made(tmp_path, cap
     assert seen["made"] == b"made by the holder" and not lock.exists()
     if work == "write_demos":
         assert seen["path"] == made
+    if work == "make_task_dataset":
+        assert seen["path"] == "id"
 
 
 def test_run_clock_adds_up_every_leg_of_a_resumed_run(monkeypatch):

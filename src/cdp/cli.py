@@ -322,12 +322,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "rl" and args.rl_command == "make-data":
         import minari
 
-        from .data import kitchen
-        from .data.generate import agent_tag, dataset_id, make_task_dataset
+        from .data.generate import make_task_dataset, task_dataset_id
 
-        did = (kitchen.dataset_id(args.quality) if args.task == "kitchen" else
-               dataset_id(args.task, args.quality, agent_tag(args.task, args.agent) if args.quality != "random" else None))
-        kept = did in minari.list_local_datasets() and not args.overwrite
+        kept = task_dataset_id(args.task, args.quality, args.agent) in minari.list_local_datasets() and not args.overwrite
         did = make_task_dataset(args.task, args.quality, args.agent, args.steps, args.episodes, args.seed,
                                 overwrite=args.overwrite)
         print(f"Minari dataset {did} " + ("was already in the local store: kept (--overwrite makes it again)"

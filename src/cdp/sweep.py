@@ -44,7 +44,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .io import check_types, read_json, required_fields
-from .runlog import RunBusy, RunInterrupted, StopSignals, exclusive, finished_in_folder, run_holder
+from .runlog import RunBusy, RunInterrupted, StopSignals, finished_in_folder, run_holder
 from .runtime import check_device_name, tune_allocator, usable_cores
 
 KINDS = ("rl", "il")
@@ -671,12 +670,9 @@ def make_missing_data(jobs: Sequence[Job]) -> list[str]:
 
         local = set(minari.list_local_datasets())
         for did in (d for d in rl if d not in local):
-            if (how := recipe(did)) is not None:
-                lock = Path(tempfile.gettempdir()) / f"cdp-make-{did.replace('/', '_')}.lock"
-                with exclusive(lock, f"waiting for another process making {did}"):
-                    if did not in minari.list_local_datasets():  # (or the process waited for made it)
-                        print(f"making Minari dataset {did} (`{how.command}`) ...", flush=True)
-                        made.append(how.make())
+            if (how := recipe(did)) is not None:  # (another process making it: make() waits, then keeps it)
+                print(f"making Minari dataset {did} (`{how.command}`) ...", flush=True)
+                made.append(how.make())
     il = dict.fromkeys((str(j.config["task"]), str(j.config["dataset"])) for j in jobs if j.kind == "il")
     for task, path in il:
         from .il.tasks import default_quality, write_demos

@@ -157,14 +157,31 @@ def make_task_dataset(task: str, quality: str, agent_dir: str | Path | None = No
                       n_episodes: int | None = None, seed: int = 0, overwrite: bool = False,
                       progress: bool = True) -> str:
     """``cdp rl make-data``: the scripted kitchen datasets for ``task="kitchen"`` (``n_episodes``),
-    otherwise the behaviour agent's (``n_steps``); returns the Minari id."""
-    if task == "kitchen":
-        from .kitchen import make_kitchen_dataset
+    otherwise the behaviour agent's (``n_steps``); returns the Minari id. One process at a time
+    makes an id (a lock in the temporary folder): another waits, then finds it made and keeps it."""
+    import tempfile
 
-        return make_kitchen_dataset(quality, n_episodes, seed, overwrite, progress=progress)
+    from ..runlog import exclusive
+
+    did = task_dataset_id(task, quality, agent_dir)
+    with exclusive(Path(tempfile.gettempdir()) / f"cdp-make-{did.replace('/', '_')}.lock",
+                   f"waiting for another process making {did}"):
+        if task == "kitchen":
+            from .kitchen import make_kitchen_dataset
+
+            return make_kitchen_dataset(quality, n_episodes, seed, overwrite, progress=progress)
+        return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite, progress)
+
+
+def task_dataset_id(task: str, quality: str, agent_dir: str | Path | None = None) -> str:
+    """The Minari id :func:`make_task_dataset` gives (``ValueError`` for an unknown quality)."""
+    if task == "kitchen":
+        from .kitchen import dataset_id as kitchen_id
+
+        return kitchen_id(quality)
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES} for {task}, got {quality!r}")
-    return make_dataset(task, quality, agent_dir or default_agent_dir(task, 0), n_steps, seed, overwrite, progress)
+    return dataset_id(task, quality, agent_tag(task, agent_dir) if quality != "random" else None)
 
 
 @dataclass(frozen=True)
