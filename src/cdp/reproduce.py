@@ -53,6 +53,9 @@ STUDIES: dict[str, str] = {
                               "model seed, the CDP arms with the term's exact eigenvalue"),
     "imitation_lift_windows": ("Imitation on Lift, the data-scarce cell cut as the official runs cut it: 10% of all "
                                "the demonstrations' training windows"),
+    "imitation_lift_one_action": ("Imitation on Lift, 10% of the training windows, in the official runs' policy form "
+                                  "(one action per step, MLP, x0, T = 50): DP vs the paper's hinge and the official "
+                                  "Frobenius form"),
     "imitation_lift_image": "Imitation from cameras: DP-UNet vs CDP-UNet on image Lift, 10% of the demonstrations",
     "imitation_lift_image_seeded": ("Imitation from cameras: the image Lift study again on data and evaluations from "
                                     "robosuite's fixed model seed"),
