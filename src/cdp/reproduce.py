@@ -64,6 +64,8 @@ STUDIES: dict[str, str] = {
     "imitation_transport": "Imitation on robosuite TwoArmTransport (scripted demonstrations): DP-UNet vs CDP-UNet",
     "imitation_transport_budget": ("Imitation on Transport: how many steps DP-UNet needs (the base alone, 40k steps, "
                                    "all the demonstrations)"),
+    "imitation_transport_one_action": ("Imitation on Transport in the official runs' policy form (one action per step, "
+                                       "MLP, x0, T = 50): DP-MLP vs CDP-MLP, 100% and 10% of the training windows"),
     "imitation_gamma": "Contraction weight and margin: success and goal orders kept on MultiReach, 10% data",
     "imitation_margin": "The hinge's margin at gamma 0.1 on MultiReach, 10% data (shares imitation_gamma's runs)",
     "imitation_reach_hard_margin": "Follow-up: CDP-UNet / CDP-DiT on MultiReach-hard with margin 1",
