@@ -71,11 +71,16 @@ def _margin(s: str) -> float | None:
 
 
 def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: int, episodes: int, out: str) -> None:
-    """The options every training command shares: data fraction, the term's gamma and margin,
-    budget, evaluation, seed and where the run and its record go."""
+    """The options every training command shares: data fraction, the term's gamma, margin and
+    form, budget, evaluation, seed and where the run and its record go."""
+    from .options import FORMS
+
     p.add_argument("--fraction", type=float, default=1.0, help=f"share of {units} kept (seeded)")
     p.add_argument("--gamma", type=float, default=0.1, help=f"contraction weight ({cdp_names})")
     p.add_argument("--margin", type=_margin, default=0.1, help=f"hinge floor beta ({cdp_names}); 'none' for no hinge")
+    p.add_argument("--form", default="eig", choices=FORMS,
+                   help=f"the term's form ({cdp_names}): the paper's eigenvalue hinge, or the official runs' "
+                        "mean((sym J + margin I)^2) (official_frobenius; see cdp.contraction.loss)")
     p.add_argument("--steps", type=_positive_int, default=steps, help="training steps")
     p.add_argument("--eval-every", type=_positive_int, default=5_000, help="evaluate every this many steps")
     p.add_argument("--eval-episodes", type=_positive_int, default=episodes, help="episodes per evaluation")
@@ -90,7 +95,7 @@ def _run_options(p: argparse.ArgumentParser, units: str, cdp_names: str, steps: 
 
 def build_parser() -> argparse.ArgumentParser:
     from .il.tasks import task_names
-    from .options import ALGOS, CAMERA_RENDERS, DATA_CUTS, EXACT_MAX_DIM, FORMS, IL_DATA_CUTS, POLICIES, PRESETS, WINDOWS
+    from .options import ALGOS, CAMERA_RENDERS, DATA_CUTS, EXACT_MAX_DIM, IL_DATA_CUTS, POLICIES, PRESETS, WINDOWS
 
     p = _Parser(prog="cdp", description="Contractive Diffusion Policies")
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,9 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="cdp", choices=PRESETS,
                     help="edp/cdp settings: this project's, or the official CDP runs' (normalised observations "
                          "and rewards, lr decay, their Q term, target / EMA schedules and action selection)")
-    tr.add_argument("--form", default="eig", choices=FORMS,
-                    help="cdp: the term's form: the paper's eigenvalue hinge, or the official runs' "
-                         "mean((sym J + margin I)^2) (see cdp.contraction.loss)")
     tr.add_argument("--exact-max-dim", type=_positive_int, default=EXACT_MAX_DIM,
                     help="cdp: the exact largest eigenvalue for actions of up to this many numbers, Lanczos with 4 "
                          "steps above (8: the earlier default, so Lanczos on kitchen's 9-dim actions)")
@@ -211,9 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     itr.add_argument("--ema-max", type=float, default=None,
                      help="the EMA's largest decay, reached along Diffusion Policy's warm-up (default 0.9999; "
                           "the official runs: a fixed 0.995)")
-    itr.add_argument("--form", default="eig", choices=FORMS,
-                     help="cdp-*: the term's form: the paper's eigenvalue hinge, or the official runs' "
-                          "mean((sym J + margin I)^2) (official_frobenius; see cdp.contraction.loss)")
     itr.add_argument("--subbatch", type=_positive_int, default=None,
                      help="cdp-*: the term on the batch's first this many samples (default: every sample)")
     itr.add_argument("--encoder", choices=["resnet18", "cnn"], default="resnet18",
