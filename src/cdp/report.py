@@ -389,7 +389,9 @@ def _summary_plot(groups: dict[str, list[Run]], metric: str = "mean_last3") -> b
     plt = _pyplot()
     labels = list(dict.fromkeys(lab for lab, _, _ in rows))
     fracs = sorted({f for _, f, _ in rows}, reverse=True)
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * len(labels)))
+    # long method names: each label on two lines (CDP, then its base), the figure widened to fit them
+    width = max(len(line) for lab in labels for line in lab.split(" − "))
+    fig, ax = plt.subplots(figsize=(max(7.5, 5.5 + 0.055 * width), 0.9 + 0.7 * len(labels)))
     for i, f in enumerate(fracs):
         off = (i - (len(fracs) - 1) / 2) * 0.25
         for lab, ff, diffs in rows:
@@ -401,7 +403,7 @@ def _summary_plot(groups: dict[str, list[Run]], metric: str = "mean_last3") -> b
             ax.errorbar(mu, y, xerr=se, fmt="o", ms=5, capsize=3, color=f"C{i}",
                         label=f"{f:.0%} data" if lab == next(lb for lb, f2, _ in rows if f2 == f) else None)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yticks(range(len(labels)), [lab.replace(" − ", "\n− ") for lab in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"CDP − base, {metric} (seed-paired; dots: seeds, marker: mean ± s.e.)", fontsize=8)
     ax.legend(fontsize=8)
